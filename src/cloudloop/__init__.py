@@ -1,0 +1,65 @@
+"""cloudloop: run the for-loop you already have, here, on your machines, or on spot CPUs.
+
+::
+
+    import cloudloop as cl
+    results = cl.map(fit, grid, workers=4)
+"""
+
+__version__ = "0.1.0"
+
+from .context import checkpoint, progress, restore, task_index, task_rng, task_seed
+from .errors import (
+    CloudloopError,
+    CommandFailed,
+    ConfigError,
+    CorruptMessage,
+    JobCancelled,
+    JobNotFound,
+    LeaseLost,
+    MemoryLimitExceeded,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TamperedError,
+    TaskCrashed,
+    TaskFailure,
+    TaskTimeout,
+    WorkerLost,
+)
+from .executor import Executor, attach, map
+from .job import FailedTask, Job
+from .model import JobState, JobStatus
+
+__all__ = [
+    "CloudloopError",
+    "CommandFailed",
+    "ConfigError",
+    "CorruptMessage",
+    "Executor",
+    "FailedTask",
+    "Job",
+    "JobCancelled",
+    "JobNotFound",
+    "JobState",
+    "JobStatus",
+    "LeaseLost",
+    "MemoryLimitExceeded",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TamperedError",
+    "TaskCrashed",
+    "TaskFailure",
+    "TaskTimeout",
+    "WorkerLost",
+    "__version__",
+    "attach",
+    "checkpoint",
+    "map",
+    "progress",
+    "restore",
+    "task_index",
+    "task_rng",
+    "task_seed",
+]

@@ -1,0 +1,344 @@
+"""The embedded default: an SQLite queue and a file store in one directory.
+
+``sqlite:///path/dir`` (``sqlite://rel/dir`` and a bare path are accepted too)::
+
+    dir/
+      queue.db        SQLite, WAL, synchronous=FULL
+      secret.key      32 random bytes (mode 0600) that sign messages and blobs
+      store/<key>     one file per store key; written to a temporary name,
+                      fsynced and renamed (or hard-linked for if_absent), so a
+                      reader never sees half a blob
+
+    CREATE TABLE messages (
+      id          INTEGER PRIMARY KEY AUTOINCREMENT,
+      body        BLOB    NOT NULL,
+      visible_at  REAL    NOT NULL,   -- unix time; > now while leased
+      token       TEXT,               -- current lease token (NULL: never leased/released)
+      attempts    INTEGER NOT NULL,   -- deliveries so far
+      enqueued_at REAL    NOT NULL)
+
+``lease`` selects visible rows and stamps a fresh token and expiry inside one
+``BEGIN IMMEDIATE`` transaction, so two workers can never take the same
+message, and an expired lease is reclaimed simply by becoming visible again.
+``ack`` and ``extend`` match on ``(id, token)``: a late worker whose lease was
+reclaimed gets ``LeaseLost`` instead of deleting someone else's message.
+Safe for many worker processes on one machine (not over NFS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import BackendError, ConfigError, LeaseLost
+from ..model import Lease, QueueStats
+from .base import Backend, Queue, Store, check_key
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  body BLOB NOT NULL,
+  visible_at REAL NOT NULL,
+  token TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  enqueued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages(visible_at);
+"""
+
+
+class SqliteQueue(Queue):
+    """A lease queue in one SQLite file."""
+
+    reports_lease_lost = True
+    max_message_bytes = 64 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), timeout=60, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        with self._write(conn):
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None):
+        conn = conn or self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _db(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:  # forked: never share a connection across processes
+            self._pid = os.getpid()
+            self._conn = self._connect()
+        return self._conn
+
+    def put(self, bodies: Sequence[bytes]) -> list[str]:
+        now = time.time()
+        with self._lock, self._write() as db:
+            ids = []
+            for body in bodies:
+                cur = db.execute(
+                    "INSERT INTO messages (body, visible_at, attempts, enqueued_at) "
+                    "VALUES (?, ?, 0, ?)",
+                    (sqlite3.Binary(body), now, now),
+                )
+                ids.append(str(cur.lastrowid))
+        return ids
+
+    def _try_lease(self, max_n: int, lease_s: float) -> list[Lease]:
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            if db.execute(
+                "SELECT 1 FROM messages WHERE visible_at <= ? LIMIT 1", (now,)
+            ).fetchone():
+                with self._write(db):
+                    rows = db.execute(
+                        "SELECT id, body, attempts FROM messages WHERE visible_at <= ? "
+                        "ORDER BY id LIMIT ?",
+                        (now, max_n),
+                    ).fetchall()
+                    leases = []
+                    for mid, body, attempts in rows:
+                        token = secrets.token_hex(8)
+                        db.execute(
+                            "UPDATE messages SET token = ?, visible_at = ?, attempts = ? "
+                            "WHERE id = ?",
+                            (token, now + lease_s, attempts + 1, mid),
+                        )
+                        leases.append(Lease(str(mid), token, bytes(body), attempts + 1))
+                    return leases
+        return []
+
+    def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
+        deadline = time.monotonic() + wait_s
+        pause = 0.002
+        while True:
+            leases = self._try_lease(max_n, lease_s)
+            left = deadline - time.monotonic()
+            if leases or left <= 0:
+                return leases
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+    def _match(self, sql: str, params: list[tuple], leases: Sequence[Lease], what: str) -> None:
+        lost = []
+        with self._lock, self._write() as db:
+            for lease, p in zip(leases, params):
+                if db.execute(sql, p).rowcount == 0:
+                    lost.append(lease.id)
+        if lost:
+            raise LeaseLost(
+                f"{what} failed for message(s) {lost}: the lease expired and the message "
+                "was leased again or deleted"
+            )
+
+    def extend(self, leases: Sequence[Lease], lease_s: float) -> None:
+        until = time.time() + lease_s
+        self._match(
+            "UPDATE messages SET visible_at = ? WHERE id = ? AND token = ?",
+            [(until, int(x.id), x.token) for x in leases],
+            leases,
+            "extend",
+        )
+
+    def ack(self, leases: Sequence[Lease]) -> None:
+        self._match(
+            "DELETE FROM messages WHERE id = ? AND token = ?",
+            [(int(x.id), x.token) for x in leases],
+            leases,
+            "ack",
+        )
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        now = time.time()
+        with self._lock, self._write() as db:
+            for x in leases:
+                db.execute(
+                    "UPDATE messages SET visible_at = ?, token = NULL WHERE id = ? AND token = ?",
+                    (now, int(x.id), x.token),
+                )
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            visible, leased = (
+                self._db()
+                .execute(
+                    "SELECT COALESCE(SUM(visible_at <= ?), 0), COALESCE(SUM(visible_at > ?), 0) "
+                    "FROM messages",
+                    (time.time(), time.time()),
+                )
+                .fetchone()
+            )
+        return QueueStats(int(visible), int(leased))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class FileStore(Store):
+    """Blobs as files under a directory; atomic puts, crash-safe."""
+
+    def __init__(self, root: Path, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync:
+                os.fsync(f.fileno())
+        try:
+            if if_absent:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+                tmp = None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _walk(self, base: Path, rel: str, out: list[str]) -> None:
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            key = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                self._walk(Path(e.path), key + "/", out)
+            else:
+                out.append(key)
+
+    def list(self, prefix: str) -> list[str]:
+        head, _, name = prefix.rpartition("/")
+        base = self.root / head if head else self.root
+        out: list[str] = []
+        rel = f"{head}/" if head else ""
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if e.name.startswith(".") or not e.name.startswith(name):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                self._walk(Path(e.path), f"{rel}{e.name}/", out)
+            else:
+                out.append(f"{rel}{e.name}")
+        out.sort()
+        return out
+
+    def delete(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / key)
+        dirs = sorted({str(Path(k).parent) for k in keys}, key=len, reverse=True)
+        for d in dirs:
+            p = self.root / d
+            while p != self.root:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+                p = p.parent
+        return len(keys)
+
+
+def _secret(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".secret.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # first writer wins; everyone reads the winner's key
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes()
+
+
+def sqlite_dir(url: str) -> Path:
+    rest = url.split("://", 1)[1]
+    rest = rest.split("?", 1)[0]
+    if not rest:
+        raise ConfigError(f"backend {url!r} names no directory; use 'sqlite:///path/to/dir'")
+    return Path(rest).expanduser().resolve()
+
+
+class SqliteBackend(Backend):
+    poll_interval = 0.02
+    flush_interval = 0.5
+
+
+def open_sqlite(url: str) -> SqliteBackend:
+    """Open (creating if needed) the SQLite backend in the URL's directory."""
+    root = sqlite_dir(url)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        key = _secret(root / "secret.key")
+        queue = SqliteQueue(root / "queue.db")
+    except PermissionError as e:
+        raise ConfigError(
+            f"cannot use {root} for the SQLite backend: {e.strerror}; "
+            "choose a writable directory with backend='sqlite:///path'"
+        ) from None
+    except sqlite3.DatabaseError as e:
+        raise BackendError(f"{root / 'queue.db'} is not a usable SQLite database: {e}") from None
+    return SqliteBackend("sqlite://" + str(root), queue, FileStore(root / "store"), key)

@@ -1,0 +1,376 @@
+"""``cloudloop`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import glob
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, codec
+from .backends import open_backend
+from .commands import build_template, load_items, render, template_fields
+from .config import load_profile, parse_duration, worker_options
+from .errors import CloudloopError
+from .job import Job, attach_job, list_jobs
+from .model import format_seconds
+
+_SHIP_LIMIT = 50 << 20
+
+
+def _apply(fn, item: Any) -> Any:
+    """Call ``fn`` with a row: a dict as keywords, a list as arguments, else one argument."""
+    if isinstance(item, dict):
+        return fn(**item)
+    if isinstance(item, list):
+        return fn(*item)
+    return fn(item)
+
+
+def _backend(args):
+    return open_backend(args.backend or load_profile(args.profile).backend)
+
+
+def _job(args) -> Job:
+    return attach_job(_backend(args), args.job)
+
+
+def _import_target(target: str):
+    if ":" not in target:
+        raise CloudloopError(f"{target!r} is not 'module:function' (e.g. mypkg.fits:fit)")
+    mod, _, name = target.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(mod)
+    except ImportError as e:
+        raise CloudloopError(f"cannot import {mod!r}: {e}") from None
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CloudloopError(f"{mod!r} has no attribute {name!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _ship(argv: list[str], patterns: list[str]) -> dict[str, bytes]:
+    """Files for each task's directory: --files globs plus command words naming local files."""
+    names = [w for w in argv if not w.startswith("-") and "{" not in w and os.path.isfile(w)]
+    for pat in patterns:
+        found = glob.glob(pat, recursive=True)
+        if not found:
+            raise CloudloopError(f"--files {pat!r} matches no file")
+        names += [f for f in found if os.path.isfile(f)]
+    out: dict[str, bytes] = {}
+    for name in names:
+        rel = os.path.normpath(name)
+        if rel.startswith("..") or os.path.isabs(rel):
+            rel = os.path.basename(rel)
+        out[rel] = Path(name).read_bytes()
+    if sum(map(len, out.values())) > _SHIP_LIMIT:
+        raise CloudloopError("files to ship exceed 50 MB: put large data in the store or a bucket")
+    return out
+
+
+def cmd_run(args) -> int:
+    from .executor import Executor
+
+    opts = {
+        k: v
+        for k, v in {
+            "retries": args.retries,
+            "timeout": args.timeout,
+            "memory": args.memory,
+            "seed": args.seed,
+            "chunksize": args.chunksize,
+            "name": args.name,
+        }.items()
+        if v is not None
+    }
+    if not args.items:
+        raise CloudloopError("--items FILE is required (.csv, .jsonl or .json)")
+    items = list(load_items(args.items))
+    ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
+    if args.command:
+        if args.target:
+            raise CloudloopError("give either a module:function or a command after '--', not both")
+        template = build_template(args.command)
+        fields = set(template_fields(template))
+        for i, item in enumerate(items):
+            render(template, item, i)  # every row must fill the template before anything runs
+        job = ex.command_job(template, items, files=_ship(args.command, args.files), **opts)
+        del fields
+    elif args.target:
+        fn = _import_target(args.target)
+        job = ex.map_job(functools.partial(_apply, fn), items, **opts)
+    else:
+        raise CloudloopError("nothing to run: give module:function, or a command after '--'")
+    print(f"job {job.id}: {len(items)} tasks on {ex.backend.url}", file=sys.stderr)
+    if args.detach:
+        print(job.id)
+        return 0
+    try:
+        st = job.wait(progress=not args.quiet, logs=args.logs)
+    finally:
+        ex.shutdown(wait=False)
+    for f in job.failures()[:5]:
+        print(f"  {f}", file=sys.stderr)
+    print(
+        f"results: cloudloop results {job.id}   logs: cloudloop logs {job.id} TASK", file=sys.stderr
+    )
+    print(job.id)
+    return 1 if st.failed else 0
+
+
+def cmd_status(args) -> int:
+    backend = _backend(args)
+    if args.job:
+        job = attach_job(backend, args.job)
+        st = job.status()
+        if args.json:
+            print(json.dumps({**st.__dict__, "state": st.state.value}))
+            return 0
+        print(st)
+        for w in job.workers():
+            if w.get("job") == job.id and w.get("task") is not None:
+                prog = (
+                    ""
+                    if w.get("progress") is None
+                    else f" {w['progress'] * 100:.0f}% {w.get('message', '')}"
+                )
+                print(f"  task {w['task']} on {w['host']} (worker {w['id']}){prog}")
+        for f in job.failures()[:10] if st.failed else []:
+            print(f"  failed: {f}")
+        return 0
+    jobs = list_jobs(backend)
+    rows = []
+    for job in jobs:
+        try:
+            st = job.status()
+        except CloudloopError as e:
+            print(f"{job.id}  (unreadable: {e})")
+            continue
+        total = "?" if st.total is None else st.total
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.created))
+        rows.append(
+            (
+                st.id,
+                st.name[:24],
+                st.state.value,
+                f"{st.done}/{total}",
+                str(st.failed),
+                created,
+                format_seconds(st.elapsed),
+            )
+        )
+        if args.json:
+            print(json.dumps({**st.__dict__, "state": st.state.value}))
+    if not args.json:
+        head = ("JOB", "NAME", "STATE", "DONE", "FAILED", "CREATED", "ELAPSED")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print(f"{len(rows)} jobs on {backend.url}", file=sys.stderr)
+    return 0
+
+
+def cmd_logs(args) -> int:
+    job = _job(args)
+    if args.task is not None and not args.follow:
+        sys.stdout.write(job.logs(args.task, attempt=args.attempt))
+        return 0
+    while True:
+        for i, text in job.new_log_lines():
+            if args.task is None or i == args.task:
+                prefix = "" if args.task is not None else f"[task {i}] "
+                for line in text.splitlines():
+                    print(prefix + line, flush=True)
+        if not args.follow or job.done():
+            if args.follow:
+                for i, text in job.new_log_lines():
+                    if args.task is None or i == args.task:
+                        sys.stdout.write(text)
+            return 0
+        time.sleep(1.0)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        return repr(value)
+
+
+def cmd_results(args) -> int:
+    job = _job(args)
+    outcomes = job.outcomes()
+    rows = []
+    for i, o in sorted(outcomes.items()):
+        row: dict[str, Any] = {
+            "index": i,
+            "status": "ok" if o.ok else ("cancelled" if o.cancelled else "failed"),
+        }
+        if o.ok:
+            row["value"] = _jsonable(codec.loads(o.value))
+        elif o.error is not None:
+            row["error"] = f"{o.error.type_name}: {o.error.message}"
+        rows.append(row)
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "jsonl":
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+        else:
+            flat = []
+            for row in rows:
+                value = row.pop("value", None)
+                if isinstance(value, dict):
+                    row.update(
+                        {
+                            k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                            for k, v in value.items()
+                        }
+                    )
+                elif value is not None:
+                    row["value"] = json.dumps(value) if isinstance(value, (list, dict)) else value
+                flat.append(row)
+            cols = list(dict.fromkeys(k for r in flat for k in r))
+            w = csv.DictWriter(out, fieldnames=cols)
+            w.writeheader()
+            w.writerows(flat)
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    job = _job(args)
+    job.cancel()
+    print(f"job {job.id} cancelled")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from .worker import Worker
+
+    profile = load_profile(args.profile)
+    given = {
+        "lease": args.lease,
+        "idle_exit": args.idle_exit,
+        "heartbeat": args.heartbeat,
+        "split_after": args.split_after,
+    }
+    opts = worker_options(profile.worker, **{k: v for k, v in given.items() if v is not None})
+    if args.exit_when_orphaned:
+        opts = opts.replace(exit_when_orphaned=True)
+    backend = open_backend(args.backend or profile.backend)
+    Worker(backend, opts).run()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cloudloop",
+        description="Run a loop's iterations as a durable parallel job, here or on many machines.",
+    )
+    p.add_argument("--version", action="version", version=f"cloudloop {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def common(sp, job=False):
+        sp.add_argument("--backend", help="backend URL (default: the profile's)")
+        sp.add_argument(
+            "--profile", help="profile from cloudloop.toml (default: $CLOUDLOOP_PROFILE or local)"
+        )
+        if job:
+            sp.add_argument("job", help="job id (see `cloudloop status`)")
+        return sp
+
+    r = common(sub.add_parser("run", help="run a function or a command once per item", description=(
+        "Run TARGET (module:function, called with each item; a JSON object as keywords) or the "
+        "command after '--' once per row of --items. Command fields like {alpha} take the row's "
+        "value, shell-quoted; {index} and {seed} always exist. Example:\n"
+        "  cloudloop run --items params.csv -- Rscript fit.R --alpha {alpha}"),
+        formatter_class=argparse.RawDescriptionHelpFormatter))  # fmt: skip
+    r.add_argument("target", nargs="?", help="module:function to call per item")
+    r.add_argument("--items", help="items: .csv (one task per row), .jsonl or .json")
+    r.add_argument("--workers", type=int, help="local workers to start (0: none)")
+    r.add_argument("--retries", type=int, help="re-runs after a task fails (default 0)")
+    r.add_argument("--timeout", help="per-task time limit, e.g. 10m")
+    r.add_argument("--memory", help="per-task memory limit, e.g. 2GB")
+    r.add_argument("--seed", type=int, help="job seed (task seeds derive from it)")
+    r.add_argument("--chunksize", type=int, help="tasks per queue message (default: automatic)")
+    r.add_argument("--name", help="job name shown by status")
+    r.add_argument(
+        "--files",
+        action="append",
+        default=[],
+        help="glob of files copied into each task's directory",
+    )
+    r.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    r.add_argument("--logs", action="store_true", help="relay task output while waiting")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(fn=cmd_run)
+
+    s = common(sub.add_parser("status", help="list jobs, or show one job's progress"))
+    s.add_argument("job", nargs="?", help="job id (default: list every job)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_status)
+
+    lg = common(sub.add_parser("logs", help="print what tasks printed"), job=True)
+    lg.add_argument("task", nargs="?", type=int, help="task index (default: every task)")
+    lg.add_argument("--attempt", type=int, help="only this attempt")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    lg.set_defaults(fn=cmd_logs)
+
+    rs = common(sub.add_parser("results", help="write a job's results as jsonl or csv"), job=True)
+    rs.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    rs.add_argument("-o", "--output", help="file to write (default: stdout)")
+    rs.set_defaults(fn=cmd_results)
+
+    c = common(sub.add_parser("cancel", help="cancel a job"), job=True)
+    c.set_defaults(fn=cmd_cancel)
+
+    w = common(sub.add_parser("worker", help="serve a backend's queue until stopped", description=(
+        "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
+        "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop).")))  # fmt: skip
+    w.add_argument("--lease", type=parse_duration, help="lease length, e.g. 30s")
+    w.add_argument("--idle-exit", type=parse_duration, help="exit after this long without work")
+    w.add_argument("--heartbeat", type=parse_duration, help="seconds between heartbeats")
+    w.add_argument(
+        "--split-after", type=parse_duration, help="hand back the tail of chunks running longer"
+    )
+    w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    w.set_defaults(fn=cmd_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1 :]
+    args = _parser().parse_args(argv)
+    args.command = command
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        return args.fn(args)
+    except (CloudloopError, TimeoutError) as e:
+        print(f"cloudloop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,244 @@
+"""All serialisation: pickling with diagnosis, signing, messages, outcomes.
+
+Every pickle that crosses the queue or the store is signed with the backend's
+key (HMAC-SHA256) and verified before it is unpickled::
+
+    signed blob  = b"CLS1" | hmac(32) | data
+    message body = b"CLM1" | hmac(32) | u32 header length | header JSON | payload
+
+The message header is JSON so a worker can say which job and tasks a corrupt
+message claimed to carry without unpickling anything; the payload is opaque
+pickled bytes that only the task runner unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import pickle
+import struct
+import sys
+import sysconfig
+import traceback
+import types
+from typing import Any
+
+import cloudpickle
+
+from .errors import RemoteError, RemoteTraceback, SerializationError, TamperedError
+from .model import ErrorInfo, Outcome
+
+_BLOB = b"CLS1"
+_MSG = b"CLM1"
+_MAC = 32
+
+
+# ---------------------------------------------------------------- signing
+
+
+def sign(key: bytes, data: bytes) -> bytes:
+    """Wrap ``data`` with an HMAC so :func:`verify` can detect tampering."""
+    return _BLOB + hmac.digest(key, data, "sha256") + data
+
+
+def verify(key: bytes, blob: bytes, what: str = "blob") -> bytes:
+    """Return the data inside a :func:`sign` envelope, or raise TamperedError."""
+    if len(blob) < 4 + _MAC or blob[:4] != _BLOB:
+        raise TamperedError(f"{what} is not a signed cloudloop blob (wrong header)")
+    mac, data = blob[4 : 4 + _MAC], blob[4 + _MAC :]
+    if not hmac.compare_digest(mac, hmac.digest(key, data, "sha256")):
+        raise TamperedError(
+            f"{what} failed its signature check: it was modified or signed with "
+            "another key (a different backend's secret); refusing to unpickle it"
+        )
+    return data
+
+
+def encode_message(key: bytes, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = struct.pack(">I", len(head)) + head + payload
+    return _MSG + hmac.digest(key, body, "sha256") + body
+
+
+def peek_header(body: bytes) -> dict[str, Any] | None:
+    """The claimed header of a message, unverified (for error reports only)."""
+    try:
+        (n,) = struct.unpack(">I", body[4 + _MAC : 8 + _MAC])
+        header = json.loads(body[8 + _MAC : 8 + _MAC + n])
+        return header if isinstance(header, dict) else None
+    except Exception:
+        return None
+
+
+def decode_message(key: bytes, body: bytes) -> tuple[dict[str, Any], bytes]:
+    """Verify a message and return its header and payload."""
+    if len(body) < 8 + _MAC or body[:4] != _MSG:
+        raise TamperedError("queue message is not a cloudloop message (wrong header)")
+    mac, rest = body[4 : 4 + _MAC], body[4 + _MAC :]
+    if not hmac.compare_digest(mac, hmac.digest(key, rest, "sha256")):
+        raise TamperedError("queue message failed its signature check; it was not run")
+    (n,) = struct.unpack(">I", rest[:4])
+    try:
+        header = json.loads(rest[4 : 4 + n])
+    except ValueError as e:  # signed but unreadable: a bug, not tampering
+        raise TamperedError(f"queue message header is not JSON: {e}") from None
+    return header, rest[4 + n :]
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- pickling
+
+
+def _is_installed(path: str) -> bool:
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    return any(path.startswith(r + "/") for r in roots if r) or "site-packages" in path
+
+
+def ship_user_modules(fn: Any) -> None:
+    """Pickle the user's own modules by value so workers need not import them.
+
+    A function from ``__main__`` is already pickled by value; one from a module
+    in the user's project (not installed, not the standard library) would be
+    pickled by reference and fail on a worker that lacks the file. Registering
+    its top-level package makes cloudpickle ship its code instead.
+    """
+    name = getattr(fn, "__module__", None) or ""
+    if not name or name == "__main__" or name.startswith("cloudloop"):
+        return
+    top = name.split(".")[0]
+    module = sys.modules.get(top)
+    path = getattr(module, "__file__", None)
+    if module is None or not path or _is_installed(path):
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:
+        pass
+
+
+def dumps(obj: Any, what: str) -> bytes:
+    """cloudpickle ``obj``, or raise SerializationError naming the culprit."""
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        culprit = find_unpicklable(obj, what)
+        raise SerializationError(
+            f"cannot serialise {culprit or what}: {type(e).__name__}: {e}. "
+            "Objects holding open resources (connections, locks, files, threads) "
+            "cannot travel to workers: create them inside the task instead."
+        ) from e
+
+
+def _pickles(obj: Any) -> bool:
+    try:
+        cloudpickle.dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+def _describe(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
+
+
+def _children(obj: Any):
+    if isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                yield f"closure variable {name!r}", cell.cell_contents
+            except ValueError:
+                continue
+        for name in code.co_names:
+            if name in obj.__globals__:
+                yield f"global {name!r}", obj.__globals__[name]
+        for i, d in enumerate(obj.__defaults__ or ()):
+            yield f"default #{i}", d
+        for name, d in (obj.__kwdefaults__ or {}).items():
+            yield f"default {name!r}", d
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, item in enumerate(obj):
+            yield f"item {i}", item
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"key {k!r}", v
+    elif isinstance(obj, types.MethodType):
+        yield "bound instance", obj.__self__
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType)):
+        for k, v in vars(obj).items():
+            yield f"attribute {k!r}", v
+
+
+def find_unpicklable(obj: Any, what: str, depth: int = 0) -> str | None:
+    """A readable path to the innermost object that cannot be pickled."""
+    label = f"{what} ({_describe(obj)})"
+    if depth > 6 or _pickles(obj):
+        return None
+    for name, child in _children(obj):
+        if not _pickles(child):
+            inner = find_unpicklable(child, f"{what} -> {name}", depth + 1)
+            return inner or f"{what} -> {name} ({_describe(child)})"
+    return label
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_info(exc: BaseException, tb: str | None = None) -> ErrorInfo:
+    """Capture an exception for the store (pickled if it round-trips)."""
+    if tb is None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    t = type(exc)
+    blob: bytes | None
+    try:
+        blob = cloudpickle.dumps(exc.with_traceback(None))
+        pickle.loads(blob)
+    except Exception:
+        blob = None
+    return ErrorInfo(f"{t.__module__}.{t.__qualname__}", str(exc), tb, blob)
+
+
+def rebuild_exception(info: ErrorInfo) -> BaseException:
+    """The original exception (or a RemoteError), with the remote traceback as cause."""
+    exc: BaseException | None = None
+    if info.exc is not None:
+        try:
+            exc = pickle.loads(info.exc)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(info.type_name, info.message)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{info.traceback.rstrip()}\n"""')
+    return exc
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+def encode_outcomes(key: bytes, outcomes: list[Outcome]) -> bytes:
+    buf = io.BytesIO()
+    pickle.dump(outcomes, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return sign(key, buf.getvalue())
+
+
+def decode_outcomes(key: bytes, blob: bytes, what: str = "result part") -> list[Outcome]:
+    return pickle.loads(verify(key, blob, what))
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def decode_json(data: bytes) -> Any:
+    return json.loads(data)

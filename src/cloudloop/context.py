@@ -1,0 +1,108 @@
+"""What a running task can ask of cloudloop: its seed, checkpoints, progress.
+
+These functions work inside a task on any worker. Outside a task (plain local
+code, tests) ``task_seed``/``task_rng`` fall back to fresh entropy, and
+``checkpoint``/``restore``/``progress`` are no-ops, so the same function runs
+unchanged in a plain for-loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+
+
+def derive_seed(job_seed: int, index: int) -> int:
+    """The task's 63-bit seed: a hash of the job seed and the task index only,
+    so it is the same however tasks are chunked or wherever they run."""
+    h = hashlib.sha256(struct.pack(">QQ", job_seed & (2**64 - 1), index)).digest()
+    return int.from_bytes(h[:8], "big") >> 1
+
+
+@dataclass
+class TaskContext:
+    job_id: str
+    index: int
+    attempt: int
+    seed: int
+    key: bytes
+    store_factory: Callable[[], Any]  # -> Store, opened lazily
+    report_progress: Callable[[float, str], None]
+    checkpointed: bool = False
+    _store: Any = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = self.store_factory()
+        return self._store
+
+    def checkpoint_key(self) -> str:
+        return f"jobs/{self.job_id}/checkpoints/{self.index:010d}"
+
+
+_current: TaskContext | None = None
+
+
+def _set(ctx: TaskContext | None) -> None:
+    global _current
+    _current = ctx
+
+
+def current() -> TaskContext | None:
+    """The running task's context, or None outside a task."""
+    return _current
+
+
+def task_index() -> int | None:
+    return _current.index if _current else None
+
+
+def task_seed() -> int:
+    """This task's reproducible seed (fresh entropy outside a task)."""
+    return _current.seed if _current else random.SystemRandom().getrandbits(63)
+
+
+def task_rng():
+    """A ``numpy.random.Generator`` seeded with :func:`task_seed`."""
+    import numpy as np
+
+    return np.random.default_rng(task_seed())
+
+
+def checkpoint(state: Any) -> None:
+    """Save ``state`` so a later attempt of this task can :func:`restore` it.
+
+    Written to the job's store (signed), so it survives the worker: after a
+    preemption, crash or timeout, the next attempt, on any machine, resumes.
+    """
+    ctx = _current
+    if ctx is None:
+        return
+    blob = codec.sign(ctx.key, codec.dumps(state, "checkpoint state"))
+    ctx.store.put(ctx.checkpoint_key(), blob)
+    ctx.checkpointed = True
+
+
+def restore(default: Any = None) -> Any:
+    """The last state saved by :func:`checkpoint` for this task, or ``default``."""
+    ctx = _current
+    if ctx is None:
+        return default
+    blob = ctx.store.get_or_none(ctx.checkpoint_key())
+    if blob is None:
+        return default
+    return codec.loads(codec.verify(ctx.key, blob, f"checkpoint of task {ctx.index}"))
+
+
+def progress(fraction: float, message: str = "") -> None:
+    """Report how far this task is (0..1); shown by ``status`` and the dashboard."""
+    ctx = _current
+    if ctx is not None:
+        ctx.report_progress(max(0.0, min(1.0, float(fraction))), str(message))

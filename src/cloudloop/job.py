@@ -1,0 +1,432 @@
+"""A durable job, seen from any client: progress, results, failures, logs.
+
+A :class:`Job` holds no state of its own that matters: everything is read
+from the backend's store (see :mod:`cloudloop.keys`), so ``attach(id)`` from a
+new process, or another machine, sees exactly what the submitting client saw.
+Progress comes from listing result part names (which say which tasks they
+hold), so polling a job never reads its results.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec, keys
+from .backends import Backend
+from .errors import JobCancelled, JobNotFound, RemoteTraceback
+from .model import JobManifest, JobState, JobStatus, Outcome
+from .progress import ProgressBar
+
+log = logging.getLogger("cloudloop")
+_HEARTBEAT_FRESH = 30.0
+
+
+@dataclass
+class FailedTask:
+    """One failed task, as ``Job.failures()`` reports it."""
+
+    index: int
+    exception: BaseException
+    traceback: str
+    attempt: int
+    log: str
+    worker: str
+    host: str
+
+    def __str__(self) -> str:
+        e = self.exception
+        return f"task {self.index} (attempt {self.attempt}, {self.host}): {type(e).__name__}: {e}"
+
+
+def _better(new: Outcome, old: Outcome | None) -> bool:
+    """Which outcome wins when a task ran twice: success, then failure, then cancel."""
+    if old is None:
+        return True
+    rank = lambda o: 0 if o.ok else (1 if o.error is not None else 2)  # noqa: E731
+    return rank(new) < rank(old)
+
+
+class _Parts:
+    """The result part keys of a job and the task ranges they cover."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, tuple[int, int, int]] = {}
+        self._merged: list[tuple[int, int]] = []
+        self.done = 0
+
+    def refresh(self, store, job_id: str) -> bool:
+        listed = store.list(keys.results_prefix(job_id))
+        if len(listed) == len(self.parts):
+            return False
+        for key in listed:
+            if key not in self.parts:
+                self.parts[key] = keys.parse_result(key)
+        merged: list[list[int]] = []
+        for lo, hi, _ in sorted(self.parts.values()):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self._merged = [(a, b) for a, b in merged]
+        self.done = sum(b - a + 1 for a, b in self._merged)
+        return True
+
+    def covers(self, index: int) -> bool:
+        i = bisect.bisect_right(self._merged, (index, float("inf"))) - 1
+        return i >= 0 and self._merged[i][0] <= index <= self._merged[i][1]
+
+    def containing(self, index: int) -> list[str]:
+        return [k for k, (lo, hi, _) in self.parts.items() if lo <= index <= hi]
+
+    def failing(self) -> list[str]:
+        return [k for k, (_, _, nfail) in self.parts.items() if nfail]
+
+
+class Job:
+    """A handle on a job in a backend. Cheap to create; safe to have many."""
+
+    def __init__(self, backend: Backend, job_id: str, manifest: JobManifest | None = None):
+        self.backend = backend
+        self.id = job_id
+        self._manifest = manifest
+        self._parts = _Parts()
+        self._total: int | None = None
+        self._cancelled = False
+        self._failed: dict[int, bool] = {}  # index -> still failed, for failing parts read
+        self._read_failing: set[str] = set()
+        self._samples: list[tuple[float, int]] = []
+        self._finished_at: float | None = None
+        self._workers: tuple[float, list[dict]] = (0.0, [])
+        self._seen_logs: set[str] = set()
+
+    # ---------------------------------------------------------------- identity
+
+    @property
+    def manifest(self) -> JobManifest:
+        if self._manifest is None:
+            blob = self.backend.store.get_or_none(keys.manifest(self.id))
+            if blob is None:
+                raise JobNotFound(
+                    f"job {self.id!r} is not on backend {self.backend.url}; "
+                    "`cloudloop status` lists the jobs there"
+                )
+            data = codec.verify(self.backend.key, blob, f"manifest of job {self.id}")
+            self._manifest = JobManifest.from_dict(json.loads(data))
+        return self._manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name!r} on {self.backend.url}>"
+
+    # ---------------------------------------------------------------- progress
+
+    def _refresh(self) -> None:
+        store = self.backend.store
+        self._parts.refresh(store, self.id)
+        if self._total is None:
+            blob = store.get_or_none(keys.sealed(self.id))
+            if blob is not None:
+                self._total = int(codec.decode_json(blob)["tasks"])
+        if not self._cancelled:
+            self._cancelled = store.exists(keys.cancelled(self.id))
+        for key in self._parts.failing():
+            if key not in self._read_failing:
+                self._read_failing.add(key)
+                for o in self._read(key):
+                    if o.error is not None:
+                        self._failed.setdefault(o.index, True)
+        for index, still in list(self._failed.items()):
+            if still and len(self._parts.containing(index)) > 1:
+                ok = any(
+                    o.ok
+                    for k in self._parts.containing(index)
+                    for o in self._read(k)
+                    if o.index == index
+                )
+                self._failed[index] = not ok
+
+    def _read(self, key: str) -> list[Outcome]:
+        blob = self.backend.store.get(key)
+        return codec.decode_outcomes(self.backend.key, blob, f"result part {key}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Heartbeat records of workers seen in the last 30 s (cached 5 s)."""
+        at, cached = self._workers
+        if time.monotonic() - at > 5.0:
+            out = []
+            store = self.backend.store
+            for key in store.list("workers/"):
+                blob = store.get_or_none(key)
+                if blob is None:
+                    continue
+                try:
+                    rec = codec.decode_json(blob)
+                except ValueError:
+                    continue
+                if (
+                    rec.get("state") != "stopped"
+                    and time.time() - rec.get("last_seen", 0) < _HEARTBEAT_FRESH
+                ):
+                    out.append(rec)
+            self._workers = (time.monotonic(), out)
+            cached = out
+        return cached
+
+    def status(self) -> JobStatus:
+        """A snapshot of the job's progress (reads a listing, not the results)."""
+        manifest = self.manifest
+        self._refresh()
+        done, total = self._parts.done, self._total
+        failed = sum(self._failed.values())
+        live = self.workers()
+        running = sum(1 for w in live if w.get("job") == self.id and w.get("task") is not None)
+        now = time.time()
+        if self._cancelled:
+            state = JobState.CANCELLED
+        elif total is None:
+            state = JobState.SUBMITTING
+        elif done >= total:
+            state = JobState.FAILED if failed else JobState.COMPLETED
+        elif done == 0 and running == 0:
+            state = JobState.QUEUED
+        else:
+            state = JobState.RUNNING
+        if state.finished and self._finished_at is None:
+            self._finished_at = self._finish_time()
+        elapsed = (self._finished_at or now) - manifest.created
+        self._samples = [s for s in self._samples if now - s[0] < 30] + [(now, done)]
+        t0, d0 = self._samples[0]
+        rate = (done - d0) / (now - t0) if now - t0 > 2 else done / max(elapsed, 1e-9)
+        eta = (
+            (total - done) / rate if total is not None and rate > 0 and not state.finished else None
+        )
+        return JobStatus(
+            self.id, manifest.name, state, total, done, failed, running, len(live),
+            manifest.created, elapsed, rate, eta,
+        )  # fmt: skip
+
+    def _finish_time(self) -> float:
+        store = self.backend.store
+        blob = store.get_or_none(keys.job_prefix(self.id) + "finished")
+        if blob is not None:
+            return float(codec.decode_json(blob)["at"])
+        ends = [o.ended for k in self._parts.parts for o in self._read(k) if o.ended]
+        at = max(ends) if ends else time.time()
+        store.put(
+            keys.job_prefix(self.id) + "finished", codec.encode_json({"at": at}), if_absent=True
+        )
+        return at
+
+    def done(self) -> bool:
+        return self.status().state.finished
+
+    def wait(
+        self, timeout: float | None = None, progress: bool = False, logs: bool = False
+    ) -> JobStatus:
+        """Block until every task has a result (or the job is cancelled).
+
+        Args:
+            timeout: seconds to wait at most; raises TimeoutError after.
+            progress: draw a progress bar on stderr.
+            logs: relay the tasks' output to stderr as it arrives.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = ProgressBar() if progress else None
+        pause, last_done, stalled_since, warned = (
+            self.backend.poll_interval,
+            -1,
+            time.monotonic(),
+            False,
+        )
+        while True:
+            st = self.status()
+            if logs:
+                self._relay_logs()
+            if bar is not None:
+                bar.update(st, final=st.state.finished)
+            if st.state.finished:
+                return st
+            if st.done != last_done:
+                last_done, stalled_since, pause = (
+                    st.done,
+                    time.monotonic(),
+                    self.backend.poll_interval,
+                )
+            elif not warned and st.workers == 0 and time.monotonic() - stalled_since > 30:
+                warned = True
+                log.warning(
+                    "job %s: no worker has been seen for 30 s; start some with "
+                    "`cloudloop worker --backend %s` (or use Executor(workers=N))",
+                    self.id, self.backend.url,
+                )  # fmt: skip
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} not finished after {timeout} s: {st}")
+            time.sleep(
+                pause if deadline is None else max(0, min(pause, deadline - time.monotonic()))
+            )
+            pause = min(pause * 1.5, 1.0)
+
+    def cancel(self) -> None:
+        """Stop the job: queued tasks are dropped, running ones are killed."""
+        self.backend.store.put(keys.cancelled(self.id), codec.encode_json({"at": time.time()}))
+        self._cancelled = True
+
+    # ---------------------------------------------------------------- results
+
+    def outcomes(self) -> dict[int, Outcome]:
+        """Every stored outcome by task index (the best one when a task ran twice)."""
+        self._refresh()
+        best: dict[int, Outcome] = {}
+        for key in sorted(self._parts.parts):
+            for o in self._read(key):
+                if _better(o, best.get(o.index)):
+                    best[o.index] = o
+        return best
+
+    def results(self, return_exceptions: bool = False, timeout: float | None = None) -> list[Any]:
+        """Every task's return value, in input order (waits for the job first).
+
+        Raises the first failed task's exception (remote traceback as its
+        ``__cause__``) unless ``return_exceptions``, which puts exceptions in
+        the list instead.
+        """
+        self.wait(timeout)
+        return list(self.iter_results(return_exceptions=return_exceptions))
+
+    def iter_results(
+        self, return_exceptions: bool = False, deadline: float | None = None
+    ) -> Iterator[Any]:
+        """Yield values in input order as they become available, holding little in memory."""
+        nxt, consumed, pending = 0, set(), {}
+        pause = self.backend.poll_interval
+        while True:
+            total = self._total
+            if total is not None and nxt >= total:
+                return
+            while nxt in pending:
+                o = pending.pop(nxt)
+                nxt += 1
+                if o.ok:
+                    yield codec.loads(o.value)
+                else:
+                    exc = self._exception(o)
+                    if not return_exceptions:
+                        raise exc
+                    yield exc
+                pause = self.backend.poll_interval
+            if total is not None and nxt >= total:
+                return
+            keys_here = [k for k in self._parts.containing(nxt) if k not in consumed]
+            if keys_here:
+                for key in keys_here:
+                    consumed.add(key)
+                    for o in self._read(key):
+                        if o.index >= nxt and _better(o, pending.get(o.index)):
+                            pending[o.index] = o
+                continue
+            self._refresh()
+            if self._parts.containing(nxt) and any(
+                k not in consumed for k in self._parts.containing(nxt)
+            ):
+                continue
+            if self._cancelled:
+                if not return_exceptions:
+                    raise JobCancelled(f"job {self.id} was cancelled")
+                pending[nxt] = Outcome(nxt, 0, cancelled=True)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"result {nxt} of job {self.id} not ready in time")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+    def _exception(self, o: Outcome) -> BaseException:
+        if o.cancelled:
+            return CancelledError(f"task {o.index} of job {self.id} was cancelled")
+        assert o.error is not None
+        return codec.rebuild_exception(o.error)
+
+    def failures(self) -> list[FailedTask]:
+        """Every failed task: index, exception, traceback, attempt, and that attempt's log."""
+        out = []
+        for index, o in sorted(self.outcomes().items()):
+            if o.error is not None:
+                out.append(
+                    FailedTask(
+                        index,
+                        codec.rebuild_exception(o.error),
+                        o.error.traceback,
+                        o.attempt,
+                        self.logs(index, attempt=o.attempt),
+                        o.worker,
+                        o.host,
+                    )  # fmt: skip
+                )
+        return out
+
+    # ---------------------------------------------------------------- logs
+
+    def _log_segments(self, index: int | None = None, keys_seen: set[str] | None = None):
+        store = self.backend.store
+        for key in store.list(keys.logs_prefix(self.id)):
+            if keys_seen is not None:
+                if key in keys_seen:
+                    continue
+                keys_seen.add(key)
+            lo, hi = keys.parse_logs(key)
+            if index is not None and not lo <= index <= hi:
+                continue
+            blob = store.get_or_none(key)
+            if blob is None:
+                continue
+            for i, segments in codec.decode_json(blob).items():
+                if index is None or int(i) == index:
+                    for attempt, part, text in segments:
+                        yield int(i), attempt, part, text
+
+    def logs(self, index: int, attempt: int | None = None) -> str:
+        """Everything task ``index`` printed (all attempts, or one)."""
+        segs = sorted(
+            (a, p, t) for _, a, p, t in self._log_segments(index) if attempt is None or a == attempt
+        )
+        out, last = [], None
+        for a, _, text in segs:
+            if attempt is None and a != last and len({s[0] for s in segs}) > 1:
+                out.append(f"--- attempt {a} ---\n")
+            last = a
+            out.append(text)
+        return "".join(out)
+
+    def new_log_lines(self) -> Iterator[tuple[int, str]]:
+        """(task index, text) for log segments not returned before by this handle."""
+        for i, _, _, text in self._log_segments(keys_seen=self._seen_logs):
+            yield i, text
+
+    def _relay_logs(self) -> None:
+        for i, text in self.new_log_lines():
+            for line in text.splitlines():
+                sys.stderr.write(f"[task {i}] {line}\n")
+
+
+def list_jobs(backend: Backend) -> list[Job]:
+    """Every job on a backend, oldest first."""
+    return [Job(backend, k.rsplit("/", 1)[1]) for k in backend.store.list("index/")]
+
+
+def attach_job(backend: Backend, job_id: str) -> Job:
+    job = Job(backend, job_id)
+    job.manifest  # noqa: B018 - raises JobNotFound early
+    return job
+
+
+__all__ = ["FailedTask", "Job", "RemoteTraceback", "attach_job", "list_jobs"]

@@ -1,0 +1,439 @@
+"""Tasks run in a child process group: timeouts, memory limits, log capture.
+
+::
+
+    worker (RunnerProcess)                        runner child (own session = process group)
+    ──────────────────────                        ───────────────────────────────────────────
+    load(chunk payload, fns) ──── ctl pipe ────►  unpickle the chunk (user code lives only here)
+    run([(index, attempt)...]) ── ctl pipe ────►  for each task: status <- index, attempt, t0, log offset
+                                                    seed random/numpy, call fn, retry user errors
+    poll() ◄───────────────────── result pipe ──   outcomes, batched (every 20 ms and at batch end)
+    status() ◄──────────────────── mmap file ───   which task runs since when; its cl.progress()
+    rss(), kill() ── /proc, killpg ────────────►   timeout / memory / cancel kill the whole group
+    log file ◄──────────────────── fds 1 and 2 ──  everything the task and its children print
+
+The child is reused across tasks (starting an interpreter per task would cost
+more than a tiny task), and replaced after it is killed or dies. Because its
+stdout and stderr are one ``O_APPEND`` file, output from subprocesses of a task
+is captured too; each task's log is the byte range written while it ran.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import mmap
+import os
+import pickle
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from . import codec, commands, context
+from .errors import SerializationError
+
+_FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
+_HEAD = struct.calcsize(_FMT)
+_MSG_AT, _MSG_MAX, _SIZE = 64, 400, 512
+_FLUSH_EVERY = 0.02
+
+
+@dataclass(frozen=True)
+class Status:
+    index: int  # -1 when idle
+    attempt: int
+    started: float
+    log_offset: int
+    progress: float  # -1: never reported
+    message: str
+
+
+class _StatusFile:
+    """A seqlock-protected record in a shared mmap (written by the child only)."""
+
+    def __init__(self, path: Path, create: bool = False):
+        if create:
+            path.write_bytes(b"\0" * _SIZE)
+        self._f = open(path, "r+b")
+        self._m = mmap.mmap(self._f.fileno(), _SIZE)
+        self._seq = 0
+
+    def write(self, index: int, attempt: int, started: float, off: int, prog: float, msg: str):
+        self._seq += 1
+        struct.pack_into("<Q", self._m, 0, self._seq)
+        raw = msg.encode()[:_MSG_MAX]
+        struct.pack_into(_FMT, self._m, 0, self._seq, index, attempt, started, off, prog)
+        struct.pack_into("<H", self._m, _MSG_AT, len(raw))
+        self._m[_MSG_AT + 2 : _MSG_AT + 2 + len(raw)] = raw
+        self._seq += 1
+        struct.pack_into("<Q", self._m, 0, self._seq)
+
+    def read(self) -> Status:
+        for _ in range(100):
+            s1 = struct.unpack_from("<Q", self._m, 0)[0]
+            _, index, attempt, started, off, prog = struct.unpack_from(_FMT, self._m, 0)
+            (n,) = struct.unpack_from("<H", self._m, _MSG_AT)
+            msg = bytes(self._m[_MSG_AT + 2 : _MSG_AT + 2 + min(n, _MSG_MAX)])
+            if s1 % 2 == 0 and struct.unpack_from("<Q", self._m, 0)[0] == s1:
+                return Status(index, attempt, started, off, prog, msg.decode(errors="replace"))
+            time.sleep(0.0001)
+        return Status(-1, 0, 0.0, 0, -1.0, "")
+
+    def close(self) -> None:
+        self._m.close()
+        self._f.close()
+
+
+# ---------------------------------------------------------------- parent side
+
+
+class RunnerDied(Exception):
+    def __init__(self, returncode: int | None):
+        super().__init__(returncode)
+        self.returncode = returncode
+
+
+class RunnerProcess:
+    """The worker's handle on its task runner child."""
+
+    def __init__(self, scratch: Path, env: dict[str, str] | None = None):
+        self.scratch = scratch
+        self.log_path = scratch / "tasks.log"
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self._shm = scratch / "status"
+        self._status = _StatusFile(self._shm, create=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        ctl_r, ctl_w = os.pipe()
+        res_r, res_w = os.pipe()
+        shm = self._shm
+        self._status.write(-1, 0, 0.0, 0, -1.0, "")
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cloudloop.runner", str(ctl_r), str(res_w), str(shm)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(ctl_r, res_w),
+                start_new_session=True,
+                env=self.env,
+            )
+        finally:
+            for fd in (ctl_r, res_w, log):
+                os.close(fd)
+        self._ctl = Connection(ctl_w, readable=False)
+        self._res = Connection(res_r, writable=False)
+
+    def send(self, kind: str, data: Any) -> None:
+        try:
+            self._ctl.send_bytes(pickle.dumps((kind, data), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            raise RunnerDied(self.proc.poll() if self.proc else None) from None
+
+    def recv(self, timeout: float) -> Any | None:
+        """The next message from the child, None on timeout; RunnerDied if it is gone."""
+        try:
+            if self._res.poll(timeout):
+                return pickle.loads(self._res.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.proc is not None and self.proc.poll() is None:
+                return None
+        returncode = self.proc.wait() if self.proc else None
+        raise RunnerDied(returncode)
+
+    def status(self) -> Status:
+        return self._status.read()
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read_log(self, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def rss(self) -> int:
+        """Resident memory of every process in the child's process group, in bytes."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        pgid, total, page = proc.pid, 0, os.sysconf("SC_PAGE_SIZE")
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                total += int(fields[21]) * page
+        return total
+
+    def kill(self) -> int | None:
+        """Kill the child's whole process group; returns its exit status."""
+        if self.proc is None:
+            return None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        rc = self.proc.wait()
+        self.close()
+        return rc
+
+    def close(self) -> None:
+        for conn in (getattr(self, "_ctl", None), getattr(self, "_res", None)):
+            if conn is not None:
+                conn.close()
+        self._ctl = self._res = None  # type: ignore[assignment]
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+
+    def truncate_log(self) -> None:
+        """Empty the log file (only between chunks, when no task is writing)."""
+        with open(self.log_path, "r+b") as f:
+            f.truncate(0)
+
+
+# ---------------------------------------------------------------- child side
+
+
+def _own_frame(tb) -> bool:
+    return tb.tb_frame.f_code.co_filename == __file__
+
+
+def _format_tb(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and _own_frame(tb):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class _Child:
+    """State of the runner child: the current chunk and cached functions."""
+
+    def __init__(self, res: Connection, status: _StatusFile):
+        self.res = res
+        self.status = status
+        self.fns: dict[str, Any] = {}
+        self.wants_rng: dict[str, bool] = {}
+        self.job: dict[str, Any] = {}
+        self.tasks: list[Any] = []
+        self.load_error: BaseException | None = None
+        self.lo = 0
+        self.pending: list[tuple] = []
+        self.last_send = 0.0
+        self.cur = (-1, 0, 0.0, 0)
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.job, self.lo = data["job"], data["lo"]
+        self.load_error = None
+        try:
+            for ref, blob in data["fns"].items():
+                if ref not in self.fns:
+                    fn = codec.loads(blob)
+                    self.fns[ref] = fn
+                    self.wants_rng[ref] = _accepts_rng(fn)
+            tasks = codec.loads(data["payload"])
+            if data.get("nested"):
+                tasks = [codec.loads(t) for t in tasks]
+            self.tasks = tasks
+        except BaseException as e:
+            self.tasks = []
+            self.load_error = e
+
+    def progress(self, fraction: float, message: str) -> None:
+        index, attempt, started, off = self.cur
+        self.status.write(index, attempt, started, off, fraction, message)
+
+    def run(self, todo: list[tuple[int, int]]) -> None:
+        for index, attempt in todo:
+            self.pending.append(self.run_one(index, attempt))
+            if time.monotonic() - self.last_send > _FLUSH_EVERY:
+                self.send()
+        self.send()
+        self.res.send_bytes(pickle.dumps(("end", None)))
+
+    def send(self) -> None:
+        if self.pending:
+            self.res.send_bytes(pickle.dumps(("outcomes", self.pending), protocol=5))
+            self.pending = []
+        self.last_send = time.monotonic()
+
+    def run_one(self, index: int, attempt: int) -> tuple:
+        job = self.job
+        retries = job["retries"]
+        segments = []
+        while True:
+            started, off = time.time(), _log_end()
+            self.cur = (index, attempt, started, off)
+            self.status.write(index, attempt, started, off, -1.0, "")
+            ok, payload, checkpointed = self.call(index, attempt)
+            _flush()
+            segments.append((attempt, off, _log_end()))
+            if ok or attempt > retries:
+                break
+            print(
+                f"cloudloop: task {index} attempt {attempt} failed "
+                f"({payload.type_name}); retrying ({retries - attempt + 1} retries left)",
+                file=sys.stderr,
+                flush=True,
+            )
+            attempt += 1
+        self.cur = (-1, 0, 0.0, 0)
+        self.status.write(-1, 0, 0.0, 0, -1.0, "")
+        return (index, attempt, ok, payload, started, time.time(), segments, checkpointed)
+
+    def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
+        job = self.job
+        seed = context.derive_seed(job["seed"], index)
+        ctx = context.TaskContext(
+            job_id=job["id"],
+            index=index,
+            attempt=attempt,
+            seed=seed,
+            key=job["key"],
+            store_factory=lambda: _open_store(job["backend"]),
+            report_progress=self.progress,
+        )
+        saved_env = {k: os.environ.get(k) for k in job["env"]}
+        os.environ.update(job["env"])
+        os.environ["CLOUDLOOP_TASK_INDEX"] = str(index)
+        os.environ["CLOUDLOOP_TASK_SEED"] = str(seed)
+        context._set(ctx)
+        try:
+            if self.load_error is not None:
+                raise self.load_error
+            random.seed(seed)
+            if "numpy" in sys.modules:
+                sys.modules["numpy"].random.seed(seed % 2**32)
+            fn_ref, args, kwargs = self.tasks[index - self.lo]
+            if job["kind"] == "command":
+                value = self.command(index, seed, args[0])
+            else:
+                fn = self.fns[fn_ref]
+                if self.wants_rng.get(fn_ref) and "rng" not in kwargs:
+                    kwargs = {**kwargs, "rng": context.task_rng()}
+                value = fn(*args, **kwargs)
+            try:
+                return True, codec.dumps(value, f"the result of task {index}"), ctx.checkpointed
+            except SerializationError as e:
+                return False, codec.error_info(e, f"SerializationError: {e}\n"), ctx.checkpointed
+        except BaseException as e:
+            return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
+        finally:
+            context._set(None)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def command(self, index: int, seed: int, item: Any) -> Any:
+        job = self.job
+        cmd = commands.render(job["command"], item, index, seed, job["id"])
+        workdir = Path(job["workroot"]) / f"{job['id']}-{index}-{os.getpid()}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name, path in job["files"].items():
+                target = workdir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            print(f"$ {cmd}", file=sys.stderr, flush=True)
+            return commands.run_command(cmd, workdir, {"CLOUDLOOP_WORKDIR": str(workdir)})
+        finally:
+            if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _accepts_rng(fn: Any) -> bool:
+    try:
+        return "rng" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_stores: dict[str, Any] = {}
+
+
+def _open_store(url: str):
+    if url not in _stores:
+        from .backends import open_backend
+
+        _stores[url] = open_backend(url).store
+    return _stores[url]
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _log_end() -> int:
+    _flush()
+    try:
+        return os.fstat(1).st_size
+    except OSError:
+        return 0
+
+
+def main(argv: list[str]) -> None:
+    ctl_fd, res_fd, shm = int(argv[0]), int(argv[1]), Path(argv[2])
+    os.set_inheritable(ctl_fd, False)
+    os.set_inheritable(res_fd, False)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = Connection(ctl_fd, writable=False)
+    child = _Child(Connection(res_fd, readable=False), _StatusFile(shm))
+    while True:
+        try:
+            kind, data = pickle.loads(ctl.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if kind == "load":
+            child.load(data)
+        elif kind == "run":
+            child.run(data)
+        elif kind == "exit":
+            return
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,197 @@
+"""Writing a job into a backend: manifest, functions, chunked task messages.
+
+Submission streams: items are pickled a chunk at a time and sent in batches,
+so mapping over a million items never holds a million pickles (or futures)
+in memory. A chunk whose pickled payload is too big for one queue message
+spills to the store and the message carries its key (the extended-client
+pattern), which is also how large arguments stay out of the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from . import __version__, codec, keys
+from .backends import Backend
+from .errors import SerializationError
+from .model import JobManifest, JobOptions
+
+_SEND_BATCH = 64  # messages per queue.put
+_SEND_BYTES = 4 << 20
+_HEADER_ROOM = 4096
+
+
+def new_job_id(name: str | None = None) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def auto_chunksize(n: int | None, workers: int) -> int:
+    """Tasks per message: ~8 messages per worker, 1..1024 tasks each.
+
+    Few messages keep tiny tasks cheap; enough messages keep workers balanced.
+    Long chunks are also split by the worker running them when others idle.
+    """
+    if n is None:
+        return 64
+    return max(1, min(1024, -(-n // (max(workers, 1) * 8))))
+
+
+class JobWriter:
+    """Streams one job's manifest, functions and tasks into a backend."""
+
+    def __init__(self, backend: Backend, manifest: JobManifest):
+        self.backend = backend
+        self.manifest = manifest
+        self.key = backend.key
+        self._refs: dict[int, tuple[Any, str]] = {}
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.chunks = 0
+        self.tasks = 0
+
+    @classmethod
+    def create(
+        cls,
+        backend: Backend,
+        options: JobOptions,
+        kind: str = "python",
+        command: str | None = None,
+        files: dict[str, bytes] | None = None,
+        session: bool = False,
+    ) -> JobWriter:
+        job_id = new_job_id()
+        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        manifest = JobManifest(
+            id=job_id,
+            name=options.name or (command.split()[0] if command else "job"),
+            kind=kind,
+            created=time.time(),
+            options=options,
+            seed=seed,
+            client=f"{socket.gethostname()}:{os.getpid()}",
+            version=__version__,
+            command=command,
+            files=tuple(sorted(files or {})),
+            session=session,
+        )
+        store = backend.store
+        for name, data in (files or {}).items():
+            store.put(keys.file(job_id, name), codec.sign(backend.key, data))
+        body = json.dumps(manifest.to_dict()).encode()
+        store.put(keys.manifest(job_id), codec.sign(backend.key, body))
+        index = {"name": manifest.name, "created": manifest.created, "kind": kind}
+        store.put(keys.index_entry(job_id), codec.encode_json(index))
+        return cls(backend, manifest)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def add_fn(self, fn: Any) -> str:
+        """Store a function once per job; returns its reference."""
+        hit = self._refs.get(id(fn))
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        codec.ship_user_modules(fn)
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        blob = codec.dumps(fn, f"function {name!r}")
+        ref = codec.digest(blob)
+        self.backend.store.put(keys.fn(self.id, ref), codec.sign(self.key, blob), if_absent=True)
+        self._refs[id(fn)] = (fn, ref)
+        return ref
+
+    def add_chunk(self, lo: int, tasks: list[tuple[str | None, tuple, dict]]) -> None:
+        """Queue tasks ``lo .. lo+len(tasks)-1`` (each ``(fn_ref, args, kwargs)``) as one message."""
+        refs = sorted({t[0] for t in tasks if t[0]})
+        self._send(lo, len(tasks), _dumps_tasks(tasks, lo), refs, nested=False)
+
+    def add_packed(self, lo: int, packed: list[bytes], refs: set[str]) -> None:
+        """Like :meth:`add_chunk` for tasks already pickled one by one (``submit``)."""
+        self._send(lo, len(packed), codec.dumps(packed, "tasks"), sorted(refs), nested=True)
+
+    def _send(self, lo: int, n: int, payload: bytes, refs: list[str], nested: bool) -> None:
+        header = {
+            "v": 1,
+            "job": self.id,
+            "chunk": self.chunks,
+            "lo": lo,
+            "hi": lo + n - 1,
+            "runs": [[lo, lo + n - 1]],
+            "fns": refs,
+            "nested": nested,
+        }
+        if len(payload) + _HEADER_ROOM > self.backend.queue.max_message_bytes:
+            header["spill"] = keys.inputs(self.id, self.chunks)
+            self.backend.store.put(header["spill"], codec.sign(self.key, payload))
+            payload = b""
+        body = codec.encode_message(self.key, header, payload)
+        self.chunks += 1
+        self.tasks += n
+        self._pending.append(body)
+        self._pending_bytes += len(body)
+        if len(self._pending) >= _SEND_BATCH or self._pending_bytes >= _SEND_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.backend.queue.put(self._pending)
+            self._pending, self._pending_bytes = [], 0
+
+    def seal(self) -> None:
+        """Mark submission finished: the job has ``self.tasks`` tasks."""
+        self.flush()
+        data = codec.encode_json({"tasks": self.tasks, "chunks": self.chunks, "at": time.time()})
+        self.backend.store.put(keys.sealed(self.id), data)
+
+    def write_items(self, fn: Any, items: Iterable[tuple], chunksize: int) -> None:
+        """Stream ``fn(*args)`` for each args tuple, ``chunksize`` per message."""
+        ref = self.add_fn(fn) if fn is not None else None
+        buf: list[tuple[str | None, tuple, dict]] = []
+        lo = self.tasks
+        for args in items:
+            buf.append((ref, args, {}))
+            if len(buf) >= chunksize:
+                self.add_chunk(lo, buf)
+                lo += len(buf)
+                buf = []
+        if buf:
+            self.add_chunk(lo, buf)
+
+
+def _dumps_tasks(tasks: list[tuple], lo: int) -> bytes:
+    try:
+        return codec.dumps(tasks, "tasks")
+    except SerializationError:
+        for n, (_, args, kwargs) in enumerate(tasks):
+            for name, value in [
+                *((f"argument {i}", a) for i, a in enumerate(args)),
+                *((f"argument {k!r}", v) for k, v in kwargs.items()),
+            ]:
+                codec.dumps(value, f"{name} of task {lo + n}")
+        raise
+
+
+def zip_items(iterables: tuple[Iterable, ...]) -> Iterator[tuple]:
+    if len(iterables) == 1:
+        return ((x,) for x in iterables[0])
+    return zip(*iterables)
+
+
+def length_hint(iterables: tuple[Iterable, ...]) -> int | None:
+    lengths = []
+    for it in iterables:
+        try:
+            lengths.append(len(it))  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return min(lengths) if lengths else 0

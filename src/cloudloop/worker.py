@@ -1,0 +1,646 @@
+"""The worker loop: lease a chunk, run its tasks in a child, store results, ack.
+
+::
+
+    queue ──lease──► Worker.run ──decode + verify──► _Chunk(todo = its task indices)
+      ▲                 │                               │
+      │ extend (every   │  RunnerProcess: sub-batches of todo, sized to ~0.2 s of work
+      │ lease/3, by     │     ├─ outcomes ─► buffer ─flush (every 0.5 s / chunk end)─► STORE results/, logs/
+      │ _Heartbeat)     │     ├─ timeout / memory / crash ─► kill group, failure or retry
+      │                 │     └─ chunk running > split_after ─► tail re-queued as new messages
+      └──────ack────────┘  (only after every task of the message has a stored result)
+
+    _Heartbeat thread: extends the lease, notices job cancellation, writes
+    workers/<id> (host, pid, current task, progress, tasks done) to the store.
+
+Results are stored before the ack, keyed by task index, so a worker that dies
+anywhere in between costs at most a re-run, never a lost or doubled result
+(the client keeps the first outcome it sees for an index). A message leased
+again after its holder vanished is run carefully: tasks that already have
+results are skipped, the rest run one at a time with a start marker each, and
+a task that has taken ``max_deliveries`` workers down with it is failed as
+:class:`WorkerLost` instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from . import __version__, codec, keys
+from .backends import Backend
+from .errors import (
+    CorruptMessage,
+    JobCancelled,
+    LeaseLost,
+    MemoryLimitExceeded,
+    TamperedError,
+    TaskCrashed,
+    TaskTimeout,
+    WorkerLost,
+)
+from .model import JobManifest, Lease, Outcome, WorkerOptions
+from .runner import RunnerDied, RunnerProcess
+
+log = logging.getLogger("cloudloop.worker")
+
+_BATCH_TARGET = 0.2  # seconds of work per sub-batch sent to the runner
+_LIVE_LOG_EVERY = 2.0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def describe_death(index: int, rc: int | None) -> Exception:
+    if rc is not None and rc < 0:
+        sig = signal.Signals(-rc)
+        if sig == signal.SIGKILL:
+            return TaskCrashed(
+                f"task {index}'s process was killed by SIGKILL, most likely by the kernel's "
+                "out-of-memory killer (the machine ran out of memory). Give the job a "
+                "memory= limit to get a clear error, or use machines with more memory."
+            )
+        desc = signal.strsignal(sig) or sig.name
+        return TaskCrashed(
+            f"task {index}'s process died with {sig.name} ({desc}), usually a crash in "
+            "native code (a C extension, ctypes, a corrupt model file)."
+        )
+    return TaskCrashed(
+        f"task {index}'s process exited with status {rc} before returning "
+        "(os._exit(), or a native library calling exit())."
+    )
+
+
+class _JobInfo:
+    def __init__(self, manifest: JobManifest):
+        self.manifest = manifest
+        self.cancelled = False
+        self.cancel_checked = 0.0
+        self.files: dict[str, str] = {}
+
+
+@dataclass
+class _Chunk:
+    lease: Lease
+    header: dict[str, Any]
+    job: _JobInfo
+    todo: dict[int, int]  # index -> attempt to run next
+    payload: bytes
+    careful: bool
+    t0: float = field(default_factory=time.monotonic)
+    extended: float = field(default_factory=time.monotonic)
+    buffer: list[Outcome] = field(default_factory=list)
+    logs: dict[int, list] = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)
+    streamed: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    last_flush: float = field(default_factory=time.monotonic)
+    last_stream: float = field(default_factory=time.monotonic)
+    busy: float = 0.0
+    ran: int = 0
+    idle_deaths: int = 0
+    lost: bool = False
+    stop_reason: Exception | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.manifest.id
+
+
+class Worker:
+    """Pulls chunks from a backend's queue and runs them until told to stop."""
+
+    def __init__(self, backend: Backend, options: WorkerOptions | None = None, provider: str = ""):
+        self.backend = backend
+        self.queue, self.store, self.key = backend.queue, backend.store, backend.key
+        self.options = options or WorkerOptions()
+        self.host = socket.gethostname()
+        self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.provider = provider or os.environ.get("CLOUDLOOP_PROVIDER", "external")
+        self.scratch = Path(tempfile.mkdtemp(prefix="cloudloop-worker-"))
+        env = {**os.environ, "CLOUDLOOP_WORKER_ID": self.id}
+        self.runner = RunnerProcess(self.scratch, env)
+        self.jobs: dict[str, _JobInfo] = {}
+        self.fns: dict[str, bytes] = {}
+        self.current: _Chunk | None = None
+        self.stopping = threading.Event()
+        self.tasks_done = 0
+        self.failures = 0
+        self.started = time.time()
+        self._ppid = os.getppid()
+        self._mem_checked = 0.0
+        self._heartbeat = _Heartbeat(self)
+
+    # ---------------------------------------------------------------- main loop
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self._heartbeat.start()
+        idle_since = time.monotonic()
+        log.info("worker %s serving %s", self.id, self.backend.url)
+        try:
+            while not self.stopping.is_set():
+                leases = self.queue.lease(1, self.options.lease, wait_s=0.5)
+                if leases:
+                    for lease in leases:
+                        self._process(lease)
+                    idle_since = time.monotonic()
+                elif self._should_exit(time.monotonic() - idle_since):
+                    break
+        finally:
+            self._heartbeat.stop()
+            self.runner.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+
+    def _should_exit(self, idle: float) -> bool:
+        limit = self.options.idle_exit
+        if self.options.exit_when_orphaned and os.getppid() != self._ppid:
+            limit = min(limit if limit is not None else math.inf, 5.0)
+        return limit is not None and idle >= limit
+
+    # ---------------------------------------------------------------- one message
+
+    def _process(self, lease: Lease) -> None:
+        try:
+            header, payload = codec.decode_message(self.key, lease.body)
+            job = self._job(header["job"])
+        except TamperedError as e:
+            self._corrupt(lease, e)
+            return
+        if job is None:
+            log.warning("dropping message %s: job %s no longer exists", lease.id, header["job"])
+            self._ack(lease)
+            return
+        if self._is_cancelled(job, force=True):
+            self._ack(lease)
+            return
+        todo = {i: 1 for a, b in header["runs"] for i in range(a, b + 1)}
+        careful = lease.attempt > 1
+        if careful:
+            for i in self._done(job.manifest.id, todo):
+                del todo[i]
+        chunk = _Chunk(lease, header, job, todo, payload, careful)
+        if job.manifest.session:
+            for key in self.store.list(keys.cancel_prefix(chunk.job_id)):
+                i = int(key.rsplit("/", 1)[1])
+                if todo.pop(i, None) is not None:
+                    chunk.buffer.append(Outcome(i, 0, cancelled=True, worker=self.id))
+        self.current = chunk
+        try:
+            if todo:
+                self._run_chunk(chunk)
+            self._flush(chunk)
+        except TamperedError as e:
+            self._fail_all(chunk, CorruptMessage(f"chunk input failed verification: {e}"))
+            self._flush(chunk)
+        finally:
+            self.current = None
+        if chunk.todo:  # stopped early: let another worker take the rest at once
+            self._forget_starts(chunk)
+            self.queue.release([lease])
+        else:
+            self._ack(lease)
+
+    def _ack(self, lease: Lease) -> None:
+        try:
+            self.queue.ack([lease])
+        except LeaseLost:
+            log.warning("lease on message %s was lost; its results are stored anyway", lease.id)
+
+    def _job(self, job_id: str) -> _JobInfo | None:
+        info = self.jobs.get(job_id)
+        if info is None:
+            blob = self.store.get_or_none(keys.manifest(job_id))
+            if blob is None:
+                return None
+            data = codec.verify(self.key, blob, f"manifest of job {job_id}")
+            info = self.jobs[job_id] = _JobInfo(JobManifest.from_dict(json.loads(data)))
+        return info
+
+    def _is_cancelled(self, job: _JobInfo, force: bool = False) -> bool:
+        if not job.cancelled and (force or time.monotonic() - job.cancel_checked > 2.0):
+            job.cancel_checked = time.monotonic()
+            job.cancelled = self.store.exists(keys.cancelled(job.manifest.id))
+        return job.cancelled
+
+    def _done(self, job_id: str, todo: dict[int, int]) -> list[int]:
+        done = []
+        for key in self.store.list(keys.results_prefix(job_id)):
+            lo, hi, _ = keys.parse_result(key)
+            done.extend(i for i in range(lo, hi + 1) if i in todo)
+        return done
+
+    def _fn(self, job_id: str, ref: str) -> bytes:
+        if ref not in self.fns:
+            blob = self.store.get(keys.fn(job_id, ref))
+            self.fns[ref] = codec.verify(self.key, blob, f"function {ref} of job {job_id}")
+        return self.fns[ref]
+
+    def _files(self, job: _JobInfo) -> dict[str, str]:
+        if not job.files and job.manifest.files:
+            d = self.scratch / "files" / job.manifest.id
+            for name in job.manifest.files:
+                data = codec.verify(self.key, self.store.get(keys.file(job.manifest.id, name)))
+                (d / name).parent.mkdir(parents=True, exist_ok=True)
+                (d / name).write_bytes(data)
+                job.files[name] = str(d / name)
+        return job.files
+
+    # ---------------------------------------------------------------- running
+
+    def _load(self, chunk: _Chunk) -> None:
+        h, m = chunk.header, chunk.job.manifest
+        payload = chunk.payload
+        if not payload and h.get("spill"):
+            payload = codec.verify(self.key, self.store.get(h["spill"]), "chunk input")
+            chunk.payload = payload
+        self.runner.send(
+            "load",
+            {
+                "lo": h["lo"],
+                "nested": h.get("nested", False),
+                "payload": payload,
+                "fns": {ref: self._fn(m.id, ref) for ref in h.get("fns", [])},
+                "job": {
+                    "id": m.id,
+                    "seed": m.seed,
+                    "kind": m.kind,
+                    "command": m.command,
+                    "retries": m.options.retries,
+                    "env": m.options.env,
+                    "backend": self.backend.url,
+                    "key": self.key,
+                    "workroot": str(self.scratch / "work"),
+                    "files": self._files(chunk.job),
+                },
+            },
+        )
+
+    def _ensure_runner(self, chunk: _Chunk) -> None:
+        if not self.runner.alive:
+            self.runner.close()
+            self.runner.start()
+            self._load(chunk)
+
+    def _run_chunk(self, chunk: _Chunk) -> None:
+        if self.runner.alive:
+            self._load(chunk)
+        batch = 1
+        while chunk.todo and chunk.stop_reason is None:
+            self._ensure_runner(chunk)
+            if chunk.careful:
+                sub = self._careful_next(chunk)
+                if sub is None:
+                    continue
+            else:
+                sub = list(islice(chunk.todo, batch))
+            t = time.monotonic()
+            ran_before = chunk.ran
+            self._run_batch(chunk, sub)
+            if chunk.ran > ran_before:
+                mean = chunk.busy / chunk.ran
+                batch = max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
+            chunk.busy += 0 if chunk.ran > ran_before else time.monotonic() - t
+            if chunk.careful or time.monotonic() - chunk.last_flush > self.backend.flush_interval:
+                self._flush(chunk)
+            if not chunk.careful:
+                self._maybe_split(chunk, batch)
+        if chunk.stop_reason is not None and not isinstance(chunk.stop_reason, InterruptedError):
+            self._fail_all(chunk, chunk.stop_reason)
+
+    def _careful_next(self, chunk: _Chunk) -> list[int] | None:
+        i = next(iter(chunk.todo))
+        n = len(self.store.list(keys.starts_prefix(chunk.job_id, i)))
+        limit = chunk.job.manifest.options.max_deliveries
+        if n >= limit:
+            err = WorkerLost(
+                f"task {i} was started {n + 1} times and each time its worker vanished "
+                "before it finished (no result, no heartbeat): dead-lettered instead of "
+                "retried forever. It probably exhausts the machine's memory or crashes "
+                "the worker; run it alone to debug."
+            )
+            self._record_error(chunk, i, chunk.todo.pop(i), err)
+            return None
+        self.store.put(keys.start(chunk.job_id, i, self.id), b"")
+        return [i]
+
+    def _run_batch(self, chunk: _Chunk, sub: list[int]) -> None:
+        t0 = time.monotonic()
+        try:
+            self.runner.send("run", [(i, chunk.todo[i]) for i in sub])
+            while True:
+                msg = self.runner.recv(0.05)
+                if msg is not None:
+                    kind, data = msg
+                    if kind == "end":
+                        return
+                    for o in data:
+                        self._accept(chunk, o)
+                        chunk.ran += 1
+                    chunk.busy += time.monotonic() - t0
+                    t0 = time.monotonic()
+                self._watch(chunk)
+        except RunnerDied as died:
+            cause = died.__cause__
+            self._on_death(
+                chunk, died.returncode, cause.reason if isinstance(cause, _Killed) else None
+            )
+
+    def _watch(self, chunk: _Chunk) -> None:
+        st = self.runner.status()
+        opts = chunk.job.manifest.options
+        reason: Exception | None = None
+        if self.stopping.is_set():
+            reason = chunk.stop_reason = InterruptedError("worker stopping")
+        elif chunk.job.cancelled:
+            reason = chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
+        elif st.index >= 0:
+            ran = time.time() - st.started
+            if opts.timeout is not None and ran > opts.timeout:
+                reason = TaskTimeout(
+                    f"task {st.index} ran for {ran:.1f} s, over its timeout of "
+                    f"{opts.timeout:g} s; its process group was killed"
+                )
+            elif opts.memory is not None and time.monotonic() - self._mem_checked > 0.1:
+                self._mem_checked = time.monotonic()
+                rss = self.runner.rss()
+                if rss > opts.memory:
+                    reason = MemoryLimitExceeded(
+                        f"task {st.index} used {_fmt_bytes(rss)} (its processes together), "
+                        f"over its memory limit of {_fmt_bytes(opts.memory)}; it was killed. "
+                        "Raise memory= or make the task hold less at once."
+                    )
+            if reason is None and ran > _LIVE_LOG_EVERY:
+                self._stream_log(chunk, st.index, st.attempt, st.log_offset)
+        if reason is not None:
+            self.runner.kill()
+            raise RunnerDied(None) from _Killed(reason)
+        if time.monotonic() - chunk.last_flush > max(self.backend.flush_interval, 1.0):
+            self._flush(chunk)
+
+    def _on_death(self, chunk: _Chunk, rc: int | None, killed: Exception | None) -> None:
+        st = self.runner.status()
+        self.runner.close()
+        if st.index < 0 or st.index not in chunk.todo:
+            if killed is None:
+                chunk.idle_deaths += 1
+                if chunk.idle_deaths >= 3:
+                    chunk.stop_reason = TaskCrashed(
+                        f"the task process died outside any task three times (last status {rc})"
+                    )
+            return
+        i, attempt = st.index, st.attempt
+        if isinstance(killed, (InterruptedError, JobCancelled)):
+            return  # stop_reason is set; the task is released or cancelled, not failed
+        err = killed or describe_death(i, rc)
+        segment = (attempt, st.log_offset, self.runner.log_size())
+        self._add_logs(chunk, i, [segment])
+        if attempt <= chunk.job.manifest.options.retries:
+            chunk.todo[i] = attempt + 1
+            return
+        del chunk.todo[i]
+        self._record_error(chunk, i, attempt, err, started=st.started)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def _accept(self, chunk: _Chunk, o: tuple) -> None:
+        index, attempt, ok, payload, started, ended, segments, checkpointed = o
+        if chunk.todo.pop(index, None) is None:
+            return
+        self._add_logs(chunk, index, segments)
+        out = Outcome(index, attempt, started=started, ended=ended, worker=self.id, host=self.host)
+        if ok:
+            out.value = payload
+            if checkpointed:
+                chunk.checkpoints.append(index)
+        else:
+            out.error = payload
+            self.failures += 1
+        chunk.buffer.append(out)
+        self.tasks_done += 1
+
+    def _record_error(self, chunk: _Chunk, index: int, attempt: int, err: Exception, **kw) -> None:
+        info = codec.error_info(err, f"{type(err).__name__}: {err}\n")
+        now = time.time()
+        out = Outcome(index, attempt, error=info, worker=self.id, host=self.host, ended=now)
+        out.started = kw.get("started", now)
+        chunk.buffer.append(out)
+        self.failures += 1
+        self.tasks_done += 1
+
+    def _fail_all(self, chunk: _Chunk, err: Exception) -> None:
+        cancelled = isinstance(err, JobCancelled)
+        for i, attempt in list(chunk.todo.items()):
+            if cancelled:
+                chunk.buffer.append(Outcome(i, attempt, cancelled=True, worker=self.id))
+            else:
+                self._record_error(chunk, i, attempt, err)
+        chunk.todo.clear()
+
+    def _add_logs(self, chunk: _Chunk, index: int, segments: list) -> None:
+        for attempt, start, end in segments:
+            sent, part = chunk.streamed.pop((index, attempt), (start, 0))
+            data = self.runner.read_log(max(start, sent), end)
+            if data:
+                text = data.decode(errors="replace")
+                chunk.logs.setdefault(index, []).append([attempt, part, text])
+
+    def _stream_log(self, chunk: _Chunk, index: int, attempt: int, offset: int) -> None:
+        sent, part = chunk.streamed.get((index, attempt), (offset, 0))
+        size = self.runner.log_size()
+        if size > sent and time.monotonic() - chunk.last_stream > _LIVE_LOG_EVERY:
+            text = self.runner.read_log(sent, size).decode(errors="replace")
+            chunk.streamed[(index, attempt)] = (size, part + 1)
+            body = codec.encode_json({index: [[attempt, part, text]]})
+            self.store.put(keys.logs(chunk.job_id, index, index), body)
+            chunk.last_stream = time.monotonic()
+
+    def _flush(self, chunk: _Chunk) -> None:
+        job_id = chunk.job_id
+        if chunk.logs:
+            lo, hi = min(chunk.logs), max(chunk.logs)
+            self.store.put(keys.logs(job_id, lo, hi), codec.encode_json(chunk.logs))
+            chunk.logs = {}
+        outs = sorted(chunk.buffer, key=lambda o: o.index)
+        run: list[Outcome] = []
+        for o in [*outs, None]:
+            if run and (o is None or o.index != run[-1].index + 1):
+                nfail = sum(1 for r in run if r.error is not None)
+                key = keys.result(job_id, run[0].index, run[-1].index, nfail)
+                self.store.put(key, codec.encode_outcomes(self.key, run))
+                run = []
+            if o is not None:
+                run.append(o)
+        chunk.buffer = []
+        for i in chunk.checkpoints:
+            self.store.delete(keys.checkpoint(job_id, i))
+        chunk.checkpoints = []
+        chunk.last_flush = time.monotonic()
+        if self.runner.alive and self.runner.log_size() > 64 << 20 and not chunk.todo:
+            self.runner.truncate_log()
+
+    def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
+        opts = self.options
+        if time.monotonic() - chunk.t0 < opts.split_after or len(chunk.todo) <= keep + 1:
+            return
+        mean = chunk.busy / max(chunk.ran, 1)
+        tail = list(chunk.todo)[keep:]
+        if len(tail) * mean < opts.split_after or self.queue.stats().visible > 0:
+            return
+        h = chunk.header
+        spill = h.get("spill") or keys.inputs(chunk.job_id, h["chunk"])
+        if not h.get("spill"):
+            self.store.put(spill, codec.sign(self.key, chunk.payload), if_absent=True)
+        per = max(1, math.ceil(opts.split_after / max(mean, 1e-6)), math.ceil(len(tail) / 64))
+        bodies = []
+        for s in range(0, len(tail), per):
+            piece = tail[s : s + per]
+            header = {**h, "runs": _ranges(piece), "spill": spill}
+            bodies.append(codec.encode_message(self.key, header))
+        self.queue.put(bodies)
+        for i in tail:
+            del chunk.todo[i]
+        chunk.t0 = time.monotonic()
+        log.info(
+            "chunk %s of job %s: handed %d tasks back as %d messages",
+            h["chunk"],
+            chunk.job_id,
+            len(tail),
+            len(bodies),
+        )
+
+    def _forget_starts(self, chunk: _Chunk) -> None:
+        if chunk.careful:
+            for i in chunk.todo:
+                for key in self.store.list(keys.starts_prefix(chunk.job_id, i)):
+                    if key.rsplit("/", 1)[1].startswith(self.id + "-"):
+                        self.store.delete(key)
+
+    def _corrupt(self, lease: Lease, err: Exception) -> None:
+        """A message that failed verification: keep its bytes, fail its tasks, drop it."""
+        self.store.put(keys.deadletter(lease.id, time.time()), lease.body)
+        header = codec.peek_header(lease.body) or {}
+        job_id, runs = header.get("job"), header.get("runs")
+        log.error("message %s failed verification (%s); dead-lettered", lease.id, err)
+        try:
+            job = self._job(job_id) if isinstance(job_id, str) else None
+        except (TamperedError, ValueError):
+            job = None
+        if job is not None and isinstance(runs, list):
+            chunk = _Chunk(lease, header, job, {}, b"", False)
+            try:
+                todo = {int(i): lease.attempt for a, b in runs for i in range(int(a), int(b) + 1)}
+            except (TypeError, ValueError):
+                todo = {}
+            if len(todo) <= 1_000_000:
+                chunk.todo = todo
+                self._fail_all(chunk, CorruptMessage(f"the queue message for this task {err}"))
+                self._flush(chunk)
+        self._ack(lease)
+
+
+def _ranges(indices: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
+
+
+class _Killed(Exception):
+    """Why the worker killed the runner (chained onto RunnerDied)."""
+
+    def __init__(self, reason: Exception):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the current lease, notices cancellation, records the worker's state."""
+
+    def __init__(self, worker: Worker):
+        super().__init__(name="cloudloop-heartbeat", daemon=True)
+        self.w = worker
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+        self.write(state="stopped")
+
+    def run(self) -> None:
+        w = self.w
+        last = 0.0
+        tick = max(0.2, min(1.0, w.options.lease / 6))
+        while not self._stop_event.wait(tick):
+            chunk = w.current
+            if chunk is not None and not chunk.lost:
+                if time.monotonic() - chunk.extended > w.options.lease / 3:
+                    try:
+                        w.queue.extend([chunk.lease], w.options.lease)
+                        chunk.extended = time.monotonic()
+                    except LeaseLost:
+                        chunk.lost = True
+                        log.warning("lease on message %s lost while running", chunk.lease.id)
+                    except Exception as e:  # a transient backend error: try again next tick
+                        log.warning("could not extend lease: %s", e)
+                try:
+                    w._is_cancelled(chunk.job)
+                except Exception as e:
+                    log.warning("could not check for cancellation: %s", e)
+            if time.monotonic() - last > w.options.heartbeat:
+                last = time.monotonic()
+                self.write()
+
+    def write(self, state: str | None = None) -> None:
+        w = self.w
+        chunk = w.current
+        st = w.runner.status() if w.runner.alive else None
+        record = {
+            "id": w.id,
+            "host": w.host,
+            "pid": os.getpid(),
+            "provider": w.provider,
+            "version": __version__,
+            "backend": w.backend.url,
+            "started": w.started,
+            "last_seen": time.time(),
+            "state": state or ("busy" if chunk else "idle"),
+            "job": chunk.job_id if chunk else None,
+            "task": st.index if st and st.index >= 0 else None,
+            "progress": st.progress if st and st.progress >= 0 else None,
+            "message": st.message if st else "",
+            "tasks_done": w.tasks_done,
+            "failures": w.failures,
+            "rss": w.runner.rss() if w.runner.alive else 0,
+            "load": os.getloadavg()[0],
+        }
+        try:
+            w.store.put(keys.worker(w.id), codec.encode_json(record))
+        except Exception as e:
+            log.warning("could not write heartbeat: %s", e)
