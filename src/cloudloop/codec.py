@@ -13,6 +13,7 @@ pickled bytes that only the task runner unpickles.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -122,10 +123,43 @@ def ship_user_modules(fn: Any) -> None:
         pass
 
 
+def _rebuild_cached(fn: Any, maxsize: int | None, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, plus ``functools.lru_cache``/``cache`` wrappers defined in
+    ``__main__`` or a notebook, which plain cloudpickle pickles by a reference
+    that workers cannot resolve."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _LRU) and _by_value(getattr(obj, "__module__", "")):
+            params = obj.cache_parameters()
+            return _rebuild_cached, (obj.__wrapped__, params["maxsize"], params["typed"])
+        return super().reducer_override(obj)
+
+
+_LRU = type(functools.lru_cache(maxsize=None)(lambda: None))
+
+
+def _by_value(module: str) -> bool:
+    return module == "__main__" or module.split(".")[0] in _registered()
+
+
+def _registered() -> set[str]:
+    return set(getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ()))
+
+
+def _cloudpickle(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def dumps(obj: Any, what: str) -> bytes:
     """cloudpickle ``obj``, or raise SerializationError naming the culprit."""
     try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return _cloudpickle(obj)
     except Exception as e:
         culprit = find_unpicklable(obj, what)
         raise SerializationError(
@@ -137,7 +171,7 @@ def dumps(obj: Any, what: str) -> bytes:
 
 def _pickles(obj: Any) -> bool:
     try:
-        cloudpickle.dumps(obj)
+        _cloudpickle(obj)
         return True
     except Exception:
         return False

@@ -163,7 +163,7 @@ class Job:
     def workers(self) -> list[dict[str, Any]]:
         """Heartbeat records of workers seen in the last 30 s (cached 5 s)."""
         at, cached = self._workers
-        if time.monotonic() - at > 5.0:
+        if time.monotonic() - at > (2.0 if cached else 0.5):
             out = []
             store = self.backend.store
             for key in store.list("workers/"):

@@ -268,7 +268,7 @@ class _Child:
             self.tasks = tasks
         except BaseException as e:
             self.tasks = []
-            self.load_error = e
+            self.load_error = _explain_load_error(e)
 
     def progress(self, fraction: float, message: str) -> None:
         index, attempt, started, off = self.cur
@@ -372,6 +372,30 @@ class _Child:
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _explain_load_error(e: BaseException) -> BaseException:
+    """Say why a function or argument could not be rebuilt on this worker."""
+    if isinstance(e, ImportError):
+        hint = (
+            f"{e}. The task's function or arguments need a module this worker cannot "
+            "import: install it where workers run (the profile's requirements), or "
+            "define the code in your script or project so cloudloop ships it by value."
+        )
+    elif isinstance(e, AttributeError) and "cloudloop.runner" in str(e):
+        hint = (
+            f"{e}. An object defined in your __main__ script was pickled by name "
+            "(a decorated function or class whose wrapper cloudpickle cannot ship by "
+            "value); move it into a module of your project or define it undecorated."
+        )
+    else:
+        return e
+    try:
+        new = type(e)(hint)
+    except Exception:
+        return e
+    new.__cause__ = e
+    return new
 
 
 def _accepts_rng(fn: Any) -> bool:

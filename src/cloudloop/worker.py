@@ -595,7 +595,8 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         w = self.w
-        last = 0.0
+        last = time.monotonic()
+        self.write()
         tick = max(0.2, min(1.0, w.options.lease / 6))
         while not self._stop_event.wait(tick):
             chunk = w.current

@@ -1,25 +1,33 @@
 """Workers as subprocesses of this machine (the default provider).
 
 Each worker is ``python -m cloudloop worker`` in its own session, started in
-the client's working directory with the client's environment. Workers started
-for a client exit by themselves a few seconds after they run out of work once
-that client is gone, so killing the client neither stops the job nor leaves
-processes behind for long.
+the client's working directory with the client's environment. A worker that
+dies (killed, out of memory) is replaced, as a Dask nanny would; one that
+keeps dying at start-up is reported with the tail of its log instead.
+Workers started for a client exit by themselves a few seconds after they run
+out of work once that client is gone, so killing the client neither stops the
+job nor leaves processes behind for long.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..model import WorkerOptions
 from .base import Provider, WorkerPool
+
+log = logging.getLogger("cloudloop.local")
+_CRASH_LOOP = 5  # consecutive deaths within _QUICK seconds of start
+_QUICK = 3.0
 
 
 def worker_command(backend_url: str, worker: WorkerOptions) -> list[str]:
@@ -34,23 +42,82 @@ def worker_command(backend_url: str, worker: WorkerOptions) -> list[str]:
 
 
 class LocalPool(WorkerPool):
-    def __init__(self, procs: list[subprocess.Popen], log_dir: Path):
-        self.procs = procs
-        self.log_dir = log_dir
+    """N worker processes, kept at N until stopped."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], n: int, log_dir: Path):
+        self.cmd, self.env, self.log_dir = cmd, env, log_dir
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.procs: list[subprocess.Popen] = []
+        self._started: dict[int, float] = {}
+        self._logs: dict[int, Path] = {}
+        self.restarts = 0
+        self._quick_deaths = 0
+        self.failed: str | None = None
+        for _ in range(n):
+            self.procs.append(self._spawn())
+        self._monitor = threading.Thread(
+            target=self._watch, name="cloudloop-local-pool", daemon=True
+        )
+        self._monitor.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        path = self.log_dir / f"worker-{os.getpid()}-{time.time_ns()}.log"
+        with open(path, "ab") as logf:
+            p = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
+                env=self.env,
+            )
+        self._started[p.pid], self._logs[p.pid] = time.monotonic(), path
+        return p
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            with self._lock:
+                for n, p in enumerate(self.procs):
+                    if p.poll() is None or self._stopping.is_set():
+                        continue
+                    quick = time.monotonic() - self._started[p.pid] < _QUICK
+                    self._quick_deaths = self._quick_deaths + 1 if quick else 0
+                    tail = self._tail(p.pid)
+                    if self._quick_deaths >= _CRASH_LOOP:
+                        self.failed = f"local workers keep dying at start-up; last log:\n{tail}"
+                        log.error("%s", self.failed)
+                        return
+                    log.warning(
+                        "local worker %d exited with %s; starting another", p.pid, p.returncode
+                    )
+                    self.procs[n] = self._spawn()
+                    self.restarts += 1
+
+    def _tail(self, pid: int, n: int = 2000) -> str:
+        try:
+            return self._logs[pid].read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        with self._lock:
+            return [p.pid for p in self.procs]
 
     def alive(self) -> int:
-        return sum(1 for p in self.procs if p.poll() is None)
+        with self._lock:
+            return sum(1 for p in self.procs if p.poll() is None)
 
     def stop(self, timeout: float = 10.0) -> None:
-        for p in self.procs:
+        self._stopping.set()
+        with self._lock:
+            procs = list(self.procs)
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -76,18 +143,9 @@ class LocalProvider(Provider):
         if "python" in self.options:
             cmd[0] = str(self.options["python"])
         env = {**os.environ, "CLOUDLOOP_PROVIDER": "local"}
-        procs = []
-        for _ in range(n):
-            log_path = log_dir / f"worker-{os.getpid()}-{time.time_ns()}.log"
-            with open(log_path, "ab") as logf:
-                procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=logf,
-                        stderr=logf,
-                        start_new_session=True,
-                        env=env,
-                    )
-                )
-        return LocalPool(procs, log_dir)
+        # n workers each running numerical code with a thread per core would
+        # oversubscribe the machine; share the cores unless the user chose.
+        threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, threads)
+        return LocalPool(cmd, env, n, log_dir)

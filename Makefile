@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:
+#   make demo   - create .venv, install cloudloop, run the main example on the embedded default
+#   make test   - create/update .venv with the test dependencies, lint, run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo: pyproject.toml | $(PY)
+	$(PIP) -e '.[demo]'
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PIP) -e '.[test]'
+	touch $@
+
+$(VENV)/.bench: pyproject.toml | $(PY)
+	$(PIP) -e '.[test,bench]'
+	touch $@
+
+demo: $(VENV)/.demo
+	$(PY) examples/grid_search.py
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) .cloudloop .pytest_cache .ruff_cache
