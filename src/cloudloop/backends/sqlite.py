@@ -334,7 +334,7 @@ def open_sqlite(url: str) -> SqliteBackend:
         root.mkdir(parents=True, exist_ok=True)
         key = _secret(root / "secret.key")
         queue = SqliteQueue(root / "queue.db")
-    except PermissionError as e:
+    except OSError as e:
         raise ConfigError(
             f"cannot use {root} for the SQLite backend: {e.strerror}; "
             "choose a writable directory with backend='sqlite:///path'"
