@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import kill, pid_alive, wait_for
+from helpers import kill, pid_alive, wait_for
 
 import cloudloop as cl
 from cloudloop.backends import open_backend

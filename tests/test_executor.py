@@ -228,7 +228,7 @@ def chatty(n):
 def test_logs_stream_while_the_task_runs(make_executor):
     ex = make_executor(workers=1)
     job = ex.map_job(chatty, [6])
-    from conftest import wait_for
+    from helpers import wait_for
 
     wait_for(lambda: "started" in job.logs(0), timeout=5.5, what="live log")
     assert "finished" not in job.logs(0)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import pid_alive, wait_for
+from helpers import pid_alive, wait_for
 
 import cloudloop as cl
 from cloudloop import codec

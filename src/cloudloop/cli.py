@@ -261,8 +261,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    import faulthandler
+    import signal
+
     from .worker import Worker
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` shows where it is
     profile = load_profile(args.profile)
     given = {
         "lease": args.lease,

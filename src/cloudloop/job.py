@@ -21,9 +21,9 @@ from typing import Any
 
 from . import codec, keys
 from .backends import Backend
+from .display import ProgressBar
 from .errors import JobCancelled, JobNotFound, RemoteTraceback
 from .model import JobManifest, JobState, JobStatus, Outcome
-from .progress import ProgressBar
 
 log = logging.getLogger("cloudloop")
 _HEARTBEAT_FRESH = 30.0

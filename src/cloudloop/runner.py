@@ -297,16 +297,16 @@ class _Child:
             self.cur = (index, attempt, started, off)
             self.status.write(index, attempt, started, off, -1.0, "")
             ok, payload, checkpointed = self.call(index, attempt)
-            _flush()
+            if not ok:  # the attempt's log ends with why it failed
+                sys.stderr.write(payload.traceback)
+                if attempt <= retries:
+                    left = retries - attempt + 1
+                    sys.stderr.write(
+                        f"cloudloop: task {index} attempt {attempt} failed; retrying ({left} left)\n"
+                    )
             segments.append((attempt, off, _log_end()))
             if ok or attempt > retries:
                 break
-            print(
-                f"cloudloop: task {index} attempt {attempt} failed "
-                f"({payload.type_name}); retrying ({retries - attempt + 1} retries left)",
-                file=sys.stderr,
-                flush=True,
-            )
             attempt += 1
         self.cur = (-1, 0, 0.0, 0)
         self.status.write(-1, 0, 0.0, 0, -1.0, "")

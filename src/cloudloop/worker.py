@@ -89,6 +89,20 @@ def describe_death(index: int, rc: int | None) -> Exception:
     )
 
 
+class _Flag:
+    """A stop flag safe to set from a signal handler (``threading.Event.set``
+    takes a lock, and a second signal arriving inside it would deadlock)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class _JobInfo:
     def __init__(self, manifest: JobManifest):
         self.manifest = manifest
@@ -140,7 +154,7 @@ class Worker:
         self.jobs: dict[str, _JobInfo] = {}
         self.fns: dict[str, bytes] = {}
         self.current: _Chunk | None = None
-        self.stopping = threading.Event()
+        self.stopping = _Flag()
         self.tasks_done = 0
         self.failures = 0
         self.started = time.time()

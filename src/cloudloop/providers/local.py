@@ -121,6 +121,13 @@ class LocalPool(WorkerPool):
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGUSR1)  # its log shows where it was stuck
+                time.sleep(0.5)
+                log.warning(
+                    "local worker %d ignored SIGTERM; killing it:\n%s",
+                    p.pid,
+                    self._tail(p.pid, 4000),
+                )
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
