@@ -222,6 +222,19 @@ def find_unpicklable(obj: Any, what: str, depth: int = 0) -> str | None:
     return label
 
 
+def dumps_fast(obj: Any, what: str) -> bytes:
+    """Plain pickle when it works (results are usually plain data), else cloudpickle.
+
+    A class that plain pickle can only name but the other side cannot import
+    (one rebuilt from a shipped ``__main__``) fails the name lookup here and
+    falls back to cloudpickle, which ships it by value.
+    """
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return dumps(obj, what)
+
+
 def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
@@ -260,14 +273,24 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
 # ---------------------------------------------------------------- outcomes
 
 
-def encode_outcomes(key: bytes, outcomes: list[Outcome]) -> bytes:
-    buf = io.BytesIO()
-    pickle.dump(outcomes, buf, protocol=pickle.HIGHEST_PROTOCOL)
-    return sign(key, buf.getvalue())
+def pack_rows(rows: list[tuple]) -> bytes:
+    """Outcome rows ``(index, attempt, value, error, started, ended, cancelled)`` as bytes."""
+    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_outcomes(key: bytes, blob: bytes, what: str = "result part") -> list[Outcome]:
-    return pickle.loads(verify(key, blob, what))
+def encode_part(key: bytes, worker: str, host: str, blobs: list[bytes]) -> bytes:
+    """A result part: blobs of packed rows (as the runner sent them), signed."""
+    return sign(key, pickle.dumps((1, worker, host, blobs), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def part_rows(key: bytes, blob: bytes, what: str = "result part") -> tuple[str, str, list[tuple]]:
+    _, worker, host, blobs = pickle.loads(verify(key, blob, what))
+    return worker, host, [row for b in blobs for row in pickle.loads(b)]
+
+
+def decode_part(key: bytes, blob: bytes, what: str = "result part") -> list[Outcome]:
+    worker, host, rows = part_rows(key, blob, what)
+    return [Outcome(i, a, v, e, s, t, worker, host, c) for i, a, v, e, s, t, c in rows]
 
 
 def encode_json(obj: Any) -> bytes:

@@ -8,21 +8,27 @@ unchanged in a plain for-loop.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import codec
 
+_M64 = 2**64 - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
 
 def derive_seed(job_seed: int, index: int) -> int:
-    """The task's 63-bit seed: a hash of the job seed and the task index only,
+    """The task's 63-bit seed: a mix of the job seed and the task index only,
     so it is the same however tasks are chunked or wherever they run."""
-    h = hashlib.sha256(struct.pack(">QQ", job_seed & (2**64 - 1), index)).digest()
-    return int.from_bytes(h[:8], "big") >> 1
+    return _splitmix64(_splitmix64(job_seed & _M64) ^ (index & _M64)) >> 1
 
 
 @dataclass

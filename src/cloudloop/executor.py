@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .job import Job, attach_job
 from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions
 from .providers import WorkerPool, get_provider
-from .submit import JobWriter, auto_chunksize, length_hint, zip_items
+from .submit import JobWriter, chunk_sizes, length_hint, zip_items
 
 _LINGER = 0.002
 log = logging.getLogger("cloudloop")
@@ -260,8 +260,8 @@ class Executor(cf.Executor):
         opts = job_options(self._job_options, **options)
         writer = JobWriter.create(self.backend, opts.replace(name=opts.name or _fn_name(fn)))
         writer.add_fn(fn)  # refuse an unpicklable function before any task is queued
-        size = opts.chunksize or auto_chunksize(length_hint(iterables), self.workers or 8)
-        writer.write_items(fn, zip_items(iterables), size)
+        sizes = chunk_sizes(length_hint(iterables), self.workers or 8, opts.chunksize)
+        writer.write_items(fn, zip_items(iterables), sizes)
         writer.seal()
         job = Job(self.backend, writer.id, writer.manifest)
         self._jobs.append(job)
@@ -289,8 +289,8 @@ class Executor(cf.Executor):
             command=command,
             files=files,
         )
-        size = opts.chunksize or auto_chunksize(length_hint((items,)), self.workers or 8)
-        writer.write_items(None, ((x,) for x in items), size)
+        sizes = chunk_sizes(length_hint((items,)), self.workers or 8, opts.chunksize)
+        writer.write_items(None, ((x,) for x in items), sizes)
         writer.seal()
         job = Job(self.backend, writer.id, writer.manifest)
         self._jobs.append(job)

@@ -158,7 +158,7 @@ class Job:
 
     def _read(self, key: str) -> list[Outcome]:
         blob = self.backend.store.get(key)
-        return codec.decode_outcomes(self.backend.key, blob, f"result part {key}")
+        return codec.decode_part(self.backend.key, blob, f"result part {key}")
 
     def workers(self) -> list[dict[str, Any]]:
         """Heartbeat records of workers seen in the last 30 s (cached 5 s)."""
@@ -275,7 +275,7 @@ class Job:
             time.sleep(
                 pause if deadline is None else max(0, min(pause, deadline - time.monotonic()))
             )
-            pause = min(pause * 1.5, 1.0)
+            pause = min(pause * 1.5, self.backend.poll_max)
 
     def cancel(self) -> None:
         """Stop the job: queued tasks are dropped, running ones are killed."""
@@ -348,7 +348,7 @@ class Job:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"result {nxt} of job {self.id} not ready in time")
             time.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+            pause = min(pause * 1.5, self.backend.poll_max)
 
     def _exception(self, o: Outcome) -> BaseException:
         if o.cancelled:

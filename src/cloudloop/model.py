@@ -147,12 +147,14 @@ class ErrorInfo:
     exc: bytes | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    """The final result of one task, as written to the store.
+    """The final result of one task, as read back from the store.
 
     ``value`` holds the pickled return value (opaque to the worker); ``error``
-    is set instead when the task failed.
+    is set instead when the task failed. In the store an outcome is the row
+    ``(index, attempt, value, error, started, ended, cancelled)``; worker and
+    host are stored once per result part.
     """
 
     index: int

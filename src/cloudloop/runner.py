@@ -20,6 +20,7 @@ is captured too; each task's log is the byte range written while it ran.
 
 from __future__ import annotations
 
+import _random
 import inspect
 import logging
 import mmap
@@ -45,6 +46,7 @@ _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
 _HEAD = struct.calcsize(_FMT)
 _MSG_AT, _MSG_MAX, _SIZE = 64, 400, 512
 _FLUSH_EVERY = 0.02
+_seed_random = _random.Random.seed
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,12 @@ class _Child:
         self.tasks: list[Any] = []
         self.load_error: BaseException | None = None
         self.lo = 0
-        self.pending: list[tuple] = []
+        self.rows: list[tuple] = []  # outcome rows not yet sent
+        self.indices: list[int] = []
+        self.side: list[tuple] = []  # (index, log segments, checkpointed, failed), when any
         self.last_send = 0.0
         self.cur = (-1, 0, 0.0, 0)
+        self.log_end = 0
 
     def load(self, data: dict[str, Any]) -> None:
         self.job, self.lo = data["job"], data["lo"]
@@ -275,25 +280,29 @@ class _Child:
         self.status.write(index, attempt, started, off, fraction, message)
 
     def run(self, todo: list[tuple[int, int]]) -> None:
+        self.log_end = _log_end()
         for index, attempt in todo:
-            self.pending.append(self.run_one(index, attempt))
+            self.run_one(index, attempt)
             if time.monotonic() - self.last_send > _FLUSH_EVERY:
                 self.send()
+        self.cur = (-1, 0, 0.0, 0)
+        self.status.write(-1, 0, 0.0, 0, -1.0, "")
         self.send()
         self.res.send_bytes(pickle.dumps(("end", None)))
 
     def send(self) -> None:
-        if self.pending:
-            self.res.send_bytes(pickle.dumps(("outcomes", self.pending), protocol=5))
-            self.pending = []
+        """Outcome rows go pre-packed, so the worker stores them without unpickling."""
+        if self.rows:
+            msg = ("outcomes", (codec.pack_rows(self.rows), self.indices, self.side))
+            self.res.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            self.rows, self.indices, self.side = [], [], []
         self.last_send = time.monotonic()
 
     def run_one(self, index: int, attempt: int) -> tuple:
-        job = self.job
-        retries = job["retries"]
+        retries = self.job["retries"]
         segments = []
         while True:
-            started, off = time.time(), _log_end()
+            started, off = time.time(), self.log_end
             self.cur = (index, attempt, started, off)
             self.status.write(index, attempt, started, off, -1.0, "")
             ok, payload, checkpointed = self.call(index, attempt)
@@ -304,13 +313,17 @@ class _Child:
                     sys.stderr.write(
                         f"cloudloop: task {index} attempt {attempt} failed; retrying ({left} left)\n"
                     )
-            segments.append((attempt, off, _log_end()))
+            self.log_end = _log_end()
+            if self.log_end > off:
+                segments.append((attempt, off, self.log_end))
             if ok or attempt > retries:
                 break
             attempt += 1
-        self.cur = (-1, 0, 0.0, 0)
-        self.status.write(-1, 0, 0.0, 0, -1.0, "")
-        return (index, attempt, ok, payload, started, time.time(), segments, checkpointed)
+        value, error = (payload, None) if ok else (None, payload)
+        self.rows.append((index, attempt, value, error, started, time.time(), False))
+        self.indices.append(index)
+        if segments or checkpointed or not ok:
+            self.side.append((index, segments, checkpointed, not ok))
 
     def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
         job = self.job
@@ -325,14 +338,14 @@ class _Child:
             report_progress=self.progress,
         )
         saved_env = {k: os.environ.get(k) for k in job["env"]}
-        os.environ.update(job["env"])
-        os.environ["CLOUDLOOP_TASK_INDEX"] = str(index)
-        os.environ["CLOUDLOOP_TASK_SEED"] = str(seed)
+        if saved_env:
+            os.environ.update(job["env"])
         context._set(ctx)
         try:
             if self.load_error is not None:
                 raise self.load_error
-            random.seed(seed)
+            _seed_random(random._inst, seed)  # random.seed(seed) minus its Python wrapper
+            random._inst.gauss_next = None
             if "numpy" in sys.modules:
                 sys.modules["numpy"].random.seed(seed % 2**32)
             fn_ref, args, kwargs = self.tasks[index - self.lo]
@@ -344,7 +357,11 @@ class _Child:
                     kwargs = {**kwargs, "rng": context.task_rng()}
                 value = fn(*args, **kwargs)
             try:
-                return True, codec.dumps(value, f"the result of task {index}"), ctx.checkpointed
+                return (
+                    True,
+                    codec.dumps_fast(value, f"the result of task {index}"),
+                    ctx.checkpointed,
+                )
             except SerializationError as e:
                 return False, codec.error_info(e, f"SerializationError: {e}\n"), ctx.checkpointed
         except BaseException as e:
@@ -368,7 +385,13 @@ class _Child:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
             print(f"$ {cmd}", file=sys.stderr, flush=True)
-            return commands.run_command(cmd, workdir, {"CLOUDLOOP_WORKDIR": str(workdir)})
+            env = {
+                "CLOUDLOOP_WORKDIR": str(workdir),
+                "CLOUDLOOP_TASK_INDEX": str(index),
+                "CLOUDLOOP_TASK_SEED": str(seed),
+                "CLOUDLOOP_JOB_ID": job["id"],
+            }
+            return commands.run_command(cmd, workdir, env)
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -33,15 +33,28 @@ def new_job_id(name: str | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def auto_chunksize(n: int | None, workers: int) -> int:
-    """Tasks per message: ~8 messages per worker, 1..1024 tasks each.
+def chunk_sizes(n: int | None, workers: int, fixed: int | None = None) -> Iterator[int]:
+    """Tasks per queue message, in order.
 
-    Few messages keep tiny tasks cheap; enough messages keep workers balanced.
-    Long chunks are also split by the worker running them when others idle.
+    With a known length the sizes shrink as the job goes (guided scheduling):
+    early messages are large, so tiny tasks cost few queue operations; the
+    last ones are small, so no worker is left with a long tail while the
+    others idle. Chunks still running after ``split_after`` are also split
+    by their worker.
     """
+    if fixed is not None:
+        while True:
+            yield fixed
     if n is None:
-        return 64
-    return max(1, min(1024, -(-n // (max(workers, 1) * 8))))
+        while True:
+            yield 64
+    w = max(workers, 1)
+    smallest = max(1, n // (w * 64))
+    left = n
+    while True:
+        size = max(smallest, min(1024, -(-left // (w * 4))))
+        left = max(0, left - size)
+        yield size
 
 
 class JobWriter:
@@ -153,17 +166,19 @@ class JobWriter:
         data = codec.encode_json({"tasks": self.tasks, "chunks": self.chunks, "at": time.time()})
         self.backend.store.put(keys.sealed(self.id), data)
 
-    def write_items(self, fn: Any, items: Iterable[tuple], chunksize: int) -> None:
-        """Stream ``fn(*args)`` for each args tuple, ``chunksize`` per message."""
+    def write_items(self, fn: Any, items: Iterable[tuple], sizes: Iterator[int]) -> None:
+        """Stream ``fn(*args)`` for each args tuple, ``next(sizes)`` per message."""
         ref = self.add_fn(fn) if fn is not None else None
         buf: list[tuple[str | None, tuple, dict]] = []
         lo = self.tasks
+        size = next(sizes)
         for args in items:
             buf.append((ref, args, {}))
-            if len(buf) >= chunksize:
+            if len(buf) >= size:
                 self.add_chunk(lo, buf)
                 lo += len(buf)
                 buf = []
+                size = next(sizes)
         if buf:
             self.add_chunk(lo, buf)
 

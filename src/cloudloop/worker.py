@@ -52,7 +52,7 @@ from .errors import (
     TaskTimeout,
     WorkerLost,
 )
-from .model import JobManifest, Lease, Outcome, WorkerOptions
+from .model import JobManifest, Lease, WorkerOptions
 from .runner import RunnerDied, RunnerProcess
 
 log = logging.getLogger("cloudloop.worker")
@@ -121,7 +121,9 @@ class _Chunk:
     careful: bool
     t0: float = field(default_factory=time.monotonic)
     extended: float = field(default_factory=time.monotonic)
-    buffer: list[Outcome] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)  # packed outcome rows not yet stored
+    indices: list[int] = field(default_factory=list)  # the tasks in blobs
+    nfail: int = 0
     logs: dict[int, list] = field(default_factory=dict)
     checkpoints: list[int] = field(default_factory=list)
     streamed: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
@@ -221,7 +223,7 @@ class Worker:
             for key in self.store.list(keys.cancel_prefix(chunk.job_id)):
                 i = int(key.rsplit("/", 1)[1])
                 if todo.pop(i, None) is not None:
-                    chunk.buffer.append(Outcome(i, 0, cancelled=True, worker=self.id))
+                    self._add_rows(chunk, [(i, 0, None, None, 0.0, 0.0, True)])
         self.current = chunk
         try:
             if todo:
@@ -371,9 +373,7 @@ class Worker:
                     kind, data = msg
                     if kind == "end":
                         return
-                    for o in data:
-                        self._accept(chunk, o)
-                        chunk.ran += 1
+                    chunk.ran += self._accept(chunk, *data)
                     chunk.busy += time.monotonic() - t0
                     t0 = time.monotonic()
                 self._watch(chunk)
@@ -440,37 +440,41 @@ class Worker:
 
     # ---------------------------------------------------------------- outcomes
 
-    def _accept(self, chunk: _Chunk, o: tuple) -> None:
-        index, attempt, ok, payload, started, ended, segments, checkpointed = o
-        if chunk.todo.pop(index, None) is None:
-            return
-        self._add_logs(chunk, index, segments)
-        out = Outcome(index, attempt, started=started, ended=ended, worker=self.id, host=self.host)
-        if ok:
-            out.value = payload
-            if checkpointed:
+    def _accept(self, chunk: _Chunk, packed: bytes, indices: list[int], side: list) -> int:
+        """Take a batch of outcomes from the runner without unpickling them."""
+        for i in indices:
+            chunk.todo.pop(i, None)
+        chunk.blobs.append(packed)
+        chunk.indices.extend(indices)
+        for index, segments, checkpointed, failed in side:
+            self._add_logs(chunk, index, segments)
+            if checkpointed and not failed:
                 chunk.checkpoints.append(index)
-        else:
-            out.error = payload
-            self.failures += 1
-        chunk.buffer.append(out)
-        self.tasks_done += 1
+            chunk.nfail += failed
+            self.failures += failed
+        self.tasks_done += len(indices)
+        return len(indices)
+
+    def _add_rows(self, chunk: _Chunk, rows: list[tuple]) -> None:
+        chunk.blobs.append(codec.pack_rows(rows))
+        chunk.indices.extend(r[0] for r in rows)
+        failed = sum(1 for r in rows if r[3] is not None)
+        chunk.nfail += failed
+        self.failures += failed
+        self.tasks_done += len(rows)
 
     def _record_error(self, chunk: _Chunk, index: int, attempt: int, err: Exception, **kw) -> None:
         info = codec.error_info(err, f"{type(err).__name__}: {err}\n")
         now = time.time()
-        out = Outcome(index, attempt, error=info, worker=self.id, host=self.host, ended=now)
-        out.started = kw.get("started", now)
-        chunk.buffer.append(out)
-        self.failures += 1
-        self.tasks_done += 1
+        self._add_rows(chunk, [(index, attempt, None, info, kw.get("started", now), now, False)])
 
     def _fail_all(self, chunk: _Chunk, err: Exception) -> None:
-        cancelled = isinstance(err, JobCancelled)
-        for i, attempt in list(chunk.todo.items()):
-            if cancelled:
-                chunk.buffer.append(Outcome(i, attempt, cancelled=True, worker=self.id))
-            else:
+        if isinstance(err, JobCancelled):
+            self._add_rows(
+                chunk, [(i, a, None, None, 0.0, 0.0, True) for i, a in chunk.todo.items()]
+            )
+        else:
+            for i, attempt in list(chunk.todo.items()):
                 self._record_error(chunk, i, attempt, err)
         chunk.todo.clear()
 
@@ -498,23 +502,32 @@ class Worker:
             lo, hi = min(chunk.logs), max(chunk.logs)
             self.store.put(keys.logs(job_id, lo, hi), codec.encode_json(chunk.logs))
             chunk.logs = {}
-        outs = sorted(chunk.buffer, key=lambda o: o.index)
-        run: list[Outcome] = []
-        for o in [*outs, None]:
-            if run and (o is None or o.index != run[-1].index + 1):
-                nfail = sum(1 for r in run if r.error is not None)
-                key = keys.result(job_id, run[0].index, run[-1].index, nfail)
-                self.store.put(key, codec.encode_outcomes(self.key, run))
-                run = []
-            if o is not None:
-                run.append(o)
-        chunk.buffer = []
+        if chunk.indices:
+            lo, hi, n = min(chunk.indices), max(chunk.indices), len(set(chunk.indices))
+            if hi - lo + 1 == n:  # the usual case: one contiguous run, stored as sent
+                part = codec.encode_part(self.key, self.id, self.host, chunk.blobs)
+                self.store.put(keys.result(job_id, lo, hi, chunk.nfail), part)
+            else:  # retries or cancellations left gaps: one part per contiguous run
+                self._flush_runs(chunk)
+            chunk.blobs, chunk.indices, chunk.nfail = [], [], 0
         for i in chunk.checkpoints:
             self.store.delete(keys.checkpoint(job_id, i))
         chunk.checkpoints = []
         chunk.last_flush = time.monotonic()
         if self.runner.alive and self.runner.log_size() > 64 << 20 and not chunk.todo:
             self.runner.truncate_log()
+
+    def _flush_runs(self, chunk: _Chunk) -> None:
+        rows = sorted((r for b in chunk.blobs for r in codec.loads(b)), key=lambda r: r[0])
+        run: list[tuple] = []
+        for r in [*rows, None]:
+            if run and (r is None or r[0] != run[-1][0] + 1):
+                nfail = sum(1 for x in run if x[3] is not None)
+                part = codec.encode_part(self.key, self.id, self.host, [codec.pack_rows(run)])
+                self.store.put(keys.result(chunk.job_id, run[0][0], run[-1][0], nfail), part)
+                run = []
+            if r is not None and not (run and r[0] == run[-1][0]):
+                run.append(r)
 
     def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
         opts = self.options

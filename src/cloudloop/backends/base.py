@@ -116,11 +116,13 @@ class Backend:
 
     Attributes:
         url: the URL it was opened from (passed to workers verbatim).
-        poll_interval: how often clients should poll the store for results.
+        poll_interval: how often clients poll the store for results (backing
+            off to ``poll_max`` while nothing changes).
         flush_interval: how often workers should flush partial results.
     """
 
     poll_interval: float = 0.05
+    poll_max: float = 1.0  # polling backs off to this when nothing changes
     flush_interval: float = 0.5
 
     def __init__(self, url: str, queue: Queue, store: Store, key: bytes):

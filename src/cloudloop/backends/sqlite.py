@@ -323,7 +323,8 @@ def sqlite_dir(url: str) -> Path:
 
 
 class SqliteBackend(Backend):
-    poll_interval = 0.02
+    poll_interval = 0.01  # a directory listing on this machine: polling is cheap
+    poll_max = 0.05
     flush_interval = 0.5
 
 
