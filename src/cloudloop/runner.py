@@ -43,10 +43,12 @@ from . import codec, commands, context
 from .errors import SerializationError
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
-_HEAD = struct.calcsize(_FMT)
+_pack_rec = struct.Struct(_FMT).pack_into
+_pack_seq = struct.Struct("<Q").pack_into
 _MSG_AT, _MSG_MAX, _SIZE = 64, 400, 512
 _FLUSH_EVERY = 0.02
 _seed_random = _random.Random.seed
+_global_random = random._inst  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,19 @@ class _StatusFile:
         self._f = open(path, "r+b")
         self._m = mmap.mmap(self._f.fileno(), _SIZE)
         self._seq = 0
+        self._msg = True
 
     def write(self, index: int, attempt: int, started: float, off: int, prog: float, msg: str):
-        self._seq += 1
-        struct.pack_into("<Q", self._m, 0, self._seq)
-        raw = msg.encode()[:_MSG_MAX]
-        struct.pack_into(_FMT, self._m, 0, self._seq, index, attempt, started, off, prog)
-        struct.pack_into("<H", self._m, _MSG_AT, len(raw))
-        self._m[_MSG_AT + 2 : _MSG_AT + 2 + len(raw)] = raw
-        self._seq += 1
-        struct.pack_into("<Q", self._m, 0, self._seq)
+        m, seq = self._m, self._seq + 1
+        _pack_seq(m, 0, seq)  # odd: a reader retries until the write is done
+        _pack_rec(m, 0, seq, index, attempt, started, off, prog)
+        if msg or self._msg:
+            raw = msg.encode()[:_MSG_MAX]
+            struct.pack_into("<H", m, _MSG_AT, len(raw))
+            m[_MSG_AT + 2 : _MSG_AT + 2 + len(raw)] = raw
+            self._msg = bool(msg)
+        self._seq = seq + 1
+        _pack_seq(m, 0, seq + 1)
 
     def read(self) -> Status:
         for _ in range(100):
@@ -257,10 +262,29 @@ class _Child:
         self.last_send = 0.0
         self.cur = (-1, 0, 0.0, 0)
         self.log_end = 0
+        self.saved_env: dict[str, str | None] = {}
+        self.ctx: context.TaskContext | None = None
 
     def load(self, data: dict[str, Any]) -> None:
-        self.job, self.lo = data["job"], data["lo"]
+        job = self.job = data["job"]
+        self.lo = data["lo"]
         self.load_error = None
+        for k, v in self.saved_env.items():  # undo the previous job's environment
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self.saved_env = {k: os.environ.get(k) for k in job["env"]}
+        os.environ.update(job["env"])
+        self.ctx = context.TaskContext(
+            job_id=job["id"],
+            index=-1,
+            attempt=0,
+            seed=0,
+            key=job["key"],
+            store_factory=lambda: _open_store(job["backend"]),
+            report_progress=self.progress,
+        )
         try:
             for ref, blob in data["fns"].items():
                 if ref not in self.fns:
@@ -326,36 +350,24 @@ class _Child:
             self.side.append((index, segments, checkpointed, not ok))
 
     def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
-        job = self.job
-        seed = context.derive_seed(job["seed"], index)
-        ctx = context.TaskContext(
-            job_id=job["id"],
-            index=index,
-            attempt=attempt,
-            seed=seed,
-            key=job["key"],
-            store_factory=lambda: _open_store(job["backend"]),
-            report_progress=self.progress,
-        )
-        saved_env = {k: os.environ.get(k) for k in job["env"]}
-        if saved_env:
-            os.environ.update(job["env"])
+        job, ctx = self.job, self.ctx
+        ctx.index, ctx.attempt, ctx.checkpointed = index, attempt, False
+        ctx.seed = seed = context.derive_seed(job["seed"], index)
         context._set(ctx)
         try:
             if self.load_error is not None:
                 raise self.load_error
-            _seed_random(random._inst, seed)  # random.seed(seed) minus its Python wrapper
-            random._inst.gauss_next = None
+            _seed_random(_global_random, seed)  # random.seed(seed) minus its Python wrapper
+            _global_random.gauss_next = None
             if "numpy" in sys.modules:
                 sys.modules["numpy"].random.seed(seed % 2**32)
             fn_ref, args, kwargs = self.tasks[index - self.lo]
             if job["kind"] == "command":
                 value = self.command(index, seed, args[0])
             else:
-                fn = self.fns[fn_ref]
-                if self.wants_rng.get(fn_ref) and "rng" not in kwargs:
+                if self.wants_rng[fn_ref] and "rng" not in kwargs:
                     kwargs = {**kwargs, "rng": context.task_rng()}
-                value = fn(*args, **kwargs)
+                value = self.fns[fn_ref](*args, **kwargs)
             try:
                 return (
                     True,
@@ -368,11 +380,6 @@ class _Child:
             return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         finally:
             context._set(None)
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job

@@ -40,18 +40,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from . import __version__, codec, keys
+from . import codec, keys
 from .backends import Backend
+from .commit import Committer
 from .errors import (
     CorruptMessage,
     JobCancelled,
-    LeaseLost,
     MemoryLimitExceeded,
     TamperedError,
     TaskCrashed,
     TaskTimeout,
     WorkerLost,
 )
+from .heartbeat import Heartbeat
 from .model import JobManifest, Lease, WorkerOptions
 from .runner import RunnerDied, RunnerProcess
 
@@ -162,7 +163,9 @@ class Worker:
         self.started = time.time()
         self._ppid = os.getppid()
         self._mem_checked = 0.0
-        self._heartbeat = _Heartbeat(self)
+        self.mean: dict[str, float] = {}  # job -> seconds per task, to size sub-batches
+        self.committer = Committer(backend, self.id, self.host)
+        self._heartbeat = Heartbeat(self)
 
     # ---------------------------------------------------------------- main loop
 
@@ -186,6 +189,7 @@ class Worker:
                 elif self._should_exit(time.monotonic() - idle_since):
                     break
         finally:
+            self.committer.close()
             self._heartbeat.stop()
             self.runner.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -208,10 +212,10 @@ class Worker:
             return
         if job is None:
             log.warning("dropping message %s: job %s no longer exists", lease.id, header["job"])
-            self._ack(lease)
+            self.committer.finish(lease, ack=True)
             return
         if self._is_cancelled(job, force=True):
-            self._ack(lease)
+            self.committer.finish(lease, ack=True)
             return
         todo = {i: 1 for a, b in header["runs"] for i in range(a, b + 1)}
         careful = lease.attempt > 1
@@ -236,15 +240,10 @@ class Worker:
             self.current = None
         if chunk.todo:  # stopped early: let another worker take the rest at once
             self._forget_starts(chunk)
-            self.queue.release([lease])
-        else:
-            self._ack(lease)
-
-    def _ack(self, lease: Lease) -> None:
-        try:
-            self.queue.ack([lease])
-        except LeaseLost:
-            log.warning("lease on message %s was lost; its results are stored anyway", lease.id)
+        self.committer.finish(lease, ack=not chunk.todo)
+        if self.runner.alive and self.runner.log_size() > 64 << 20:
+            self.committer.drain()  # every log byte is read; start the file afresh
+            self.runner.truncate_log()
 
     def _job(self, job_id: str) -> _JobInfo | None:
         info = self.jobs.get(job_id)
@@ -324,7 +323,8 @@ class Worker:
     def _run_chunk(self, chunk: _Chunk) -> None:
         if self.runner.alive:
             self._load(chunk)
-        batch = 1
+        mean = self.mean.get(chunk.job_id)
+        batch = 1 if mean is None else max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
         while chunk.todo and chunk.stop_reason is None:
             self._ensure_runner(chunk)
             if chunk.careful:
@@ -337,7 +337,7 @@ class Worker:
             ran_before = chunk.ran
             self._run_batch(chunk, sub)
             if chunk.ran > ran_before:
-                mean = chunk.busy / chunk.ran
+                mean = self.mean[chunk.job_id] = chunk.busy / chunk.ran
                 batch = max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
             chunk.busy += 0 if chunk.ran > ran_before else time.monotonic() - t
             if chunk.careful or time.monotonic() - chunk.last_flush > self.backend.flush_interval:
@@ -497,37 +497,20 @@ class Worker:
             chunk.last_stream = time.monotonic()
 
     def _flush(self, chunk: _Chunk) -> None:
-        job_id = chunk.job_id
-        if chunk.logs:
-            lo, hi = min(chunk.logs), max(chunk.logs)
-            self.store.put(keys.logs(job_id, lo, hi), codec.encode_json(chunk.logs))
-            chunk.logs = {}
-        if chunk.indices:
-            lo, hi, n = min(chunk.indices), max(chunk.indices), len(set(chunk.indices))
-            if hi - lo + 1 == n:  # the usual case: one contiguous run, stored as sent
-                part = codec.encode_part(self.key, self.id, self.host, chunk.blobs)
-                self.store.put(keys.result(job_id, lo, hi, chunk.nfail), part)
-            else:  # retries or cancellations left gaps: one part per contiguous run
-                self._flush_runs(chunk)
-            chunk.blobs, chunk.indices, chunk.nfail = [], [], 0
-        for i in chunk.checkpoints:
-            self.store.delete(keys.checkpoint(job_id, i))
-        chunk.checkpoints = []
+        """Hand the chunk's finished outcomes and logs to the committer."""
+        if chunk.indices or chunk.logs or chunk.checkpoints:
+            self.committer.flush(
+                chunk.job_id, chunk.blobs, chunk.indices, chunk.nfail, chunk.logs,
+                chunk.checkpoints, wait=chunk.careful,
+            )  # fmt: skip
+            chunk.blobs, chunk.indices, chunk.nfail, chunk.logs, chunk.checkpoints = (
+                [],
+                [],
+                0,
+                {},
+                [],
+            )
         chunk.last_flush = time.monotonic()
-        if self.runner.alive and self.runner.log_size() > 64 << 20 and not chunk.todo:
-            self.runner.truncate_log()
-
-    def _flush_runs(self, chunk: _Chunk) -> None:
-        rows = sorted((r for b in chunk.blobs for r in codec.loads(b)), key=lambda r: r[0])
-        run: list[tuple] = []
-        for r in [*rows, None]:
-            if run and (r is None or r[0] != run[-1][0] + 1):
-                nfail = sum(1 for x in run if x[3] is not None)
-                part = codec.encode_part(self.key, self.id, self.host, [codec.pack_rows(run)])
-                self.store.put(keys.result(chunk.job_id, run[0][0], run[-1][0], nfail), part)
-                run = []
-            if r is not None and not (run and r[0] == run[-1][0]):
-                run.append(r)
 
     def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
         opts = self.options
@@ -586,7 +569,7 @@ class Worker:
                 chunk.todo = todo
                 self._fail_all(chunk, CorruptMessage(f"the queue message for this task {err}"))
                 self._flush(chunk)
-        self._ack(lease)
+        self.committer.finish(lease, ack=True)
 
 
 def _ranges(indices: list[int]) -> list[list[int]]:
@@ -605,70 +588,3 @@ class _Killed(Exception):
     def __init__(self, reason: Exception):
         super().__init__(reason)
         self.reason = reason
-
-
-class _Heartbeat(threading.Thread):
-    """Extends the current lease, notices cancellation, records the worker's state."""
-
-    def __init__(self, worker: Worker):
-        super().__init__(name="cloudloop-heartbeat", daemon=True)
-        self.w = worker
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=10)
-        self.write(state="stopped")
-
-    def run(self) -> None:
-        w = self.w
-        last = time.monotonic()
-        self.write()
-        tick = max(0.2, min(1.0, w.options.lease / 6))
-        while not self._stop_event.wait(tick):
-            chunk = w.current
-            if chunk is not None and not chunk.lost:
-                if time.monotonic() - chunk.extended > w.options.lease / 3:
-                    try:
-                        w.queue.extend([chunk.lease], w.options.lease)
-                        chunk.extended = time.monotonic()
-                    except LeaseLost:
-                        chunk.lost = True
-                        log.warning("lease on message %s lost while running", chunk.lease.id)
-                    except Exception as e:  # a transient backend error: try again next tick
-                        log.warning("could not extend lease: %s", e)
-                try:
-                    w._is_cancelled(chunk.job)
-                except Exception as e:
-                    log.warning("could not check for cancellation: %s", e)
-            if time.monotonic() - last > w.options.heartbeat:
-                last = time.monotonic()
-                self.write()
-
-    def write(self, state: str | None = None) -> None:
-        w = self.w
-        chunk = w.current
-        st = w.runner.status() if w.runner.alive else None
-        record = {
-            "id": w.id,
-            "host": w.host,
-            "pid": os.getpid(),
-            "provider": w.provider,
-            "version": __version__,
-            "backend": w.backend.url,
-            "started": w.started,
-            "last_seen": time.time(),
-            "state": state or ("busy" if chunk else "idle"),
-            "job": chunk.job_id if chunk else None,
-            "task": st.index if st and st.index >= 0 else None,
-            "progress": st.progress if st and st.progress >= 0 else None,
-            "message": st.message if st else "",
-            "tasks_done": w.tasks_done,
-            "failures": w.failures,
-            "rss": w.runner.rss() if w.runner.alive else 0,
-            "load": os.getloadavg()[0],
-        }
-        try:
-            w.store.put(keys.worker(w.id), codec.encode_json(record))
-        except Exception as e:
-            log.warning("could not write heartbeat: %s", e)

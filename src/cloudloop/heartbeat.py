@@ -1,0 +1,93 @@
+"""A worker's heartbeat thread: keeps leases alive, notices cancellation, says who it is.
+
+Every third of the lease it extends the message being run and those waiting
+for their ack; every couple of seconds it checks the running job's
+cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
+(host, pid, provider, current job and task, the task's ``cl.progress``, tasks
+done, memory) so ``status``, the dashboard and clients can see every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from . import __version__, codec, keys
+from .errors import LeaseLost
+
+log = logging.getLogger("cloudloop.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Extends the current lease, notices cancellation, records the worker's state."""
+
+    def __init__(self, worker: Any):
+        super().__init__(name="cloudloop-heartbeat", daemon=True)
+        self.w = worker
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+        self.write(state="stopped")
+
+    def run(self) -> None:
+        w = self.w
+        last = extended = time.monotonic()
+        self.write()
+        tick = max(0.2, min(1.0, w.options.lease / 6))
+        while not self._stop_event.wait(tick):
+            chunk = w.current
+            if time.monotonic() - extended > w.options.lease / 3:
+                held = w.committer.held()
+                if chunk is not None and not chunk.lost:
+                    held.append(chunk.lease)
+                for lease in held:
+                    try:
+                        w.queue.extend([lease], w.options.lease)
+                    except LeaseLost:
+                        if chunk is not None and lease is chunk.lease:
+                            chunk.lost = True
+                        log.warning("lease on message %s lost while running", lease.id)
+                    except Exception as e:  # a transient backend error: try again next tick
+                        log.warning("could not extend lease: %s", e)
+                extended = time.monotonic()
+            if chunk is not None:
+                try:
+                    w._is_cancelled(chunk.job)
+                except Exception as e:
+                    log.warning("could not check for cancellation: %s", e)
+            if time.monotonic() - last > w.options.heartbeat:
+                last = time.monotonic()
+                self.write()
+
+    def write(self, state: str | None = None) -> None:
+        w = self.w
+        chunk = w.current
+        st = w.runner.status() if w.runner.alive else None
+        record = {
+            "id": w.id,
+            "host": w.host,
+            "pid": os.getpid(),
+            "provider": w.provider,
+            "version": __version__,
+            "backend": w.backend.url,
+            "started": w.started,
+            "last_seen": time.time(),
+            "state": state or ("busy" if chunk else "idle"),
+            "job": chunk.job_id if chunk else None,
+            "task": st.index if st and st.index >= 0 else None,
+            "progress": st.progress if st and st.progress >= 0 else None,
+            "message": st.message if st else "",
+            "tasks_done": w.tasks_done,
+            "failures": w.failures,
+            "rss": w.runner.rss() if w.runner.alive else 0,
+            "load": os.getloadavg()[0],
+        }
+        try:
+            w.store.put(keys.worker(w.id), codec.encode_json(record))
+        except Exception as e:
+            log.warning("could not write heartbeat: %s", e)
