@@ -15,14 +15,25 @@ def draw(i, rng=None):
     return (cl.task_seed(), random.random(), float(np.random.random()), float(rng.random()))
 
 
+def own_streams(i, rng=None):
+    return (cl.task_seed(), float(cl.task_rng().random()), float(rng.random()))
+
+
 def test_seeds_identical_across_chunk_sizes_and_worker_counts(url):
-    a = cl.map(draw, range(40), backend=url, workers=1, seed=42, chunksize=1)
-    b = cl.map(draw, range(40), backend=url, workers=2, seed=42, chunksize=7)
-    c = cl.map(draw, range(40), backend=url, workers=2, seed=42)
+    a = cl.map(own_streams, range(40), backend=url, workers=1, seed=42, chunksize=1)
+    b = cl.map(own_streams, range(40), backend=url, workers=2, seed=42, chunksize=7)
+    c = cl.map(own_streams, range(40), backend=url, workers=2, seed=42)
     assert a == b == c
     assert len({row[0] for row in a}) == 40  # every task has its own stream
-    d = cl.map(draw, range(40), backend=url, workers=2, seed=43)
+    d = cl.map(own_streams, range(40), backend=url, workers=2, seed=43)
     assert d != a
+
+
+def test_seed_globals_makes_plain_random_and_numpy_reproducible(url):
+    a = cl.map(draw, range(30), backend=url, workers=1, seed=5, chunksize=1, seed_globals=True)
+    b = cl.map(draw, range(30), backend=url, workers=2, seed=5, chunksize=4, seed_globals=True)
+    assert a == b
+    assert len({row[1] for row in a}) == 30
 
 
 def test_seed_is_the_same_on_retry(make_executor, tmp_path):

@@ -90,6 +90,8 @@ def job_options(base: JobOptions | None = None, **values: Any) -> JobOptions:
                 raise ConfigError(f"{k} must be a whole number >= 0, not {v!r}")
         elif k == "chunksize" and v is not None and (not isinstance(v, int) or v < 1):
             raise ConfigError(f"chunksize must be a whole number >= 1, not {v!r}")
+        elif k == "seed_globals" and not isinstance(v, bool):
+            raise ConfigError(f"seed_globals must be true or false, not {v!r}")
         elif k == "env":
             v = {str(a): str(b) for a, b in (v or {}).items()}
         changes[k] = v

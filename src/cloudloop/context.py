@@ -36,12 +36,16 @@ class TaskContext:
     job_id: str
     index: int
     attempt: int
-    seed: int
+    job_seed: int
     key: bytes
     store_factory: Callable[[], Any]  # -> Store, opened lazily
     report_progress: Callable[[float, str], None]
     checkpointed: bool = False
     _store: Any = None
+
+    @property
+    def seed(self) -> int:
+        return derive_seed(self.job_seed, self.index)
 
     @property
     def store(self):

@@ -57,6 +57,9 @@ class JobOptions:
         max_deliveries: times a task may take its worker down with it before
             it is dead-lettered (lost workers do not count against ``retries``).
         env: extra environment variables for tasks.
+        seed_globals: also seed ``random`` and ``numpy.random``'s global
+            generators with each task's seed, so code that uses them directly
+            is reproducible too (costs ~5 us per task, ~20 us with numpy).
     """
 
     retries: int = 0
@@ -67,6 +70,7 @@ class JobOptions:
     name: str | None = None
     max_deliveries: int = 3
     env: dict[str, str] = field(default_factory=dict)
+    seed_globals: bool = False
 
     def replace(self, **changes: Any) -> JobOptions:
         return dataclasses.replace(self, **changes)

@@ -280,7 +280,7 @@ class _Child:
             job_id=job["id"],
             index=-1,
             attempt=0,
-            seed=0,
+            job_seed=job["seed"],
             key=job["key"],
             store_factory=lambda: _open_store(job["backend"]),
             report_progress=self.progress,
@@ -352,18 +352,19 @@ class _Child:
     def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
         job, ctx = self.job, self.ctx
         ctx.index, ctx.attempt, ctx.checkpointed = index, attempt, False
-        ctx.seed = seed = context.derive_seed(job["seed"], index)
         context._set(ctx)
         try:
             if self.load_error is not None:
                 raise self.load_error
-            _seed_random(_global_random, seed)  # random.seed(seed) minus its Python wrapper
-            _global_random.gauss_next = None
-            if "numpy" in sys.modules:
-                sys.modules["numpy"].random.seed(seed % 2**32)
+            if job["seed_globals"]:
+                seed = ctx.seed
+                _seed_random(_global_random, seed)  # random.seed(seed) minus its Python wrapper
+                _global_random.gauss_next = None
+                if "numpy" in sys.modules:
+                    sys.modules["numpy"].random.seed(seed % 2**32)
             fn_ref, args, kwargs = self.tasks[index - self.lo]
             if job["kind"] == "command":
-                value = self.command(index, seed, args[0])
+                value = self.command(index, ctx.seed, args[0])
             else:
                 if self.wants_rng[fn_ref] and "rng" not in kwargs:
                     kwargs = {**kwargs, "rng": context.task_rng()}

@@ -305,6 +305,7 @@ class Worker:
                     "kind": m.kind,
                     "command": m.command,
                     "retries": m.options.retries,
+                    "seed_globals": m.options.seed_globals,
                     "env": m.options.env,
                     "backend": self.backend.url,
                     "key": self.key,

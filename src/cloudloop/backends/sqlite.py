@@ -150,7 +150,7 @@ class SqliteQueue(Queue):
             if leases or left <= 0:
                 return leases
             time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.02)
 
     def _match(self, sql: str, params: list[tuple], leases: Sequence[Lease], what: str) -> None:
         lost = []
