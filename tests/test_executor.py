@@ -260,3 +260,50 @@ def test_long_chunks_are_split_for_idle_workers(make_executor):
     ex = make_executor(workers=2, split_after=1)
     job = ex.map_job(worker_of, range(16), chunksize=16)
     assert len(set(job.results())) == 2
+
+
+USER_MODULE = """
+import functools
+
+SCALE = 3
+
+@functools.lru_cache(maxsize=None)
+def table():
+    return {i: i * SCALE for i in range(10)}
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def scaled(p):
+    return Point(table()[p.x])
+"""
+
+
+def test_user_modules_workers_cannot_import_are_shipped_by_value(
+    make_executor, tmp_path, monkeypatch
+):
+    pkg = tmp_path / "elsewhere"
+    pkg.mkdir()
+    (pkg / "mylab_models.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(pkg))  # importable here, not on the workers' path
+    import mylab_models
+
+    ex = make_executor()
+    out = list(ex.map(mylab_models.scaled, [mylab_models.Point(i) for i in range(4)]))
+    assert [p.x for p in out] == [0, 3, 6, 9]
+    assert all(isinstance(p, mylab_models.Point) for p in out)
+
+
+def test_main_style_cached_function_is_shipped(make_executor):
+    import functools
+
+    @functools.cache
+    def data():
+        return [1, 2, 3]
+
+    def use(i):
+        return data()[i]
+
+    ex = make_executor()
+    assert list(ex.map(use, range(3))) == [1, 2, 3]

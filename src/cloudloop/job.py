@@ -203,7 +203,7 @@ class Job:
         else:
             state = JobState.RUNNING
         if state.finished and self._finished_at is None:
-            self._finished_at = self._finish_time()
+            self._finished_at = self._finish_time(observed=bool(self._samples))
         elapsed = (self._finished_at or now) - manifest.created
         self._samples = [s for s in self._samples if now - s[0] < 30] + [(now, done)]
         t0, d0 = self._samples[0]
@@ -216,13 +216,17 @@ class Job:
             manifest.created, elapsed, rate, eta,
         )  # fmt: skip
 
-    def _finish_time(self) -> float:
+    def _finish_time(self, observed: bool) -> float:
+        """When the job finished: recorded by the first client to see it finish."""
         store = self.backend.store
         blob = store.get_or_none(keys.job_prefix(self.id) + "finished")
         if blob is not None:
             return float(codec.decode_json(blob)["at"])
-        ends = [o.ended for k in self._parts.parts for o in self._read(k) if o.ended]
-        at = max(ends) if ends else time.time()
+        if observed:  # this handle watched it run: now is within one poll of the end
+            at = time.time()
+        else:  # it finished unwatched: the last task's end time, from the results
+            ends = [o.ended for k in self._parts.parts for o in self._read(k) if o.ended]
+            at = max(ends) if ends else time.time()
         store.put(
             keys.job_prefix(self.id) + "finished", codec.encode_json({"at": at}), if_absent=True
         )

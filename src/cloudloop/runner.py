@@ -288,6 +288,9 @@ class _Child:
         try:
             for ref, blob in data["fns"].items():
                 if ref not in self.fns:
+                    if len(self.fns) >= 256:
+                        old = next(iter(self.fns))
+                        del self.fns[old], self.wants_rng[old]
                     fn = codec.loads(blob)
                     self.fns[ref] = fn
                     self.wants_rng[ref] = _accepts_rng(fn)

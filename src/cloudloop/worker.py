@@ -248,6 +248,8 @@ class Worker:
     def _job(self, job_id: str) -> _JobInfo | None:
         info = self.jobs.get(job_id)
         if info is None:
+            if len(self.jobs) >= 256:
+                del self.jobs[next(iter(self.jobs))]
             blob = self.store.get_or_none(keys.manifest(job_id))
             if blob is None:
                 return None
@@ -270,6 +272,8 @@ class Worker:
 
     def _fn(self, job_id: str, ref: str) -> bytes:
         if ref not in self.fns:
+            if len(self.fns) >= 256:  # a long-lived worker serves many jobs
+                del self.fns[next(iter(self.fns))]
             blob = self.store.get(keys.fn(job_id, ref))
             self.fns[ref] = codec.verify(self.key, blob, f"function {ref} of job {job_id}")
         return self.fns[ref]
