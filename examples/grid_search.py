@@ -40,11 +40,11 @@ def fit(params: dict) -> dict:
     train, test = list(folds.split(X, y))[params["fold"]]
     t0 = time.perf_counter()
     model = SVC(C=params["C"], gamma=params["gamma"]).fit(X[train], y[train])
-    return {
-        **params,
-        "accuracy": model.score(X[test], y[test]),
-        "seconds": time.perf_counter() - t0,
-    }
+    accuracy = model.score(X[test], y[test])
+    print(
+        f"C={params['C']:g} gamma={params['gamma']:g} fold={params['fold']}: accuracy {accuracy:.4f}"
+    )
+    return {**params, "accuracy": accuracy, "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -72,7 +72,9 @@ def main() -> None:
     print(f"\nbest: C={c:g}, gamma={g:g} ({statistics.mean(accs):.2%} accuracy)")
     store = ex.backend.url.split("://", 1)[1] + "/store"
     print(f"per-task results: {store}/jobs/{job.id}/results/   logs: {store}/jobs/{job.id}/logs/")
-    print(f"  cloudloop status {job.id}    cloudloop results {job.id} --format csv")
+    print(
+        f"  cloudloop status {job.id}    cloudloop logs {job.id} 0    cloudloop results {job.id} --format csv"
+    )
 
 
 if __name__ == "__main__":
