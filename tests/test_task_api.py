@@ -50,7 +50,8 @@ def test_progress_shows_in_the_worker_heartbeat(make_executor, url):
 
     def progressed():
         for key in store.list("workers/"):
-            rec = json.loads(store.get(key))
+            blob = store.get_or_none(key)
+            rec = json.loads(blob) if blob else {}
             if rec.get("job") == job.id and (rec.get("progress") or 0) > 0.2:
                 return rec
         return None

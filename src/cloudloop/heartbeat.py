@@ -32,7 +32,10 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=10)
-        self.write(state="stopped")
+        try:  # a clean exit leaves no record behind; a crashed worker's goes stale
+            self.w.store.delete(keys.worker(self.w.id))
+        except Exception as e:
+            log.warning("could not remove heartbeat record: %s", e)
 
     def run(self) -> None:
         w = self.w

@@ -27,6 +27,7 @@ from .model import JobManifest, JobState, JobStatus, Outcome
 
 log = logging.getLogger("cloudloop")
 _HEARTBEAT_FRESH = 30.0
+_HEARTBEAT_STALE = 86400.0
 
 
 @dataclass
@@ -161,7 +162,7 @@ class Job:
         return codec.decode_part(self.backend.key, blob, f"result part {key}")
 
     def workers(self) -> list[dict[str, Any]]:
-        """Heartbeat records of workers seen in the last 30 s (cached 5 s)."""
+        """Heartbeat records of workers seen in the last 30 s (cached ~2 s)."""
         at, cached = self._workers
         if time.monotonic() - at > (2.0 if cached else 0.5):
             out = []
@@ -174,11 +175,11 @@ class Job:
                     rec = codec.decode_json(blob)
                 except ValueError:
                     continue
-                if (
-                    rec.get("state") != "stopped"
-                    and time.time() - rec.get("last_seen", 0) < _HEARTBEAT_FRESH
-                ):
+                age = time.time() - rec.get("last_seen", 0)
+                if age < _HEARTBEAT_FRESH:
                     out.append(rec)
+                elif age > _HEARTBEAT_STALE:  # a worker that died a day ago
+                    store.delete(key)
             self._workers = (time.monotonic(), out)
             cached = out
         return cached
