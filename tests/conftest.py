@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import cloudloop as cl
@@ -37,3 +39,57 @@ def make_executor(url):
         ex.shutdown(wait=False, cancel_futures=True)
         if ex._pool is not None:
             ex._pool.stop(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3/SQS/EC2/IAM API server on loopback (moto_server), for the whole session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    saved = {k: os.environ.get(k) for k in _FAKE_AWS}
+    os.environ.update(_FAKE_AWS)
+    yield f"http://127.0.0.1:{port}"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+
+
+_FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def aws_url(moto_endpoint, request) -> str:
+    """A fresh aws:// backend (its own bucket and queue) on the loopback API server."""
+    import secrets
+
+    bucket = f"cl-{secrets.token_hex(4)}"
+    return f"aws://{bucket}/jobs?region=us-east-1&endpoint={moto_endpoint}"

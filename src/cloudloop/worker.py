@@ -181,7 +181,7 @@ class Worker:
         log.info("worker %s serving %s", self.id, self.backend.url)
         try:
             while not self.stopping.is_set():
-                leases = self.queue.lease(1, self.options.lease, wait_s=0.5)
+                leases = self.queue.lease(1, self.options.lease, wait_s=self.backend.idle_wait)
                 if leases:
                     for lease in leases:
                         self._process(lease)

@@ -15,11 +15,16 @@ from cloudloop.backends import REGISTRY, Backend, open_backend
 
 
 @contextlib.contextmanager
-def _sqlite(tmp_path) -> Iterator[str]:
+def _sqlite(tmp_path, request) -> Iterator[str]:
     yield "sqlite://" + str(tmp_path / "contract")
 
 
-FACTORIES = {"sqlite": _sqlite}
+@contextlib.contextmanager
+def _aws(tmp_path, request) -> Iterator[str]:
+    yield request.getfixturevalue("aws_url")
+
+
+FACTORIES = {"sqlite": _sqlite, "aws": _aws}
 
 
 @pytest.fixture(params=sorted(REGISTRY))
@@ -27,7 +32,7 @@ def backend(request, tmp_path) -> Iterator[Backend]:
     scheme = request.param
     if scheme not in FACTORIES:
         pytest.fail(f"backend {scheme!r} is registered but has no contract-test factory")
-    with FACTORIES[scheme](tmp_path) as url:
+    with FACTORIES[scheme](tmp_path, request) as url:
         b = open_backend(url)
         try:
             yield b

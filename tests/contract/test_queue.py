@@ -31,9 +31,9 @@ def test_lease_respects_max_n(backend):
 def test_expired_lease_is_redelivered_with_new_token_and_attempt(backend):
     q = backend.queue
     q.put([b"x"])
-    (first,) = q.lease(1, lease_s=0.5)
-    assert q.lease(1, lease_s=0.5) == []
-    time.sleep(0.7)
+    (first,) = q.lease(1, lease_s=1)
+    assert q.lease(1, lease_s=1) == []
+    time.sleep(1.5)
     (second,) = q.lease(1, lease_s=30)
     assert second.body == b"x" and second.id == first.id
     assert second.token != first.token
@@ -43,9 +43,9 @@ def test_expired_lease_is_redelivered_with_new_token_and_attempt(backend):
 def test_ack_deletes(backend):
     q = backend.queue
     q.put([b"x"])
-    (lease,) = q.lease(1, lease_s=0.3)
+    (lease,) = q.lease(1, lease_s=1)
     q.ack([lease])
-    time.sleep(0.5)
+    time.sleep(1.5)
     assert q.lease(1, lease_s=30) == []
     assert q.stats().total == 0
 
@@ -53,8 +53,8 @@ def test_ack_deletes(backend):
 def test_stale_ack_never_deletes_a_message_someone_else_holds(backend):
     q = backend.queue
     q.put([b"x"])
-    (old,) = q.lease(1, lease_s=0.3)
-    time.sleep(0.5)
+    (old,) = q.lease(1, lease_s=1)
+    time.sleep(1.5)
     (new,) = q.lease(1, lease_s=30)
     if q.reports_lease_lost:
         with pytest.raises(LeaseLost):
@@ -68,18 +68,18 @@ def test_stale_ack_never_deletes_a_message_someone_else_holds(backend):
 def test_extend_keeps_message_invisible(backend):
     q = backend.queue
     q.put([b"x"])
-    (lease,) = q.lease(1, lease_s=0.5)
-    time.sleep(0.3)
-    q.extend([lease], lease_s=2)
+    (lease,) = q.lease(1, lease_s=1)
     time.sleep(0.5)
+    q.extend([lease], lease_s=4)
+    time.sleep(1.5)
     assert q.lease(1, lease_s=30) == []
 
 
 def test_extend_with_stale_token(backend):
     q = backend.queue
     q.put([b"x"])
-    (old,) = q.lease(1, lease_s=0.3)
-    time.sleep(0.5)
+    (old,) = q.lease(1, lease_s=1)
+    time.sleep(1.5)
     q.lease(1, lease_s=30)
     if q.reports_lease_lost:
         with pytest.raises(LeaseLost):

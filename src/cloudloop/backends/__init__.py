@@ -15,6 +15,7 @@ from .base import Backend, Queue, Store, scheme_of
 #: scheme -> (module, factory name, pip extra that provides its dependencies)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("cloudloop.backends.sqlite", "open_sqlite", None),
+    "aws": ("cloudloop.backends.aws", "open_aws", "aws"),
 }
 
 

@@ -124,6 +124,7 @@ class Backend:
     poll_interval: float = 0.05
     poll_max: float = 1.0  # polling backs off to this when nothing changes
     flush_interval: float = 0.5
+    idle_wait: float = 0.5  # how long an idle worker's lease call waits for a message
 
     def __init__(self, url: str, queue: Queue, store: Store, key: bytes):
         self.url = url
