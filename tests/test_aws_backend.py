@@ -1,0 +1,85 @@
+"""The aws:// backend end to end, against a real S3/SQS API server on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import kill, wait_for
+
+import cloudloop as cl
+from cloudloop.backends import open_backend
+
+
+def square(x):
+    print("square", x)
+    if x == 7:
+        raise ValueError("seven")
+    return x * x
+
+
+def slow(x):
+    time.sleep(0.2)
+    return x
+
+
+def test_the_same_loop_runs_on_sqs_and_s3(aws_url):
+    with cl.Executor(backend=aws_url, workers=2, lease=5) as ex:
+        job = ex.map_job(square, range(60))
+        out = job.results(return_exceptions=True)
+        assert out[:7] == [x * x for x in range(7)] and isinstance(out[7], ValueError)
+        assert "square 3" in job.logs(3)
+        assert ex.submit(square, 5).result(timeout=60) == 25
+        assert list(ex.map(square, [1, 2])) == [1, 4]
+    again = cl.attach(job.id, backend=aws_url)
+    assert again.status().state is cl.JobState.FAILED
+
+
+def test_big_inputs_spill_to_s3(aws_url):
+    with cl.Executor(backend=aws_url, workers=1, lease=5) as ex:
+        payload = b"x" * (2 << 20)  # over any SQS message limit
+        job = ex.map_job(len, [payload, b"ab"])
+        assert job.results() == [2 << 20, 2]
+        assert ex.backend.store.list(f"jobs/{job.id}/inputs/")
+
+
+def test_kill_9_worker_on_sqs_every_result_once(aws_url, tmp_path):
+    with cl.Executor(backend=aws_url, workers=2, lease=3, heartbeat=0.5) as ex:
+        job = ex.map_job(slow, range(30), chunksize=3)
+        wait_for(lambda: job.status().done >= 3, what="progress")
+        store = ex.backend.store
+
+        def busy():
+            recs = [json.loads(store.get(k)) for k in store.list("workers/")]
+            return [r for r in recs if r.get("task") is not None]
+
+        kill(wait_for(busy, what="a busy worker")[0]["pid"])
+        assert job.results(timeout=120) == list(range(30))
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("aws://Bad_Bucket/x?region=us-east-1", "not an S3 bucket name"),
+        ("aws://good-bucket/x?regoin=us-east-1", "unknown parameter"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url, message):
+    with pytest.raises(cl.ConfigError, match=message):
+        open_backend(url)
+
+
+def test_missing_credentials_are_explained(moto_endpoint, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(cl.ConfigError, match="no AWS credentials"):
+        open_backend(f"aws://nocreds-bucket/x?region=ap-south-1&endpoint={moto_endpoint}")
+
+
+def test_unreachable_endpoint_is_a_connection_error(moto_endpoint):
+    with pytest.raises(cl.CloudloopError, match="cannot reach AWS|cannot use"):
+        open_backend("aws://some-bucket/x?region=us-east-1&endpoint=http://127.0.0.1:9")
