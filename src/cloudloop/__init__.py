@@ -8,7 +8,15 @@
 
 __version__ = "0.1.0"
 
-from .context import checkpoint, progress, restore, task_index, task_rng, task_seed
+from .context import (
+    checkpoint,
+    preempted,
+    progress,
+    restore,
+    task_index,
+    task_rng,
+    task_seed,
+)
 from .errors import (
     CloudloopError,
     CommandFailed,
@@ -18,6 +26,7 @@ from .errors import (
     JobNotFound,
     LeaseLost,
     MemoryLimitExceeded,
+    Preempted,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -45,6 +54,7 @@ __all__ = [
     "JobStatus",
     "LeaseLost",
     "MemoryLimitExceeded",
+    "Preempted",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -57,6 +67,7 @@ __all__ = [
     "attach",
     "checkpoint",
     "map",
+    "preempted",
     "progress",
     "restore",
     "task_index",

@@ -273,6 +273,8 @@ def cmd_worker(args) -> int:
         "idle_exit": args.idle_exit,
         "heartbeat": args.heartbeat,
         "split_after": args.split_after,
+        "metadata_url": args.metadata_url or os.environ.get("CLOUDLOOP_METADATA_URL"),
+        "preempt_grace": args.preempt_grace,
     }
     opts = worker_options(profile.worker, **{k: v for k, v in given.items() if v is not None})
     if args.exit_when_orphaned:
@@ -352,6 +354,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--heartbeat", type=parse_duration, help="seconds between heartbeats")
     w.add_argument(
         "--split-after", type=parse_duration, help="hand back the tail of chunks running longer"
+    )
+    w.add_argument(
+        "--metadata-url",
+        help="watch this instance metadata for spot notices (EC2: http://169.254.169.254)",
+    )
+    w.add_argument(
+        "--preempt-grace",
+        type=parse_duration,
+        help="after a spot notice, how long the task may go on (default 60s)",
     )
     w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")

@@ -104,9 +104,8 @@ def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOp
         raise ConfigError(
             f"unknown worker option(s) {sorted(unknown)}; known: {sorted(WORKER_OPTION_NAMES)}"
         )
-    changes = {
-        k: (v if k == "exit_when_orphaned" else parse_duration(v, k)) for k, v in values.items()
-    }
+    as_is = ("exit_when_orphaned", "metadata_url")
+    changes = {k: (v if k in as_is else parse_duration(v, k)) for k, v in values.items()}
     return (base or WorkerOptions()).replace(**changes)
 
 

@@ -40,6 +40,7 @@ class TaskContext:
     key: bytes
     store_factory: Callable[[], Any]  # -> Store, opened lazily
     report_progress: Callable[[float, str], None]
+    is_preempted: Callable[[], bool] = lambda: False
     checkpointed: bool = False
     _store: Any = None
 
@@ -116,3 +117,15 @@ def progress(fraction: float, message: str = "") -> None:
     ctx = _current
     if ctx is not None:
         ctx.report_progress(max(0.0, min(1.0, float(fraction))), str(message))
+
+
+def preempted() -> bool:
+    """True once this task's machine has been told it will be taken away (spot).
+
+    A long task can poll it between steps: ``cl.checkpoint(state)`` and return
+    or raise, and the task resumes from the checkpoint on another machine.
+    The worker also waits up to ``preempt_grace`` seconds for the running
+    task to finish before it releases its work.
+    """
+    ctx = _current
+    return ctx is not None and ctx.is_preempted()

@@ -9,6 +9,7 @@
      ├── TamperedError          a signed blob or message failed its HMAC check
      ├── JobNotFound
      ├── JobCancelled
+     ├── Preempted              raised by a task to hand itself back after a spot notice
      └── TaskFailure            base of failures that are not the user's own exception
           ├── TaskTimeout       over its wall-clock limit
           ├── MemoryLimitExceeded
@@ -63,6 +64,12 @@ class JobNotFound(CloudloopError, LookupError):
 
 class JobCancelled(CloudloopError):
     """The job (or this task) was cancelled."""
+
+
+class Preempted(CloudloopError):
+    """Raise inside a task, after ``cl.checkpoint(state)``, when ``cl.preempted()``
+    is True: the task is handed to another machine at once and resumes there
+    from its checkpoint. It is not a failure and does not count as a retry."""
 
 
 class TaskFailure(CloudloopError):

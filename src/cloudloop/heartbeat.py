@@ -80,7 +80,7 @@ class Heartbeat(threading.Thread):
             "backend": w.backend.url,
             "started": w.started,
             "last_seen": time.time(),
-            "state": state or ("busy" if chunk else "idle"),
+            "state": state or ("preempted" if w.preempted_at else "busy" if chunk else "idle"),
             "job": chunk.job_id if chunk else None,
             "task": st.index if st and st.index >= 0 else None,
             "progress": st.progress if st and st.progress >= 0 else None,

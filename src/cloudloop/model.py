@@ -91,6 +91,10 @@ class WorkerOptions:
         split_after: a chunk still running after this many seconds hands its
             unstarted tail back to the queue so idle workers can take it.
         exit_when_orphaned: exit when idle and the process that started us is gone.
+        metadata_url: instance metadata to watch for spot interruption notices
+            (None: do not watch; EC2 workers use http://169.254.169.254).
+        preempt_grace: after a notice, how long the running task may go on
+            before its work is released to another machine.
     """
 
     lease: float = 30.0
@@ -99,6 +103,8 @@ class WorkerOptions:
     flush: float = 0.5
     split_after: float = 2.0
     exit_when_orphaned: bool = False
+    metadata_url: str | None = None
+    preempt_grace: float = 60.0
 
     def replace(self, **changes: Any) -> WorkerOptions:
         return dataclasses.replace(self, **changes)

@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from . import codec, commands, context
-from .errors import SerializationError
+from .errors import Preempted, SerializationError
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
 _pack_rec = struct.Struct(_FMT).pack_into
 _pack_seq = struct.Struct("<Q").pack_into
 _MSG_AT, _MSG_MAX, _SIZE = 64, 400, 512
+_PREEMPT_AT = 480  # one byte the worker sets when a spot interruption notice arrives
 _FLUSH_EVERY = 0.02
 _seed_random = _random.Random.seed
 _global_random = random._inst  # type: ignore[attr-defined]
@@ -83,6 +84,12 @@ class _StatusFile:
             self._msg = bool(msg)
         self._seq = seq + 1
         _pack_seq(m, 0, seq + 1)
+
+    def set_preempt(self) -> None:
+        self._m[_PREEMPT_AT] = 1
+
+    def preempted(self) -> bool:
+        return self._m[_PREEMPT_AT] == 1
 
     def read(self) -> Status:
         for _ in range(100):
@@ -167,6 +174,10 @@ class RunnerProcess:
 
     def status(self) -> Status:
         return self._status.read()
+
+    def preempt(self) -> None:
+        """Tell the task (``cl.preempted()``) and the runner that the machine is going away."""
+        self._status.set_preempt()
 
     def log_size(self) -> int:
         try:
@@ -284,6 +295,7 @@ class _Child:
             key=job["key"],
             store_factory=lambda: _open_store(job["backend"]),
             report_progress=self.progress,
+            is_preempted=self.status.preempted,
         )
         try:
             for ref, blob in data["fns"].items():
@@ -309,7 +321,10 @@ class _Child:
     def run(self, todo: list[tuple[int, int]]) -> None:
         self.log_end = _log_end()
         for index, attempt in todo:
-            self.run_one(index, attempt)
+            if self.status.preempted():  # start nothing new on a machine about to vanish
+                break
+            if not self.run_one(index, attempt):
+                break
             if time.monotonic() - self.last_send > _FLUSH_EVERY:
                 self.send()
         self.cur = (-1, 0, 0.0, 0)
@@ -325,7 +340,7 @@ class _Child:
             self.rows, self.indices, self.side = [], [], []
         self.last_send = time.monotonic()
 
-    def run_one(self, index: int, attempt: int) -> tuple:
+    def run_one(self, index: int, attempt: int) -> bool:
         retries = self.job["retries"]
         segments = []
         while True:
@@ -333,6 +348,9 @@ class _Child:
             self.cur = (index, attempt, started, off)
             self.status.write(index, attempt, started, off, -1.0, "")
             ok, payload, checkpointed = self.call(index, attempt)
+            if ok is None:  # the task handed itself back (cl.Preempted): no outcome
+                self.log_end = _log_end()
+                return False
             if not ok:  # the attempt's log ends with why it failed
                 sys.stderr.write(payload.traceback)
                 if attempt <= retries:
@@ -351,6 +369,7 @@ class _Child:
         self.indices.append(index)
         if segments or checkpointed or not ok:
             self.side.append((index, segments, checkpointed, not ok))
+        return True
 
     def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
         job, ctx = self.job, self.ctx
@@ -380,6 +399,11 @@ class _Child:
                 )
             except SerializationError as e:
                 return False, codec.error_info(e, f"SerializationError: {e}\n"), ctx.checkpointed
+        except Preempted:
+            if self.status.preempted():
+                return None, None, ctx.checkpointed
+            e = RuntimeError("cl.Preempted was raised but no spot interruption notice arrived")
+            return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         except BaseException as e:
             return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         finally:

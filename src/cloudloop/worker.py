@@ -55,6 +55,7 @@ from .errors import (
 from .heartbeat import Heartbeat
 from .model import JobManifest, Lease, WorkerOptions
 from .runner import RunnerDied, RunnerProcess
+from .spot import SpotWatcher
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -165,6 +166,8 @@ class Worker:
         self._mem_checked = 0.0
         self.mean: dict[str, float] = {}  # job -> seconds per task, to size sub-batches
         self.committer = Committer(backend, self.id, self.host)
+        self.preempted_at: float | None = None
+        self._spot: SpotWatcher | None = None
         self._heartbeat = Heartbeat(self)
 
     # ---------------------------------------------------------------- main loop
@@ -172,15 +175,24 @@ class Worker:
     def request_stop(self, *_: Any) -> None:
         self.stopping.set()
 
+    def on_preempt(self, notice: dict) -> None:
+        """A spot interruption notice: finish or checkpoint, hand work back, leave."""
+        if self.preempted_at is None:
+            self.preempted_at = time.monotonic()
+            self.runner.preempt()
+
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         self._heartbeat.start()
+        if self.options.metadata_url:
+            self._spot = SpotWatcher(self.options.metadata_url, self.on_preempt)
+            self._spot.start()
         idle_since = time.monotonic()
         log.info("worker %s serving %s", self.id, self.backend.url)
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and self.preempted_at is None:
                 leases = self.queue.lease(1, self.options.lease, wait_s=self.backend.idle_wait)
                 if leases:
                     for lease in leases:
@@ -189,11 +201,14 @@ class Worker:
                 elif self._should_exit(time.monotonic() - idle_since):
                     break
         finally:
+            if self._spot is not None:
+                self._spot.stop()
             self.committer.close()
             self._heartbeat.stop()
             self.runner.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
-            log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+            why = " (preempted)" if self.preempted_at else ""
+            log.info("worker %s stopped after %d tasks%s", self.id, self.tasks_done, why)
 
     def _should_exit(self, idle: float) -> bool:
         limit = self.options.idle_exit
@@ -330,7 +345,7 @@ class Worker:
             self._load(chunk)
         mean = self.mean.get(chunk.job_id)
         batch = 1 if mean is None else max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
-        while chunk.todo and chunk.stop_reason is None:
+        while chunk.todo and chunk.stop_reason is None and self.preempted_at is None:
             self._ensure_runner(chunk)
             if chunk.careful:
                 sub = self._careful_next(chunk)
@@ -394,6 +409,10 @@ class Worker:
         reason: Exception | None = None
         if self.stopping.is_set():
             reason = chunk.stop_reason = InterruptedError("worker stopping")
+        elif (
+            self.preempted_at and time.monotonic() - self.preempted_at > self.options.preempt_grace
+        ):
+            reason = chunk.stop_reason = InterruptedError("machine preempted")
         elif chunk.job.cancelled:
             reason = chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
         elif st.index >= 0:

@@ -38,6 +38,8 @@ def worker_command(backend_url: str, worker: WorkerOptions) -> list[str]:
         cmd += ["--idle-exit", str(worker.idle_exit)]
     if worker.exit_when_orphaned:
         cmd.append("--exit-when-orphaned")
+    if worker.metadata_url:
+        cmd += ["--metadata-url", worker.metadata_url, "--preempt-grace", str(worker.preempt_grace)]
     return cmd
 
 
