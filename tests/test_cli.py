@@ -127,7 +127,7 @@ def test_detach_then_cancel(tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path):
     proc = cli("status", "--backend", "mongodb://x", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "not known; known: sqlite" in proc.stderr
+    assert proc.returncode == 2 and "not known; known: aws, sqlite" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = cli("run", "nomodule:fn", "--items", "missing.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr

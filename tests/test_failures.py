@@ -119,7 +119,7 @@ def test_unpicklable_argument_names_the_task_and_argument(make_executor):
 
 
 def test_unknown_backend_scheme_lists_the_known_ones():
-    with pytest.raises(cl.ConfigError, match="'sqs' is not known; known: .*sqlite"):
+    with pytest.raises(cl.ConfigError, match="'sqs' is not known; known: aws, sqlite"):
         cl.Executor(backend="sqs://queue/x", workers=0)
 
 

@@ -154,4 +154,9 @@ def test_many_processes_never_get_the_same_message(backend):
     got = [x for _ in procs for x in out.get(timeout=120)]
     for p in procs:
         p.join(30)
-    assert sorted(got, key=int) == [str(i).encode() for i in range(n)]
+    expected = [str(i).encode() for i in range(n)]
+    if backend.queue.may_duplicate:  # at-least-once: all arrive, duplicates are rare
+        assert sorted(set(got), key=int) == expected
+        assert len(got) - n <= n // 20
+    else:
+        assert sorted(got, key=int) == expected

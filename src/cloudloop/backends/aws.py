@@ -59,6 +59,7 @@ class SqsQueue(Queue):
     """A lease queue on one SQS standard queue."""
 
     reports_lease_lost = False
+    may_duplicate = True
 
     def __init__(self, client: Any, url: str):
         self.sqs, self.url = client, url

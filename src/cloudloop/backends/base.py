@@ -41,6 +41,9 @@ class Queue(abc.ABC):
 
     #: ack/extend with a stale token raise LeaseLost (SQS cannot tell).
     reports_lease_lost: ClassVar[bool] = True
+    #: a message may, rarely, be delivered to two leasers at once (SQS standard
+    #: queues are at-least-once); results are idempotent, so this only costs a re-run.
+    may_duplicate: ClassVar[bool] = False
     #: bodies larger than this must be spilled to the store by the caller.
     max_message_bytes: ClassVar[int] = 1 << 20
 
