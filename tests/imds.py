@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Machine:
     instance_id: str = "i-0000000000000000"
     instance_type: str = "c7a.large"
+    market: str = "spot"
     notice: dict | None = None
     role: str | None = None  # an instance profile role: serves credentials like EC2 does
     tokens: set[str] = field(default_factory=set)
@@ -64,6 +65,8 @@ class MetadataServer:
                     return self.reply(200, m.instance_id)
                 if path == "instance-type":
                     return self.reply(200, m.instance_type)
+                if path == "instance-life-cycle":
+                    return self.reply(200, m.market)
                 if path == "iam/security-credentials/" and m.role:
                     return self.reply(200, m.role)
                 if m.role and path == f"iam/security-credentials/{m.role}":

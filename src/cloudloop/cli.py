@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__, codec
 from .backends import open_backend
+from .cli_cluster import add_commands
 from .commands import build_template, load_items, render, template_fields
 from .config import load_profile, parse_duration, worker_options
 from .errors import CloudloopError
@@ -275,6 +276,7 @@ def cmd_worker(args) -> int:
         "split_after": args.split_after,
         "metadata_url": args.metadata_url or os.environ.get("CLOUDLOOP_METADATA_URL"),
         "preempt_grace": args.preempt_grace,
+        "stop_at": args.stop_at,
     }
     opts = worker_options(profile.worker, **{k: v for k, v in given.items() if v is not None})
     if args.exit_when_orphaned:
@@ -364,9 +366,13 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_duration,
         help="after a spot notice, how long the task may go on (default 60s)",
     )
+    w.add_argument(
+        "--stop-at", type=float, help="unix time to leave by (set by the ec2 provider for max_cost)"
+    )
     w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     w.set_defaults(fn=cmd_worker)
+    add_commands(sub, common)
     return p
 
 
@@ -382,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.fn(args)
     except (CloudloopError, TimeoutError) as e:

@@ -104,7 +104,7 @@ def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOp
         raise ConfigError(
             f"unknown worker option(s) {sorted(unknown)}; known: {sorted(WORKER_OPTION_NAMES)}"
         )
-    as_is = ("exit_when_orphaned", "metadata_url")
+    as_is = ("exit_when_orphaned", "metadata_url", "stop_at")
     changes = {k: (v if k in as_is else parse_duration(v, k)) for k, v in values.items()}
     return (base or WorkerOptions()).replace(**changes)
 

@@ -178,9 +178,9 @@ class Executor(cf.Executor):
         )
         self.backend: Backend = open_backend(backend or self._profile.backend)
         if workers is None:
-            workers = (
-                self._profile.workers if self._profile.workers is not None else os.cpu_count() or 1
-            )
+            workers = self._profile.workers
+        if workers is None:  # locally one per core; elsewhere `cloudloop up` manages workers
+            workers = (os.cpu_count() or 1) if self._profile.provider == "local" else 0
         if workers < 0:
             raise ConfigError(f"workers must be >= 0, not {workers}")
         self.workers = workers
@@ -190,7 +190,9 @@ class Executor(cf.Executor):
         self._jobs: list[Job] = []
         self._pool: WorkerPool | None = None
         if workers:
-            provider = get_provider(self._profile.provider, self._profile.provider_options)
+            provider = get_provider(
+                self._profile.provider, self._profile.provider_options, self._profile.name
+            )
             self._pool = provider.start(self.backend.url, workers, self._worker_options)
 
     # ---------------------------------------------------------------- stdlib API

@@ -63,6 +63,9 @@ class Heartbeat(threading.Thread):
                     w._is_cancelled(chunk.job)
                 except Exception as e:
                     log.warning("could not check for cancellation: %s", e)
+            if w.options.stop_at and time.time() > w.options.stop_at and w.preempted_at is None:
+                log.warning("the cluster's cost deadline has passed: leaving")
+                w.on_preempt({"action": "stop-at"})
             if time.monotonic() - last > w.options.heartbeat:
                 last = time.monotonic()
                 self.write()
@@ -89,6 +92,7 @@ class Heartbeat(threading.Thread):
             "failures": w.failures,
             "rss": w.runner.rss() if w.runner.alive else 0,
             "load": os.getloadavg()[0],
+            **w.machine,
         }
         try:
             w.store.put(keys.worker(w.id), codec.encode_json(record))

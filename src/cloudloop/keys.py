@@ -15,6 +15,8 @@
     jobs/<job>/checkpoints/<index>               signed pickle from cl.checkpoint()
     jobs/<job>/starts/<index>/<worker>-<nonce>   a re-delivered task was started (poison detection)
     workers/<worker>                             JSON heartbeat
+    control/paused                               workers take no new work while it exists
+    clusters/<name>/instances/<id>               JSON ledger of an instance's price and life
     deadletter/<time>-<message>-<nonce>          raw bytes of a message that failed verification
 
 Indices are zero-padded to 10 digits so keys sort in task order. A result
@@ -27,6 +29,7 @@ from __future__ import annotations
 import secrets
 
 W = 10
+PAUSED = "control/paused"
 
 
 def nonce() -> str:

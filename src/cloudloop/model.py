@@ -95,6 +95,8 @@ class WorkerOptions:
             (None: do not watch; EC2 workers use http://169.254.169.254).
         preempt_grace: after a notice, how long the running task may go on
             before its work is released to another machine.
+        stop_at: unix time at which the worker leaves as if preempted (how
+            an EC2 cluster keeps within its max_cost).
     """
 
     lease: float = 30.0
@@ -105,6 +107,7 @@ class WorkerOptions:
     exit_when_orphaned: bool = False
     metadata_url: str | None = None
     preempt_grace: float = 60.0
+    stop_at: float | None = None
 
     def replace(self, **changes: Any) -> WorkerOptions:
         return dataclasses.replace(self, **changes)

@@ -55,7 +55,7 @@ from .errors import (
 from .heartbeat import Heartbeat
 from .model import JobManifest, Lease, WorkerOptions
 from .runner import RunnerDied, RunnerProcess
-from .spot import SpotWatcher
+from .spot import Imds, SpotWatcher
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -168,9 +168,27 @@ class Worker:
         self.committer = Committer(backend, self.id, self.host)
         self.preempted_at: float | None = None
         self._spot: SpotWatcher | None = None
+        self.machine = self._describe_machine()
+        self._paused_checked = -math.inf
+        self._is_paused = False
         self._heartbeat = Heartbeat(self)
 
     # ---------------------------------------------------------------- main loop
+
+    def _describe_machine(self) -> dict[str, str]:
+        """Instance id, type and market from instance metadata, when there is some."""
+        if not self.options.metadata_url:
+            return {}
+        imds, out = Imds(self.options.metadata_url), {}
+        for key, path in (("instance", "instance-id"), ("instance_type", "instance-type"),
+                          ("market", "instance-life-cycle")):  # fmt: skip
+            try:
+                value = imds.get(path)
+            except OSError:
+                return out
+            if value:
+                out[key] = value
+        return out
 
     def request_stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -193,7 +211,11 @@ class Worker:
         log.info("worker %s serving %s", self.id, self.backend.url)
         try:
             while not self.stopping.is_set() and self.preempted_at is None:
-                leases = self.queue.lease(1, self.options.lease, wait_s=self.backend.idle_wait)
+                if self._paused():
+                    leases = []
+                    time.sleep(self.backend.idle_wait)
+                else:
+                    leases = self.queue.lease(1, self.options.lease, wait_s=self.backend.idle_wait)
                 if leases:
                     for lease in leases:
                         self._process(lease)
@@ -209,6 +231,17 @@ class Worker:
             shutil.rmtree(self.scratch, ignore_errors=True)
             why = " (preempted)" if self.preempted_at else ""
             log.info("worker %s stopped after %d tasks%s", self.id, self.tasks_done, why)
+
+    def _paused(self) -> bool:
+        """``cloudloop pause`` (checked every 10 s): take no new work."""
+        now = time.monotonic()
+        if now - self._paused_checked > 10.0:
+            self._paused_checked = now
+            try:
+                self._is_paused = self.store.exists(keys.PAUSED)
+            except Exception as e:
+                log.warning("could not check the pause flag: %s", e)
+        return self._is_paused
 
     def _should_exit(self, idle: float) -> bool:
         limit = self.options.idle_exit

@@ -333,11 +333,15 @@ def open_aws(url: str, create: bool = True) -> AwsBackend:
     try:
         sqs, s3 = clients(p.get("region"), p.get("endpoint"))
         store = S3Store(s3, p["bucket"], p["prefix"])
-        if create:
+        try:  # an existing backend needs no bucket or queue calls (workers may not make them)
+            queue_url = sqs.get_queue_url(QueueName=p["queue"])["QueueUrl"]
+        except ClientError as e:
+            if not create or (
+                "NonExistentQueue" not in _code(e) and _code(e) != "QueueDoesNotExist"
+            ):
+                raise
             ensure_bucket(s3, p["bucket"], p.get("region"))
             queue_url = ensure_queue(sqs, p["queue"])
-        else:
-            queue_url = sqs.get_queue_url(QueueName=p["queue"])["QueueUrl"]
         queue = SqsQueue(sqs, queue_url)
         key = _secret(store)
     except NoCredentialsError:

@@ -10,14 +10,19 @@ from .base import Provider, WorkerPool
 
 REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("cloudloop.providers.local", "LocalProvider"),
+    "ec2": ("cloudloop.providers.ec2", "Ec2Provider"),
 }
 
 
-def get_provider(name: str, options: dict[str, Any] | None = None) -> Provider:
+def get_provider(name: str, options: dict[str, Any] | None = None, profile: str = "") -> Provider:
     if name not in REGISTRY:
         raise ConfigError(f"provider {name!r} is not known; known: {', '.join(sorted(REGISTRY))}")
     module, cls = REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(options)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"provider {name!r} needs {e.name} (pip install 'cloudloop[aws]')") from e
+    return getattr(mod, cls)(options, profile=profile)
 
 
 __all__ = ["REGISTRY", "Provider", "WorkerPool", "get_provider"]

@@ -29,8 +29,9 @@ class WorkerPool(abc.ABC):
 class Provider(abc.ABC):
     name: str = ""
 
-    def __init__(self, options: dict[str, Any] | None = None):
+    def __init__(self, options: dict[str, Any] | None = None, profile: str = ""):
         self.options = dict(options or {})
+        self.profile = profile
 
     @abc.abstractmethod
     def start(self, backend_url: str, n: int, worker: WorkerOptions) -> WorkerPool:

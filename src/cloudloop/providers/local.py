@@ -137,8 +137,8 @@ class LocalPool(WorkerPool):
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, options=None):
-        super().__init__(options)
+    def __init__(self, options=None, profile: str = ""):
+        super().__init__(options, profile)
         unknown = set(self.options) - {"python"}
         if unknown:
             raise ConfigError(

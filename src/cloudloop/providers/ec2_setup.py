@@ -1,0 +1,218 @@
+"""AWS resources a cluster needs besides instances: identity, network, template.
+
+``cloudloop aws init`` creates, once per cluster (all tagged
+``cloudloop:cluster=<name>``)::
+
+    IAM role cloudloop-<cluster>-worker   trusted by ec2.amazonaws.com; inline policy:
+                                          the job queue (receive/delete/visibility/send),
+                                          s3 get/put/delete under bucket/prefix/*, list of
+                                          that prefix only. Nothing else.
+    instance profile (same name)          what instances run as; boto3 on the instance
+                                          reads its credentials from instance metadata
+    security group cloudloop-<cluster>    no inbound rules: workers only call out
+    launch template cloudloop-<cluster>   image, user-data, profile, group, IMDSv2 only,
+                                          InstanceInitiatedShutdownBehavior=terminate
+
+plus the backend's bucket and queue. Everything is found again by name or tag,
+so init is idempotent and ``cleanup`` can remove all of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+TAG_CLUSTER = "cloudloop:cluster"
+TAG_PROFILE = "cloudloop:profile"
+DEFAULT_IMAGE = "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+def _code(e: ClientError) -> str:
+    return e.response.get("Error", {}).get("Code", "")
+
+
+def tags(cluster: str, profile: str) -> list[dict[str, str]]:
+    return [
+        {"Key": TAG_CLUSTER, "Value": cluster},
+        {"Key": TAG_PROFILE, "Value": profile},
+        {"Key": "Name", "Value": f"cloudloop-{cluster}"},
+    ]
+
+
+def worker_policy(queue_arn: str, bucket: str, prefix: str) -> dict[str, Any]:
+    """Least privilege for a worker: its queue and its bucket prefix, nothing else."""
+    objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+    listing = f"{prefix}/*" if prefix else "*"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteMessageBatch",
+                    "sqs:ChangeMessageVisibility", "sqs:ChangeMessageVisibilityBatch",
+                    "sqs:SendMessage", "sqs:SendMessageBatch", "sqs:GetQueueAttributes",
+                    "sqs:GetQueueUrl",
+                ],
+                "Resource": [queue_arn],
+            },
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": [objects]},
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [listing]}},
+            },
+        ],
+    }  # fmt: skip
+
+
+_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def ensure_role(iam: Any, name: str, policy: dict[str, Any], tag_list: list[dict]) -> str:
+    """Role + inline policy + instance profile ``name``; returns the profile's name."""
+    try:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_TRUST), Tags=tag_list)
+    except ClientError as e:
+        if _code(e) != "EntityAlreadyExists":
+            raise
+    iam.put_role_policy(
+        RoleName=name, PolicyName="cloudloop-worker", PolicyDocument=json.dumps(policy)
+    )
+    try:
+        iam.create_instance_profile(InstanceProfileName=name, Tags=tag_list)
+    except ClientError as e:
+        if _code(e) != "EntityAlreadyExists":
+            raise
+    roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+    if not any(r["RoleName"] == name for r in roles):
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return name
+
+
+def delete_role(iam: Any, name: str) -> list[str]:
+    done = []
+    try:
+        for r in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=r["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
+        done.append(f"instance profile {name}")
+    except ClientError as e:
+        if _code(e) != "NoSuchEntity":
+            raise
+    try:
+        for p in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=p)
+        iam.delete_role(RoleName=name)
+        done.append(f"IAM role {name}")
+    except ClientError as e:
+        if _code(e) != "NoSuchEntity":
+            raise
+    return done
+
+
+def default_vpc(ec2: Any) -> str:
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise RuntimeError("this region has no default VPC: give the profile subnets = [...]")
+    return vpcs[0]["VpcId"]
+
+
+def subnets(ec2: Any, given: tuple[str, ...]) -> list[dict[str, str]]:
+    """[{SubnetId, AvailabilityZone}] — the given ones, else every default-VPC subnet."""
+    if given:
+        found = ec2.describe_subnets(SubnetIds=list(given))["Subnets"]
+    else:
+        vpc = default_vpc(ec2)
+        found = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    return [{"SubnetId": s["SubnetId"], "AvailabilityZone": s["AvailabilityZone"]} for s in found]
+
+
+def ensure_security_group(ec2: Any, name: str, vpc: str, tag_list: list[dict]) -> str:
+    found = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}]
+    )["SecurityGroups"]
+    if found:
+        return found[0]["GroupId"]
+    sg = ec2.create_security_group(
+        GroupName=name,
+        Description="cloudloop workers: no inbound traffic, they only call out",
+        VpcId=vpc,
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": tag_list}],
+    )
+    return sg["GroupId"]
+
+
+def resolve_image(ssm: Any, image: str) -> str:
+    if image.startswith("ssm:"):
+        return ssm.get_parameter(Name=image[4:])["Parameter"]["Value"]
+    return image
+
+
+def template_version(
+    ec2: Any,
+    name: str,
+    image: str,
+    user_data: str,
+    profile: str,
+    group: str,
+    tag_list: list[dict],
+    key_name: str | None = None,
+) -> tuple[str, str]:
+    """A launch template version with this user-data; returns (template id, version)."""
+    data: dict[str, Any] = {
+        "ImageId": image,
+        "UserData": base64.b64encode(user_data.encode()).decode(),
+        "IamInstanceProfile": {"Name": profile},
+        "SecurityGroupIds": [group],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tag_list},
+            {"ResourceType": "volume", "Tags": tag_list},
+        ],
+    }
+    if key_name:
+        data["KeyName"] = key_name
+    try:
+        found = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
+    except ClientError as e:
+        if "NotFound" not in _code(e) and _code(e) != "InvalidLaunchTemplateName.NotFoundException":
+            raise
+        found = []
+    if not found:
+        t = ec2.create_launch_template(
+            LaunchTemplateName=name,
+            LaunchTemplateData=data,
+            TagSpecifications=[{"ResourceType": "launch-template", "Tags": tag_list}],
+        )["LaunchTemplate"]
+        return t["LaunchTemplateId"], str(t["LatestVersionNumber"])
+    tid = found[0]["LaunchTemplateId"]
+    v = ec2.create_launch_template_version(LaunchTemplateId=tid, LaunchTemplateData=data)
+    return tid, str(v["LaunchTemplateVersion"]["VersionNumber"])
+
+
+def wait_for_profile(iam: Any, name: str, timeout: float = 30.0) -> None:
+    """New instance profiles take a few seconds to be usable by EC2."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+                return
+        except ClientError:
+            pass
+        time.sleep(1)

@@ -1,0 +1,79 @@
+"""What instances cost: list prices, spot prices, and the running bill.
+
+On-demand prices are list prices (us-east-1, Linux, USD per hour, as
+published by AWS in 2025); other regions differ by a few percent, so treat
+costs as estimates. Spot prices come from ``DescribeSpotPriceHistory`` for the
+instance's zone; when the API gives nothing believable (an emulator answers
+0.00001) the estimate is 35 % of on-demand. A profile's ``prices`` table
+overrides both.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+ON_DEMAND: dict[str, float] = {
+    "t3.medium": 0.0416, "t3.large": 0.0832, "t3.xlarge": 0.1664,
+    "c5.large": 0.085, "c5.xlarge": 0.17, "c5.2xlarge": 0.34,
+    "c6i.large": 0.085, "c6i.xlarge": 0.17, "c6i.2xlarge": 0.34,
+    "c6a.large": 0.0765, "c6a.xlarge": 0.153, "c6a.2xlarge": 0.306,
+    "c7i.large": 0.08925, "c7i.xlarge": 0.1785, "c7i.2xlarge": 0.357,
+    "c7a.large": 0.10264, "c7a.xlarge": 0.20528, "c7a.2xlarge": 0.41056,
+    "m5.large": 0.096, "m5.xlarge": 0.192, "m6i.large": 0.096, "m6i.xlarge": 0.192,
+    "m6a.large": 0.0864, "m6a.xlarge": 0.1728, "m7i.large": 0.1008, "m7i.xlarge": 0.2016,
+    "m7a.large": 0.11592, "m7a.xlarge": 0.23184, "r6i.large": 0.126, "r7a.large": 0.15215,
+    "c7g.large": 0.0725, "c7g.xlarge": 0.145, "m7g.large": 0.0816, "m7g.xlarge": 0.1632,
+}  # fmt: skip
+SPOT_SHARE = 0.35
+
+
+def on_demand(instance_type: str, table: dict[str, float] | None = None) -> float | None:
+    if table and instance_type in table:
+        return float(table[instance_type])
+    return ON_DEMAND.get(instance_type)
+
+
+def hourly(
+    ec2: Any,
+    instance_type: str,
+    zone: str | None,
+    spot: bool,
+    table: dict[str, float] | None = None,
+) -> float:
+    """USD per hour for one instance (best estimate; 0.0 if the type is unknown)."""
+    if table and f"{instance_type}:{'spot' if spot else 'on-demand'}" in table:
+        return float(table[f"{instance_type}:{'spot' if spot else 'on-demand'}"])
+    listed = on_demand(instance_type, table)
+    if not spot:
+        return listed or 0.0
+    if table and instance_type in table:
+        return float(table[instance_type]) * SPOT_SHARE
+    try:
+        kw: dict[str, Any] = {
+            "InstanceTypes": [instance_type],
+            "ProductDescriptions": ["Linux/UNIX"],
+            "StartTime": time.time() - 3600,
+            "MaxResults": 10,
+        }
+        if zone:
+            kw["AvailabilityZone"] = zone
+        history = ec2.describe_spot_price_history(**kw).get("SpotPriceHistory", [])
+        price = min(float(h["SpotPrice"]) for h in history) if history else None
+    except Exception:
+        price = None
+    if price is not None and listed and price >= 0.05 * listed:
+        return price
+    return (listed or 0.0) * SPOT_SHARE
+
+
+def cost(records: list[dict[str, Any]], now: float | None = None) -> tuple[float, float]:
+    """(USD spent so far, USD per hour now) for instance ledger records."""
+    now = now or time.time()
+    spent = burn = 0.0
+    for r in records:
+        end = r.get("ended") or now
+        spent += r["price"] * max(0.0, end - r["launched"]) / 3600
+        if not r.get("ended"):
+            burn += r["price"]
+    return spent, burn
