@@ -149,7 +149,9 @@ class Worker:
         self.backend = backend
         self.queue, self.store, self.key = backend.queue, backend.store, backend.key
         self.options = options or WorkerOptions()
-        self.host = socket.gethostname()
+        # $CLOUDLOOP_HOST names the machine when the hostname does not (containers,
+        # network namespaces, hosts that all call themselves "localhost")
+        self.host = os.environ.get("CLOUDLOOP_HOST") or socket.gethostname()
         self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
         self.provider = provider or os.environ.get("CLOUDLOOP_PROVIDER", "external")
         self.scratch = Path(tempfile.mkdtemp(prefix="cloudloop-worker-"))
