@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean test-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ lint: $(VENV)/.test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+# system packages the tests drive for real (installed only when missing)
+test-deps:
+	bash scripts/test-deps.sh
+
+test: lint test-deps
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench
