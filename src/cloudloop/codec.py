@@ -13,6 +13,7 @@ pickled bytes that only the task runner unpickles.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import hmac
@@ -127,10 +128,27 @@ def _rebuild_cached(fn: Any, maxsize: int | None, typed: bool) -> Any:
     return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
 
 
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, keeping its real file name.
+
+    cloudpickle >= 3.1.3 renames every by-value code object's file to
+    ``<dynamic-code>``, which empties remote tracebacks: no file, no source
+    line. Keeping the name lets a worker's traceback show the user's file and
+    line (and the line's text wherever that file exists).
+    """
+    fn, args = cloudpickle.cloudpickle._code_reduce(code)
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+    return fn, args
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, plus ``functools.lru_cache``/``cache`` wrappers defined in
     ``__main__`` or a notebook, which plain cloudpickle pickles by a reference
-    that workers cannot resolve."""
+    that workers cannot resolve, and code objects that keep their file names."""
+
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+    )
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, _LRU) and _by_value(getattr(obj, "__module__", "")):
