@@ -7,6 +7,7 @@ without adding its factory here fails the suite instead of skipping it.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,18 @@ def _aws(tmp_path, request) -> Iterator[str]:
     yield request.getfixturevalue("aws_url")
 
 
-FACTORIES = {"sqlite": _sqlite, "aws": _aws}
+@contextlib.contextmanager
+def _redis(tmp_path, request) -> Iterator[str]:
+    # each test gets its own key prefix on one session-wide server
+    yield request.getfixturevalue("redis_server").url(prefix=f"t{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def _rediss(tmp_path, request) -> Iterator[str]:
+    yield request.getfixturevalue("rediss_server").url(prefix=f"t{secrets.token_hex(4)}")
+
+
+FACTORIES = {"sqlite": _sqlite, "aws": _aws, "redis": _redis, "rediss": _rediss}
 
 
 @pytest.fixture(params=sorted(REGISTRY))
@@ -38,3 +50,25 @@ def backend(request, tmp_path) -> Iterator[Backend]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on loopback for the whole session (append-only, no snapshots)."""
+    import redis_server as rs
+
+    rs.require()
+    server = rs.RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rediss_server(tmp_path_factory):
+    """The same over TLS (a self-signed certificate) with a password."""
+    import redis_server as rs
+
+    rs.require()
+    server = rs.RedisServer(tmp_path_factory.mktemp("rediss"), tls=True, password="s3cret/pw")
+    yield server
+    server.stop()

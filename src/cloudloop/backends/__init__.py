@@ -16,6 +16,8 @@ from .base import Backend, Queue, Store, scheme_of
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("cloudloop.backends.sqlite", "open_sqlite", None),
     "aws": ("cloudloop.backends.aws", "open_aws", "aws"),
+    "redis": ("cloudloop.backends.redis", "open_redis", "redis"),
+    "rediss": ("cloudloop.backends.redis", "open_redis", "redis"),
 }
 
 
