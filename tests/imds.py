@@ -1,8 +1,14 @@
 """An instance metadata service (IMDSv2) for tests: real HTTP on a test address.
 
-One server answers for many "machines", told apart by the caller's address
-(each simulated instance has its own), or for one default machine. Tests post
-spot interruption notices to a machine with :meth:`MetadataServer.notify`.
+One server answers for many "machines", told apart by the caller's address,
+or for one default machine. Tests post spot interruption notices to a machine
+with :meth:`MetadataServer.notify`.
+
+Run as a script (``python imds.py --port P --state FILE``) it serves one
+machine described by a JSON file that is re-read on every request, the way the
+cloud-in-a-box runs one metadata service inside each instance's namespace (as
+EC2 does at 169.254.169.254); writing ``notice`` into the file posts a spot
+interruption notice.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ class Machine:
 
 
 class MetadataServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, state: str | None = None):
         self.machines: dict[str, Machine] = {}
         self.default = Machine()
+        self.state = state
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +42,14 @@ class MetadataServer:
                 pass
 
             def machine(self) -> Machine:
+                if server.state:
+                    with open(server.state) as f:
+                        fields = json.load(f)
+                    m = server.default
+                    for k in ("instance_id", "instance_type", "market", "notice", "role"):
+                        if k in fields:
+                            setattr(m, k, fields[k])
+                    return m
                 return server.machines.get(self.client_address[0], server.default)
 
             def reply(self, code: int, body: str = "", ctype: str = "text/plain") -> None:
@@ -96,3 +111,14 @@ class MetadataServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="serve one machine's instance metadata")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--state", required=True, help="JSON file describing the machine")
+    a = ap.parse_args()
+    MetadataServer(a.host, a.port, a.state)._thread.join()

@@ -190,6 +190,25 @@ class Lab:
         _ip("netns", "delete", self.hub, check=False)
 
 
+def wait_port_in(host: Host, port: int, timeout: float = 30.0) -> None:
+    """Wait until a process in ``host`` listens on TCP ``port`` (any address).
+
+    Reads the namespace's socket table through /proc, so it costs no process.
+    """
+    want = f":{port:04X} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in host.pids()[:1]:
+            try:
+                with open(f"/proc/{pid}/net/tcp") as f:
+                    if any(want in line and line.split()[3] == "0A" for line in f):
+                        return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} in {host.name} after {timeout:g} s")
+
+
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
     """Wait until something accepts TCP connections on host:port."""
     import socket

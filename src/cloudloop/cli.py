@@ -129,6 +129,22 @@ def cmd_run(args) -> int:
     return 1 if st.failed else 0
 
 
+def _cost_line(args, st) -> str | None:
+    """What the job's cluster cost (ec2 profiles), or None where nothing is billed."""
+    if args.backend:
+        return None
+    profile = load_profile(args.profile)
+    if profile.provider != "ec2":
+        return None
+    from .providers.ec2 import Ec2Provider
+
+    cluster = Ec2Provider(profile.provider_options, profile.name).cluster(
+        profile.backend, profile.worker
+    )
+    finished = st.created + st.elapsed if st.state.finished else None
+    return cluster.job_cost(st.created, finished, st.eta)
+
+
 def cmd_status(args) -> int:
     backend = _backend(args)
     if args.job:
@@ -138,6 +154,9 @@ def cmd_status(args) -> int:
             print(json.dumps({**st.__dict__, "state": st.state.value}))
             return 0
         print(st)
+        line = _cost_line(args, st)
+        if line:
+            print(line)
         for w in job.workers():
             if w.get("job") == job.id and w.get("task") is not None:
                 prog = (

@@ -346,6 +346,19 @@ class Cluster:
                 recs = self.ledger()
         return prices.cost(recs)
 
+    def job_cost(self, created: float, finished: float | None, eta: float | None) -> str:
+        """One line for ``cloudloop status``: this cluster's cost while a job ran, and to go."""
+        self.cost()  # notices instances that ended meanwhile
+        spent, burn = prices.cost(self.ledger(), since=created, until=finished)
+        line = f"cost: spent ${spent:.4f} on cluster {self.settings.cluster!r} while it ran"
+        if finished is None:
+            line += f", burning ${burn:.3f}/h"
+            if eta is not None:
+                line += f", about ${burn * eta / 3600:.4f} more to finish"
+        if self.settings.max_cost:
+            line += f" (max_cost ${self.settings.max_cost:.2f} for the cluster)"
+        return line
+
     def _deadline(self, n: int) -> float | None:
         """When new workers must leave so the cluster stays within max_cost."""
         s = self.settings

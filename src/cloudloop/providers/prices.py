@@ -67,13 +67,23 @@ def hourly(
     return (listed or 0.0) * SPOT_SHARE
 
 
-def cost(records: list[dict[str, Any]], now: float | None = None) -> tuple[float, float]:
-    """(USD spent so far, USD per hour now) for instance ledger records."""
+def cost(
+    records: list[dict[str, Any]],
+    now: float | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> tuple[float, float]:
+    """(USD spent, USD per hour now) for instance ledger records.
+
+    With ``since``/``until`` only the instance time inside that window counts
+    (a job's share of a cluster that serves every job of its backend).
+    """
     now = now or time.time()
     spent = burn = 0.0
     for r in records:
-        end = r.get("ended") or now
-        spent += r["price"] * max(0.0, end - r["launched"]) / 3600
+        start = max(r["launched"], since or r["launched"])
+        end = min(r.get("ended") or now, until or now)
+        spent += r["price"] * max(0.0, end - start) / 3600
         if not r.get("ended"):
             burn += r["price"]
     return spent, burn

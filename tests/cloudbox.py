@@ -1,0 +1,232 @@
+"""Cloud-in-a-box: an AWS API server and EC2 instances that really boot.
+
+::
+
+    root namespace: the test = the client          lab network 10.X.Y.0/24
+      boto3 ──────────────────────────────────────► "aws" namespace: moto_server :5000
+                                                     (S3, SQS, EC2, IAM)
+      Simulator thread: every 0.3 s DescribeInstances (tag cloudloop:cluster)
+        new pending/running instance ──► boot a "machine":
+            a fresh namespace with its own address on the lab network,
+            its own directory (HOME, /opt/cloudloop), an IMDSv2 server on its
+            own 127.0.0.1 (instance id, type, spot notices, and instance-profile
+            credentials, as EC2 serves them), and the instance's actual
+            user-data run by bash, with pip pointed at a local wheelhouse
+            (no index is reachable) and a `shutdown` that tells the simulator
+        terminated in the API (or the machine ran `shutdown`) ──► every process
+            of the machine is killed and its namespace removed
+
+Workers on a machine have no AWS keys in their environment: boto3 finds the
+instance-profile credentials through the metadata service, as on EC2. A test
+posts a spot interruption notice with :meth:`CloudBox.notice` and pulls a
+machine's plug with :meth:`CloudBox.kill`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import netns
+
+HERE = Path(__file__).resolve().parent
+MOTO_PORT = 5000
+IMDS_PORT = 8169
+TAG = "cloudloop:cluster"
+FAKE_KEYS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class Machine:
+    instance_id: str
+    host: netns.Host
+    root: Path
+    instance_type: str
+    market: str
+    booted: float
+    ended: float | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "imds.json"
+
+    def log(self, name: str = "bootstrap.log") -> str:
+        path = self.root / "opt" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def worker_logs(self) -> str:
+        return "".join(
+            p.read_text(errors="replace") for p in sorted((self.root / "opt").glob("worker-*.log"))
+        )
+
+
+class CloudBox:
+    """moto_server in its own namespace plus an EC2 instance simulator."""
+
+    def __init__(self, root: Path, wheelhouse: Path, region: str = "us-east-1"):
+        self.root = root
+        self.wheelhouse = wheelhouse
+        self.region = region
+        self.lab = netns.Lab("box")
+        self.machines: dict[str, Machine] = {}
+        self.history: list[str] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            self.aws = self.lab.add_host("aws")
+            self.moto_log = open(root / "moto.log", "wb")
+            self.aws.popen(
+                [sys.executable, "-m", "moto.server", "-H", self.aws.address, "-p", str(MOTO_PORT)],
+                stdout=self.moto_log,
+                stderr=subprocess.STDOUT,
+            )
+            self.endpoint = f"http://{self.aws.address}:{MOTO_PORT}"
+            netns.wait_port(self.aws.address, MOTO_PORT, timeout=60)
+            self.ec2 = boto3.client(
+                "ec2",
+                endpoint_url=self.endpoint,
+                region_name=region,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+        except Exception:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- the simulator
+
+    def start(self) -> CloudBox:
+        self._thread = threading.Thread(target=self._run, name="cloudbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as e:  # keep simulating; the test sees the errors
+                self.errors.append(f"{type(e).__name__}: {e}")
+            self._stop.wait(0.3)
+
+    def step(self) -> None:
+        """Boot what the API says is running; kill what it says is gone or has halted."""
+        states: dict[str, dict] = {}
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag-key", "Values": [TAG]}]
+        )
+        for page in pages:
+            for r in page["Reservations"]:
+                for i in r["Instances"]:
+                    states[i["InstanceId"]] = i
+        for iid, inst in states.items():
+            state = inst["State"]["Name"]
+            with self._lock:
+                m = self.machines.get(iid)
+            if state in ("pending", "running") and m is None and iid not in self.history:
+                self._boot(inst)
+            elif m is not None and m.ended is None:
+                if state not in ("pending", "running"):
+                    self._halt(m)
+                elif (m.root / "halted").exists():  # `shutdown -h now` on the machine
+                    self.ec2.terminate_instances(InstanceIds=[iid])
+                    self._halt(m)
+
+    def _boot(self, inst: dict) -> None:
+        iid = inst["InstanceId"]
+        self.history.append(iid)
+        user_data = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+        root = self.root / iid
+        (root / "bin").mkdir(parents=True)
+        (root / "home").mkdir()
+        (root / "user-data.sh").write_text(script)
+        shutdown = root / "bin" / "shutdown"
+        shutdown.write_text(f'#!/bin/sh\necho "shutdown $*" >&2\ntouch {root}/halted\n')
+        shutdown.chmod(0o755)
+        market = "spot" if inst.get("InstanceLifecycle") == "spot" else "on-demand"
+        host = self.lab.add_host(f"m{len(self.history)}")
+        m = Machine(iid, host, root, inst["InstanceType"], market, time.time())
+        m.state_file.write_text(
+            json.dumps(
+                {
+                    "instance_id": iid,
+                    "instance_type": m.instance_type,
+                    "market": market,
+                    "role": "cloudloop-worker",
+                }
+            )
+        )
+        imds = f"http://127.0.0.1:{IMDS_PORT}"
+        host.popen(
+            [sys.executable, str(HERE / "imds.py"), "--port", str(IMDS_PORT),
+             "--state", str(m.state_file)],
+            stdout=subprocess.DEVNULL, stderr=open(root / "imds.log", "wb"),
+        )  # fmt: skip
+        env = {
+            "PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": str(root / "home"),
+            "LANG": "C.UTF-8",
+            "CLOUDLOOP_HOME": str(root / "opt"),
+            "CLOUDLOOP_PYTHON": sys.executable,
+            "CLOUDLOOP_METADATA_URL": imds,
+            "CLOUDLOOP_HOST": iid,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds + "/",
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(self.wheelhouse),
+            "PIP_NO_CACHE_DIR": "1",
+        }
+        netns.wait_port_in(host, IMDS_PORT)
+        host.popen(["bash", str(root / "user-data.sh")], env=env, cwd=str(root / "home"))
+        with self._lock:
+            self.machines[iid] = m
+
+    def _halt(self, m: Machine) -> None:
+        m.ended = time.time()
+        m.host.remove()
+
+    # ---------------------------------------------------------------- what tests do
+
+    def running(self) -> list[Machine]:
+        with self._lock:
+            return [m for m in self.machines.values() if m.ended is None]
+
+    def notice(self, iid: str, action: str = "terminate") -> None:
+        """Post a spot interruption notice to one machine (two minutes' warning on EC2)."""
+        m = self.machines[iid]
+        state = json.loads(m.state_file.read_text())
+        state["notice"] = {"action": action, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        m.state_file.write_text(json.dumps(state))
+
+    def kill(self, iid: str) -> None:
+        """The machine is gone at once (hardware failure, or a reclaim without notice)."""
+        m = self.machines[iid]
+        m.host.kill_all()
+        self.ec2.terminate_instances(InstanceIds=[iid])
+
+    def processes(self) -> int:
+        """Processes still alive in any machine's namespace."""
+        return sum(len(m.host.pids()) for m in self.running())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for m in list(self.machines.values()):
+            if m.ended is None:
+                self._halt(m)
+        self.lab.close()
+        if getattr(self, "moto_log", None):
+            self.moto_log.close()
