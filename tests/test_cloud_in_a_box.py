@@ -194,3 +194,37 @@ def _env_keys(_):
     creds = boto3.session.Session().get_credentials()
     return {"keys": sorted(k for k in os.environ if k.startswith("AWS_") and "KEY" in k),
             "creds": creds.access_key if creds else None}  # fmt: skip
+
+
+def test_up_follows_the_queue_and_scales_to_zero(box, tmp_path):
+    """`up` without -n starts instances for waiting work; idle workers end their machines."""
+    home = tmp_path / "client"
+    home.mkdir()
+    profile = PROFILE.format(tag=os.getpid(), endpoint=box.endpoint)
+    profile = profile.replace('idle_exit = "2m"', 'idle_exit = "3s"').replace(
+        "max_workers = 8", "max_workers = 2"
+    )
+    (home / "cloudloop.toml").write_text(profile)
+    os.chdir(home)
+    job = cl.Executor(profile="aws").map_job(_square_slowly, range(60))
+    scaler = subprocess.Popen(
+        [sys.executable, "-m", "cloudloop", "up", "--profile", "aws", "--every", "1s",
+         "--until-idle"], cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert job.results(timeout=180) == [i * i for i in range(60)]
+        out, _ = scaler.communicate(timeout=120)  # returns once nothing is left
+    finally:
+        if scaler.poll() is None:
+            scaler.kill()
+    assert scaler.returncode == 0, out
+    assert "started 2 of 2 instances" in out and "queue empty and no instances left" in out
+    assert len(box.history) == 2  # max_workers = 2, one worker per instance
+    assert not box.running() and _cluster_instances(home) == 0
+    for iid in box.history:  # each machine left by itself once idle, and shut down
+        assert "shutting down" in (box.root / iid / "opt" / "bootstrap.log").read_text()
+
+
+def _square_slowly(i):
+    time.sleep(0.1)
+    return i * i
