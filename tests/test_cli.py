@@ -127,7 +127,10 @@ def test_detach_then_cancel(tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path):
     proc = cli("status", "--backend", "mongodb://x", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "not known; known: aws, sqlite" in proc.stderr
+    from cloudloop.backends import known_schemes
+
+    known = ", ".join(known_schemes())
+    assert proc.returncode == 2 and f"not known; known: {known}" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = cli("run", "nomodule:fn", "--items", "missing.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
