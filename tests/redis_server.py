@@ -89,7 +89,7 @@ class RedisServer:
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bind, self.password, self.tls = bind, password, tls
-        self.port = free_port(bind) if bind == "127.0.0.1" else free_port("127.0.0.1")
+        self.port = free_port(bind)
         self.fsync_always = fsync_always
         self.popen = popen
         self.proc: subprocess.Popen | None = None

@@ -1,7 +1,9 @@
 """Cluster commands: ``aws init``, ``up``, ``ls``, ``down``, ``pause``, ``resume``, ``cleanup``.
 
 They act on the workers of a profile's provider. ``ec2`` manages instances;
-``local`` starts detached worker processes on this machine (stopped by ``down``).
+``ssh`` bootstraps its hosts and starts workers there (``down`` stops them from
+any client); ``local`` starts detached worker processes on this machine
+(stopped by ``down``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,31 @@ def _cluster(profile: Profile):
     )
 
 
+def _ssh(profile: Profile):
+    from .providers.ssh import SshProvider
+
+    return SshProvider(profile.provider_options, profile.name).cluster(
+        profile.backend, profile.worker
+    )
+
+
+def _ssh_up(profile: Profile, n: int | None) -> int:
+    reports = _ssh(profile).up(total=n)
+    for r in reports:
+        print(r, flush=True)
+    ok = [r for r in reports if not r.error]
+    print(f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} host(s) "
+          f"(`cloudloop down --profile {profile.name}` stops them)")  # fmt: skip
+    return 0 if ok else 1
+
+
+def _ssh_down(profile: Profile) -> int:
+    lines = _ssh(profile).stop()
+    for line in lines:
+        print(line)
+    return 1 if any("FAILED" in line for line in lines) else 0
+
+
 def _heartbeats(backend) -> list[dict]:
     out = []
     for key in backend.store.list("workers/"):
@@ -54,6 +81,8 @@ def cmd_aws_init(args) -> int:
 
 def cmd_up(args) -> int:
     profile = _profile(args)
+    if profile.provider == "ssh":
+        return _ssh_up(profile, args.n)
     if profile.provider == "local":
         n = args.n or os.cpu_count() or 1
         url = open_backend(profile.backend).url
@@ -130,6 +159,8 @@ def cmd_ls(args) -> int:
 
 def cmd_down(args) -> int:
     profile = _profile(args)
+    if profile.provider == "ssh":
+        return _ssh_down(profile)
     if profile.provider != "ec2":
         backend = open_backend(profile.backend)
         host, n = socket.gethostname(), 0

@@ -11,6 +11,7 @@ from .base import Provider, WorkerPool
 REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("cloudloop.providers.local", "LocalProvider"),
     "ec2": ("cloudloop.providers.ec2", "Ec2Provider"),
+    "ssh": ("cloudloop.providers.ssh", "SshProvider"),
 }
 
 

@@ -1,0 +1,516 @@
+"""Workers on machines you own, started over SSH.
+
+::
+
+    up / Executor(workers=N)            every host at once (one thread each), with the system ``ssh``
+      │                                 (so ~/.ssh/config: User, Port, IdentityFile, ProxyJump, ...)
+      ├─ probe     python found? same minor version as here? cores? venv already there?
+      ├─ install   (only when the venv for this exact cloudloop is missing)
+      │    ├─ pip install cloudloop==VERSION from the host's index (released versions only)
+      │    └─ else: wheelhouse.build() here ─tar over ssh─► ~/.cloudloop/wheels/<digest>/
+      │             pip install --no-index --find-links there
+      ├─ start     N x ``nohup setsid python -m cloudloop worker`` (pid files, logs)
+      └─ record    store: clusters/<profile>/ssh/<host>/<tag> {pids, workers, started}
+
+    down / pool.stop()                  every host at once: SIGTERM the recorded workers'
+                                        process groups, SIGKILL what is left after 10 s
+
+On each host, under ``$HOME/.cloudloop`` (``dir`` option)::
+
+    venvs/<digest>/          a venv with this client's exact cloudloop (and requirements)
+    wheels/<digest>/         the wheels it was installed from, when the host had no index
+    run/<profile>/<tag>/     <n>.pid per worker, ``backend`` (the URL, mode 0600: a Redis
+                             password never appears on a command line)
+    logs/<profile>-<tag>-<n>.log
+
+A host that fails (unreachable, auth refused, no Python, an install error) is
+reported in one line with the reason and the others go on. Workers only
+connect out to the backend; nothing listens on the hosts but their own sshd.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import platform
+import re
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ConfigError
+from ..model import WorkerOptions
+from . import wheelhouse
+from .base import Provider, WorkerPool
+from .local import worker_command
+
+_SPEC = re.compile(r"^([^\s*]+)(?:\*(\d+))?$")
+_EXTRAS = {"redis": ("redis",), "rediss": ("redis",), "aws": ("aws",)}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """``"n2*8"``: ssh alias ``n2`` with 8 workers (None: one per core)."""
+
+    alias: str
+    workers: int | None = None
+
+
+def parse_hosts(value: Any) -> tuple[HostSpec, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError('ssh provider: hosts must be a list like ["n1", "n2*8"]')
+    out = []
+    for item in value:
+        m = _SPEC.match(str(item).strip()) if isinstance(item, str) else None
+        if not m or (m.group(2) is not None and int(m.group(2)) < 1):
+            raise ConfigError(
+                f"ssh provider: host {item!r} is not 'alias' or 'alias*N' (N workers, N >= 1)"
+            )
+        out.append(HostSpec(m.group(1), int(m.group(2)) if m.group(2) else None))
+    if len({h.alias for h in out}) != len(out):
+        raise ConfigError("ssh provider: a host is listed twice")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The ``ssh`` provider's options from a profile (see the README)."""
+
+    hosts: tuple[HostSpec, ...]
+    python: str = "python3"
+    ssh_config: str | None = None  # None: ssh's own default, ~/.ssh/config
+    dir: str = ".cloudloop"  # relative to the remote $HOME
+    requirements: tuple[str, ...] = ()
+    connect_timeout: float = 10.0
+    index: bool = True  # try the hosts' package index for released versions
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SshSettings:
+        opts = dict(options)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(opts) - known
+        if unknown:
+            raise ConfigError(
+                f"ssh provider: unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        if "hosts" not in opts:
+            raise ConfigError('ssh provider: give hosts = ["n1", "n2*8"] (~/.ssh/config aliases)')
+        opts["hosts"] = parse_hosts(opts["hosts"])
+        reqs = opts.get("requirements", ())
+        if isinstance(reqs, str) or not all(isinstance(r, str) for r in reqs):
+            raise ConfigError("ssh provider: requirements must be a list of strings")
+        opts["requirements"] = tuple(reqs)
+        for k in ("python", "dir"):
+            if k in opts and (not isinstance(opts[k], str) or not opts[k]):
+                raise ConfigError(f"ssh provider: {k} must be a non-empty string")
+        if opts.get("ssh_config") is not None:
+            path = Path(str(opts["ssh_config"])).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"ssh provider: ssh_config {str(path)!r} is not a file")
+            opts["ssh_config"] = str(path)
+        t = opts.get("connect_timeout", 10.0)
+        if not isinstance(t, (int, float)) or t <= 0:
+            raise ConfigError("ssh provider: connect_timeout must be a positive number of seconds")
+        return cls(**opts)
+
+
+class HostFailed(Exception):
+    """One host could not be used; the message is the one-line reason."""
+
+
+@dataclass
+class HostReport:
+    alias: str
+    workers: int = 0
+    pids: list[int] = field(default_factory=list)
+    note: str = ""
+    error: str = ""
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.alias}: FAILED: {self.error}"
+        return f"{self.alias}: {self.workers} worker(s) started{self.note}"
+
+
+def _remote_path(path: str) -> str:
+    """A shell word for a path on the host (relative paths and ~/ are under $HOME)."""
+    if path.startswith("~/"):
+        path = path[2:]
+    if path.startswith("/"):
+        return shlex.quote(path)
+    return '"$HOME"/' + shlex.quote(path)
+
+
+def _why(stderr: str, rc: int) -> str:
+    lines = [x.strip() for x in stderr.strip().splitlines() if x.strip()]
+    last = lines[-1] if lines else f"exit status {rc}"
+    text = stderr.lower()
+    if rc == 255:
+        if "permission denied" in text or "too many authentication failures" in text:
+            return f"auth refused: {last}"
+        if "host key verification failed" in text:
+            return f"host key not trusted (ssh it once by hand, or fix known_hosts): {last}"
+        if any(
+            w in text
+            for w in ("connection refused", "no route to host", "timed out", "could not resolve",
+                      "network is unreachable", "connection closed", "connection reset")
+        ):  # fmt: skip
+            return f"unreachable: {last}"
+        return f"ssh failed: {last}"
+    return last
+
+
+class SshHosts:
+    """Runs shell scripts on the profile's hosts with the system ``ssh``."""
+
+    def __init__(self, settings: SshSettings, profile: str):
+        self.s = settings
+        self.profile = profile
+        self.dir = _remote_path(settings.dir)
+
+    def ssh(
+        self, alias: str, script: str, stdin: bytes = b"", timeout: float = 600.0
+    ) -> subprocess.CompletedProcess:
+        cmd = ["ssh"]
+        if self.s.ssh_config:
+            cmd += ["-F", self.s.ssh_config]
+        cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(self.s.connect_timeout)}",
+                "-o", "ServerAliveInterval=15", "-T", alias, "sh -c " + shlex.quote(script)]  # fmt: skip
+        try:
+            r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HostFailed(f"no answer within {timeout:g} s") from None
+        except FileNotFoundError:
+            raise HostFailed("the ssh client is not installed here") from None
+        return subprocess.CompletedProcess(
+            cmd, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+        )
+
+    def run(self, alias: str, script: str, stdin: bytes = b"", timeout: float = 600.0) -> str:
+        """stdout of ``script`` on the host; HostFailed with the reason if it failed."""
+        r = self.ssh(alias, script, stdin, timeout)
+        if r.returncode:
+            raise HostFailed(_why(r.stderr, r.returncode))
+        return r.stdout
+
+    def each(self, aliases: list[str], fn) -> dict[str, Any]:
+        """``fn(alias)`` on every host at once; a HostFailed becomes that host's value."""
+        out: dict[str, Any] = {}
+        with cf.ThreadPoolExecutor(max(1, min(32, len(aliases)))) as pool:
+            futs = {pool.submit(fn, a): a for a in aliases}
+            for fut in cf.as_completed(futs):
+                try:
+                    out[futs[fut]] = fut.result()
+                except HostFailed as e:
+                    out[futs[fut]] = e
+        return out
+
+
+def _kv(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+class SshCluster:
+    """One profile's workers on its SSH hosts: bootstrap, start, record, stop."""
+
+    def __init__(
+        self, settings: SshSettings, backend_url: str, worker: WorkerOptions, profile: str
+    ):
+        self.s, self.url, self.worker, self.profile = settings, backend_url, worker, profile
+        self.hosts = SshHosts(settings, profile)
+        scheme = backend_url.split("://", 1)[0].lower()
+        self.extras = _EXTRAS.get(scheme, ())
+        tree = wheelhouse.source_tree()
+        # a source tree's code is not on any index: it always ships as wheels
+        self.released = tree is None
+        self.digest = wheelhouse._digest(tree, self.extras, self.s.requirements)
+        self._wheels: Path | None = None
+        self._lock = threading.Lock()
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ..backends import open_backend
+
+            self._backend = open_backend(self.url)
+        return self._backend
+
+    def _record_prefix(self, alias: str | None = None) -> str:
+        base = f"clusters/{self.profile}/ssh/"
+        return base + (re.sub(r"[^A-Za-z0-9_.=+@-]", "_", alias) + "/" if alias else "")
+
+    # ---------------------------------------------------------------- bootstrap
+
+    def _probe(self, alias: str) -> dict[str, str]:
+        py = shlex.quote(self.s.python)
+        script = f"""
+D={self.hosts.dir}
+if ! command -v {py} >/dev/null 2>&1; then echo "python=missing"; exit 0; fi
+echo "python=$(command -v {py})"
+echo "pyver=$({py} -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>&1)"
+echo "pyfull=$({py} -c 'import platform; print(platform.python_version())' 2>&1)"
+echo "cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || echo 1)"
+if [ -f "$D/venvs/{self.digest}/.complete" ]; then echo "venv=ready"; fi
+"""
+        info = _kv(self.hosts.run(alias, script, timeout=self.s.connect_timeout + 60))
+        if info.get("python") == "missing":
+            raise HostFailed(
+                f"no Python: {self.s.python!r} is not on the host's PATH (set python = a path)"
+            )
+        here = "{}.{}".format(*sys.version_info[:2])
+        if info.get("pyver") != here:
+            raise HostFailed(
+                f"{self.s.python} there is Python {info.get('pyver', '?')}, here {here} "
+                "(pickled tasks need the same version): set python = a matching interpreter"
+            )
+        return info
+
+    def wheels(self) -> Path:
+        with self._lock:  # built once, however many hosts need it at the same moment
+            if self._wheels is None:
+                self._wheels = wheelhouse.build(self.extras, self.s.requirements)
+            return self._wheels
+
+    def _install(self, alias: str, pyfull: str = "") -> str:
+        """Create the venv for this exact cloudloop on the host; returns how it was installed."""
+        d, venv = self.hosts.dir, f'"$D/venvs/{self.digest}"'
+        spec = "cloudloop" + (f"[{','.join(self.extras)}]" if self.extras else "")
+        pkgs = " ".join(shlex.quote(p) for p in (f"{spec}=={__version__}", *self.s.requirements))
+        pip = f"{venv}/bin/python -m pip install -q --disable-pip-version-check"
+        head = f"""set -e
+D={d}
+mkdir -p "$D/venvs"
+rm -rf {venv}
+{shlex.quote(self.s.python)} -m venv {venv} 2>&1 || {{ echo "venv_failed"; exit 3; }}
+"""
+        done = f'touch {venv}/.complete; echo "installed"\n'
+        if self.released and self.s.index:
+            r = self.hosts.ssh(alias, head + f"{pip} --timeout 15 --retries 1 {pkgs} 2>&1\n" + done)
+            if r.returncode == 0:
+                return "from the package index"
+            if r.returncode == 255:
+                raise HostFailed(_why(r.stderr, 255))
+            if "venv_failed" in r.stdout:
+                raise HostFailed(f"could not create a venv: {_tail(r.stdout)}")
+        wheels = self.wheels()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for whl in wheelhouse.wheels(wheels):
+                tar.add(whl, arcname=whl.name)
+        here = f'"$D/wheels/{self.digest}"'
+        self.hosts.run(alias, f"D={d}\nmkdir -p {here}\ntar -xzf - -C {here}\n", buf.getvalue())
+        r = self.hosts.ssh(
+            alias, head + f"{pip} --no-index --find-links {here} {pkgs} 2>&1\n" + done
+        )
+        if r.returncode == 255:
+            raise HostFailed(_why(r.stderr, 255))
+        if r.returncode:
+            what = "create a venv" if "venv_failed" in r.stdout else "install cloudloop"
+            hint = ""
+            here_py = platform.python_version()
+            if "No matching distribution" in r.stdout and pyfull and pyfull != here_py:
+                hint = (f" (the wheels were chosen for Python {here_py} here, the host has "
+                        f"{pyfull}: set python = a {here_py} interpreter there, or let the "
+                        "host reach a package index)")  # fmt: skip
+            raise HostFailed(f"could not {what}: {_tail(r.stdout or r.stderr)}{hint}")
+        return "from wheels copied over"
+
+    # ---------------------------------------------------------------- start / stop
+
+    def _start_script(self, alias: str, n: int, tag: str) -> str:
+        args = worker_command("X", self.worker)[6:]
+        args = [a for a in args if a != "--exit-when-orphaned"]
+        argv = " ".join(shlex.quote(a) for a in args)
+        run = f'"$D/run/{self.profile}/{tag}"'
+        log = f'"$D/logs/{self.profile}-{tag}-$i.log"'
+        return f"""set -e
+D={self.hosts.dir}
+mkdir -p {run} "$D/logs"
+umask 077
+cat > {run}/backend
+: > {run}/empty.toml
+cd "$D"
+i=0
+while [ $i -lt {n} ]; do
+  i=$((i + 1))
+  CLOUDLOOP_BACKEND="$(cat {run}/backend)" CLOUDLOOP_CONFIG={run}/empty.toml \\
+  CLOUDLOOP_PROFILE= CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh \\
+    nohup setsid "$D/venvs/{self.digest}/bin/python" -m cloudloop worker {argv} \\
+    > {log} 2>&1 < /dev/null &
+  echo $! > {run}/$i.pid
+done
+sleep 1
+alive=0
+for f in {run}/*.pid; do kill -0 "$(cat "$f")" 2>/dev/null && alive=$((alive + 1)); done
+echo "alive=$alive"
+echo "pids=$(cat {run}/*.pid | tr '\\n' ' ')"
+if [ "$alive" = 0 ]; then echo "log=$(tail -n 1 "$D/logs/{self.profile}-{tag}-1.log")"; fi
+"""
+
+    def _stop_script(self, tag: str | None) -> str:
+        where = f'"$D/run/{self.profile}"' + (f"/{tag}" if tag else "")
+        return f"""D={self.hosts.dir}
+pids=""
+for f in $(find {where} -name '*.pid' 2>/dev/null); do
+  p=$(cat "$f")
+  if ps -o args= -p "$p" 2>/dev/null | grep -q 'cloudloop worker'; then pids="$pids $p"; fi
+done
+kids=""
+for p in $pids; do kids="$kids $(ps -o pid= --ppid "$p" 2>/dev/null)"; done
+for p in $pids; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+n=0
+alive="$pids"
+while [ -n "$alive" ] && [ $n -lt 100 ]; do
+  sleep 0.1; n=$((n + 1)); left=""
+  for p in $alive; do kill -0 "$p" 2>/dev/null && left="$left $p"; done
+  alive="$left"
+done
+for p in $alive $kids; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
+rm -rf {where}
+echo "stopped=$(echo $pids | wc -w)"
+echo "killed=$(echo $alive | wc -w)"
+"""
+
+    def _up_host(self, spec: HostSpec, n: int | None, tag: str) -> HostReport:
+        info = self._probe(spec.alias)
+        note = ""
+        if info.get("venv") != "ready":
+            note = f" (cloudloop {__version__} installed {self._install(spec.alias, info.get('pyfull', ''))})"
+        count = n if n is not None else spec.workers or max(1, int(info.get("cores") or 1))
+        out = _kv(self.hosts.run(spec.alias, self._start_script(spec.alias, count, tag),
+                                 self.url.encode()))  # fmt: skip
+        pids = [int(p) for p in out.get("pids", "").split()]
+        if int(out.get("alive", "0")) == 0:
+            raise HostFailed(f"workers exited at start: {out.get('log', '').strip() or '?'}")
+        report = HostReport(spec.alias, len(pids), pids, note)
+        record = {"host": spec.alias, "tag": tag, "pids": pids, "workers": len(pids),
+                  "started": time.time(), "by": socket.gethostname()}  # fmt: skip
+        self.backend.store.put(self._record_prefix(spec.alias) + tag, json.dumps(record).encode())
+        return report
+
+    def up(self, total: int | None = None, tag: str | None = None) -> list[HostReport]:
+        """Bootstrap every host and start workers (``total`` spread over hosts, else per spec)."""
+        tag = tag or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        shares = _shares([h.workers for h in self.s.hosts], total)
+        specs = {h.alias: (h, k) for h, k in zip(self.s.hosts, shares)}
+        if total is not None:
+            specs = {a: v for a, v in specs.items() if v[1]}
+        _ = self.backend.store  # a wrong URL fails here, once, not once per host
+        got = self.hosts.each(list(specs), lambda a: self._up_host(specs[a][0], specs[a][1], tag))
+        out = []
+        for alias in specs:
+            r = got[alias]
+            out.append(r if isinstance(r, HostReport) else HostReport(alias, error=str(r)))
+        return out
+
+    def stop(self, tag: str | None = None, aliases: list[str] | None = None) -> list[str]:
+        """Stop this profile's workers (one start's ``tag``, else all); one line per host."""
+        records: dict[str, list[str]] = {}
+        for key in self.backend.store.list(self._record_prefix()):
+            alias, rec_tag = key.rsplit("/", 2)[-2:]
+            if tag is None or rec_tag == tag:
+                blob = self.backend.store.get_or_none(key)
+                real = json.loads(blob)["host"] if blob else alias
+                records.setdefault(real, []).append(key)
+        targets = aliases if aliases is not None else [h.alias for h in self.s.hosts]
+        targets = list(dict.fromkeys([*targets, *records]))
+        got = self.hosts.each(targets, lambda a: _kv(self.hosts.run(a, self._stop_script(tag),
+                                                                       timeout=60)))  # fmt: skip
+        lines = []
+        for alias in targets:
+            r = got[alias]
+            if isinstance(r, HostFailed):
+                lines.append(f"{alias}: FAILED: {r}")
+                continue
+            for key in records.get(alias, []):
+                self.backend.store.delete(key)
+            killed = int(r.get("killed", 0))
+            extra = f" ({killed} did not stop in 10 s and were killed)" if killed else ""
+            lines.append(f"{alias}: stopped {r.get('stopped', 0)} worker(s){extra}")
+        return lines
+
+    def alive(self, tag: str, aliases: list[str]) -> int:
+        script = f"""D={self.hosts.dir}
+n=0
+for f in "$D/run/{self.profile}/{tag}"/*.pid; do
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && n=$((n + 1))
+done
+echo "alive=$n"
+"""
+        got = self.hosts.each(aliases, lambda a: _kv(self.hosts.run(a, script, timeout=60)))
+        return sum(int(v.get("alive", 0)) for v in got.values() if isinstance(v, dict))
+
+
+def _tail(text: str, n: int = 1) -> str:
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return " | ".join(lines[-n:]) if lines else "(no output)"
+
+
+def _shares(capacity: list[int | None], total: int | None) -> list[int | None]:
+    """``total`` workers over hosts in proportion to their ``*N`` (unknown counts as 1)."""
+    if total is None:
+        return list(capacity)
+    weights = [c or 1 for c in capacity]
+    out = [total * w // sum(weights) for w in weights]
+    for i in sorted(range(len(out)), key=lambda i: -weights[i])[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+class SshPool(WorkerPool):
+    """Workers one client started on the hosts; ``stop`` ends exactly those."""
+
+    def __init__(self, cluster: SshCluster, tag: str, reports: list[HostReport]):
+        self.cluster, self.tag, self.reports = cluster, tag, reports
+        self.aliases = [r.alias for r in reports if not r.error]
+        self._stopped = False
+
+    def alive(self) -> int:
+        return self.cluster.alive(self.tag, self.aliases) if self.aliases else 0
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.aliases:
+            for line in self.cluster.stop(self.tag, self.aliases):
+                if "FAILED" in line:
+                    print(f"cloudloop ssh: {line}", file=sys.stderr)
+
+
+class SshProvider(Provider):
+    name = "ssh"
+
+    def __init__(self, options: dict[str, Any] | None = None, profile: str = ""):
+        super().__init__(options, profile)
+        self.settings = SshSettings.from_options(self.options)
+
+    def cluster(self, backend_url: str, worker: WorkerOptions) -> SshCluster:
+        return SshCluster(self.settings, backend_url, worker, self.profile or "default")
+
+    def start(self, backend_url: str, n: int, worker: WorkerOptions) -> SshPool:
+        """Start ``n`` workers spread over the hosts; failed hosts are reported on stderr."""
+        cluster = self.cluster(backend_url, worker)
+        tag = "ex-" + time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        reports = cluster.up(total=n, tag=tag)
+        for r in reports:
+            if r.error:
+                print(f"cloudloop ssh: {r}", file=sys.stderr)
+        if all(r.error for r in reports):
+            raise ConfigError("ssh provider: no host could start workers:\n" +
+                              "\n".join(str(r) for r in reports))  # fmt: skip
+        return SshPool(cluster, tag, reports)
+
+
+__all__ = ["HostSpec", "SshCluster", "SshPool", "SshProvider", "SshSettings", "parse_hosts"]

@@ -1,0 +1,265 @@
+"""The ssh provider on three "hosts": network namespaces, each running a real sshd.
+
+::
+
+    root namespace: the test (client), redis-server on the lab address
+      │ lab bridge
+      ├── n1  sshd :2222, HOME=<tmp>/n1    workers started by `cloudloop up`
+      ├── n2  sshd :2222, HOME=<tmp>/n2
+      ├── n3  sshd :2222, HOME=<tmp>/n3
+      └── "dead" (an address nobody has) and "badkey" (n1 with a key it refuses)
+
+The hosts cannot reach a package index, so ``up`` ships the wheelhouse over
+ssh: this tests the air-gapped path for real. Each host gets its own HOME
+(``SetEnv`` in its sshd_config) because the namespaces share one filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netns
+import pytest
+import redis_server as rs
+from helpers import wait_for
+
+import cloudloop as cl
+from cloudloop import cli, codec, keys
+from cloudloop.backends import open_backend
+from cloudloop.errors import ConfigError
+from cloudloop.providers.ssh import SshSettings, parse_hosts
+
+PORT = 2222
+HOSTS = ("n1", "n2", "n3")
+
+
+def _sshd(host, d: Path, home: Path) -> None:
+    cfg = d / f"sshd-{host.name}.conf"
+    cfg.write_text(
+        f"Port {PORT}\nListenAddress {host.address}\nHostKey {d / 'hostkey'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {d / f'sshd-{host.name}.pid'}\nPermitRootLogin prohibit-password\n"
+        f"SetEnv HOME={home}\n"
+    )
+    host.popen(["/usr/sbin/sshd", "-D", "-f", str(cfg), "-E", str(d / f"sshd-{host.name}.log")])
+    netns.wait_port(host.address, PORT, 15)
+
+
+class LabRig:
+    def __init__(self, d: Path):
+        self.d = d
+        for name in ("id", "hostkey", "other"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                           check=True)  # fmt: skip
+        (d / "authorized_keys").write_text((d / "id.pub").read_text())
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.lab = netns.Lab("ssh")
+        self.hosts = {}
+        try:
+            for name in HOSTS:
+                host = self.lab.add_host(name)
+                (d / "home" / name).mkdir(parents=True)
+                _sshd(host, d, d / "home" / name)
+                self.hosts[name] = host
+            self.redis = rs.RedisServer(d / "redis", bind=self.lab.address)
+        except BaseException:
+            self.lab.close()
+            raise
+        entries = [(n, h.address, "id") for n, h in self.hosts.items()]
+        entries += [
+            ("dead", f"{self.lab.net}.99", "id"),
+            ("badkey", self.hosts["n1"].address, "other"),
+        ]
+        self.ssh_config = d / "ssh_config"
+        self.ssh_config.write_text(
+            "".join(
+                f"Host {alias}\n  HostName {addr}\n  Port {PORT}\n  User root\n"
+                f"  IdentityFile {d / key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+                "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+                for alias, addr, key in entries
+            )
+        )
+
+    def restart_sshd(self, name: str) -> None:
+        _sshd(self.hosts[name], self.d, self.d / "home" / name)
+
+    def profile(self, where: Path, name: str, hosts: list[str], **extra) -> str:
+        """Write cloudloop.toml with an ssh profile on its own Redis prefix; returns the URL."""
+        url = self.redis.url(prefix=f"{name}{secrets.token_hex(3)}")
+        # the hosts' interpreter: this one's base, so the wheels built here fit it exactly
+        extra.setdefault("python", os.path.realpath(sys._base_executable))
+        lines = [f"[profiles.{name}]", f'backend = "{url}"', 'provider = "ssh"',
+                 f"hosts = {json.dumps(hosts)}", f'ssh_config = "{self.ssh_config}"',
+                 "connect_timeout = 3", 'lease = "3s"', 'heartbeat = "0.5s"']  # fmt: skip
+        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+        (where / "cloudloop.toml").write_text("\n".join(lines) + "\n")
+        return url
+
+    def workers_on(self, name: str) -> list[str]:
+        """Command lines of cloudloop processes inside a host's namespace."""
+        out = []
+        for pid in self.hosts[name].pids():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "cloudloop" in cmd:
+                out.append(cmd)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.redis.stop()
+        finally:
+            self.lab.close()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    netns.require()
+    rs.require()
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must have {tool} (scripts/test-deps.sh installs it)")
+            pytest.skip(f"{tool} is not installed")
+    r = LabRig(tmp_path_factory.mktemp("sshlab"))
+    yield r
+    r.close()
+
+
+def _task(i):
+    time.sleep(0.02)  # long enough that every worker gets some chunks, no CPU
+    return i * i
+
+
+def _hosts_of(url: str, job_id: str) -> dict[int, list[str]]:
+    """Every stored result row's task index -> the hosts that stored one."""
+    seen: dict[int, list[str]] = {}
+    with open_backend(url) as b:
+        for key in b.store.list(keys.results_prefix(job_id)):
+            _, host, rows = codec.part_rows(b.key, b.store.get(key))
+            for r in rows:
+                seen.setdefault(r[0], []).append(host)
+    return seen
+
+
+def _ready_workers(url: str, n: int) -> None:
+    with open_backend(url) as b:
+        wait_for(lambda: len(b.store.list("workers/")) >= n, timeout=60, what=f"{n} workers")
+
+
+def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    return code, lines + ([f"stderr: {out.err.strip()}"] if out.err.strip() else [])
+
+
+def test_settings_are_checked():
+    assert parse_hosts(["n1", "n2*8"])[1].workers == 8
+    for bad in ("n1", [], ["n1*0"], ["a b"], ["n1", "n1*2"]):
+        with pytest.raises(ConfigError, match="ssh provider"):
+            parse_hosts(bad)
+    with pytest.raises(ConfigError, match="unknown option"):
+        SshSettings.from_options({"hosts": ["n1"], "colour": "red"})
+    with pytest.raises(ConfigError, match="give hosts"):
+        SshSettings.from_options({})
+    with pytest.raises(ConfigError, match="not a file"):
+        SshSettings.from_options({"hosts": ["n1"], "ssh_config": "/nonexistent/config"})
+
+
+def test_up_runs_a_job_on_all_three_hosts_and_down_leaves_nothing(rig, tmp_path, capsys):
+    url = rig.profile(tmp_path, "lab", ["n1*2", "n2*2", "n3*2"])
+    code, lines = _cli(capsys, "up", "--profile", "lab")
+    assert code == 0, lines
+    for name in HOSTS:
+        assert any(line.startswith(f"{name}: 2 worker(s) started") for line in lines), lines
+    assert lines[-1].startswith("6 worker(s) on 3 of 3 host(s)")
+    _ready_workers(url, 6)
+    with cl.Executor(profile="lab") as ex:  # no workers of its own: `up` started them
+        job = ex.map_job(_task, range(300), chunksize=5)
+        assert job.results(timeout=120) == [i * i for i in range(300)]
+    seen = _hosts_of(url, job.id)
+    assert sorted(seen) == list(range(300))
+    assert {h for hs in seen.values() for h in hs} == set(HOSTS)
+    code, lines = _cli(capsys, "down", "--profile", "lab")
+    assert code == 0 and sorted(lines) == [f"{n}: stopped 2 worker(s)" for n in HOSTS]
+    for name in HOSTS:
+        wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
+    with open_backend(url) as b:
+        assert b.store.list("clusters/lab/ssh/") == []
+
+
+def test_a_host_dies_mid_job_every_result_exactly_once(rig, tmp_path, capsys):
+    url = rig.profile(tmp_path, "kill", ["n1*2", "n2*2", "n3*2"])
+    code, lines = _cli(capsys, "up", "--profile", "kill")
+    assert code == 0, lines
+    _ready_workers(url, 6)
+    try:
+        with cl.Executor(profile="kill") as ex:
+            job = ex.map_job(_task, range(300), chunksize=5)
+            wait_for(lambda: job.status().done >= 30, timeout=60, what="some progress")
+            rig.hosts["n2"].kill_all()  # its workers and its sshd, mid-job
+            assert job.status().done < 300, "the job finished before the host died"
+            assert job.results(timeout=120) == [i * i for i in range(300)]
+            assert sorted(job.outcomes()) == list(range(300))
+        seen = _hosts_of(url, job.id)
+        assert sorted(seen) == list(range(300))
+        assert {h for hs in seen.values() for h in hs} <= set(HOSTS)
+        assert not rig.workers_on("n2")
+    finally:
+        rig.restart_sshd("n2")
+    code, lines = _cli(capsys, "down", "--profile", "kill")
+    assert "n2: stopped 0 worker(s)" in lines and "n1: stopped 2 worker(s)" in lines
+    for name in HOSTS:
+        wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
+
+
+def test_failed_hosts_get_one_line_each_and_the_job_runs_on_the_rest(rig, tmp_path, capsys):
+    url = rig.profile(tmp_path, "part", ["n1*2", "dead", "badkey", "n3*2"])
+    t = time.monotonic()
+    code, lines = _cli(capsys, "up", "--profile", "part")
+    assert code == 0
+    assert time.monotonic() - t < 60
+    dead = [line for line in lines if line.startswith("dead:")]
+    bad = [line for line in lines if line.startswith("badkey:")]
+    assert len(dead) == 1 and "FAILED: unreachable" in dead[0] and "\n" not in dead[0]
+    assert len(bad) == 1 and "FAILED: auth refused" in bad[0] and "Permission denied" in bad[0]
+    assert lines[-1].startswith("4 worker(s) on 2 of 4 host(s)")
+    _ready_workers(url, 4)
+    with cl.Executor(profile="part") as ex:
+        job = ex.map_job(_task, range(100), chunksize=5)
+        assert job.results(timeout=120) == [i * i for i in range(100)]
+    assert {h for hs in _hosts_of(url, job.id).values() for h in hs} == {"n1", "n3"}
+    code, lines = _cli(capsys, "down", "--profile", "part")
+    assert "n1: stopped 2 worker(s)" in lines and "n3: stopped 2 worker(s)" in lines
+    assert code == 1 and any(line.startswith("dead: FAILED") for line in lines)
+
+
+def test_no_python_on_a_host_is_reported(rig, tmp_path, capsys):
+    rig.profile(tmp_path, "nopy", ["n2"], python="/nonexistent/python3")
+    code, lines = _cli(capsys, "up", "--profile", "nopy")
+    assert code == 1
+    assert lines[0].startswith("n2: FAILED: no Python") and "python = a path" in lines[0]
+
+
+def test_executor_starts_workers_through_the_provider_and_stops_them(rig, tmp_path, capsys):
+    url = rig.profile(tmp_path, "ex", ["n1", "dead", "n3"])
+    with cl.Executor(profile="ex", workers=4) as ex:
+        assert "dead: FAILED: unreachable" in capsys.readouterr().err
+        job = ex.map_job(_task, range(60), chunksize=5)
+        assert job.results(timeout=120) == [i * i for i in range(60)]
+        assert ex._pool.alive() == 3  # n1: 2, n3: 1 (dead's share is lost, and said so)
+    for name in ("n1", "n3"):
+        wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
+    with open_backend(url) as b:
+        assert b.store.list("clusters/ex/ssh/") == []
