@@ -40,5 +40,9 @@ test: lint test-deps
 bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_core.py
 
+.PHONY: bench-aws
+bench-aws: $(VENV)/.bench
+	$(PY) benchmarks/bench_aws.py
+
 clean:
 	rm -rf $(VENV) .cloudloop .pytest_cache .ruff_cache
