@@ -305,6 +305,38 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from .dashboard import DashboardServer
+
+    backend = _backend(args)
+    server = DashboardServer(backend, host=args.host, port=args.port, job_every=args.interval)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: the dashboard listens on {args.host}, so anyone who can reach this "
+            "machine and has the URL's token can read your jobs' results metadata, "
+            "tracebacks and logs; prefer an SSH tunnel to 127.0.0.1",
+            file=sys.stderr,
+        )
+    print(f"cloudloop dashboard for {backend.url}:\n  {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    job = _job(args)
+    out = args.output or f"{job.id}.html"
+    write_report(job.backend, job.id, out)
+    print(f"report of job {job.id} written to {out}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cloudloop",
@@ -391,6 +423,19 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     w.set_defaults(fn=cmd_worker)
+    d = common(sub.add_parser("dashboard", help="serve a live web dashboard of the jobs"))
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8787, help="port (default 8787; 0: any free port)")
+    d.add_argument(
+        "--interval", type=parse_duration, default=2.0,
+        help="minimum seconds between store reads of a watched job (default 2s)",
+    )  # fmt: skip
+    d.set_defaults(fn=cmd_dashboard)
+
+    rp = common(sub.add_parser("report", help="write a self-contained HTML report of a job"),
+                job=True)  # fmt: skip
+    rp.add_argument("-o", "--output", help="file to write (default: JOB.html)")
+    rp.set_defaults(fn=cmd_report)
     add_commands(sub, common)
     return p
 

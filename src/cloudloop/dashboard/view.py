@@ -1,0 +1,381 @@
+"""What the dashboard and the report know about jobs, read with a bounded number of store calls.
+
+::
+
+    browser ──poll /api/...──► DashboardView ──(at most every N s)──► Store.list / get
+                                  │ jobs:    index/ listed every `list_every` s; a job's status
+                                  │          refreshed every `job_every` s while it is watched
+                                  │          (and never again once it has finished)
+                                  │ results: each result part is read once, its values dropped
+                                  │ logs:    logs/ listed every `job_every` s while a log is open;
+                                  │          each log segment is read once
+                                  │ workers: workers/ listed every `job_every` s, shared by all jobs
+                                  └ costs:   clusters/ listed every `cost_every` s (ec2 ledgers)
+
+Everything is read through the backend's ``Store`` interface, so the same
+view works for SQLite, S3 and Redis; what a browser polls costs at most the
+listings above, however many browsers poll or however often. A job's
+snapshot is a plain JSON-able dict (:meth:`JobView.snapshot`): the live page
+renders it, and :mod:`cloudloop.report` embeds it in a static file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .. import codec, keys
+from ..backends import Backend
+from ..errors import CloudloopError
+from ..job import Job, _better
+from ..model import JobStatus, Outcome
+from ..providers import prices
+
+_RECENT_TASKS = 100  # task rows the live page shows (the report shows every task)
+_MAX_FAILURES = 100
+_GRID_CELLS = 2000
+_BUCKETS = 60
+_LOG_TAIL = 256 << 10  # characters of a task's log kept and sent
+
+
+class _Every:
+    """True at most once per ``interval`` seconds for each name."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def __call__(self, name: str, interval: float) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(name, -1e18) < interval:
+            return False
+        self._last[name] = now
+        return True
+
+
+class _SharedJob(Job):
+    """A Job whose worker records come from the view's one shared, throttled listing."""
+
+    def __init__(self, backend: Backend, job_id: str, view: DashboardView):
+        super().__init__(backend, job_id)
+        self._view = view
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [w for w in self._view.workers() if w.get("live")]
+
+
+class JobView:
+    """One job as the dashboard sees it: status, per-task outcomes (without values), logs."""
+
+    def __init__(self, view: DashboardView, job_id: str):
+        self.view = view
+        self.job = _SharedJob(view.backend, job_id, view)
+        self.id = job_id
+        self.status: JobStatus | None = None
+        self.tasks: dict[int, Outcome] = {}  # best outcome per index, value dropped
+        self._read_parts: set[str] = set()
+        self._log_keys: dict[str, tuple[int, int]] = {}
+        self._log_segments: dict[
+            int, list[tuple[int, int, str]]
+        ] = {}  # index -> [(attempt, part, text)]
+        self._logs_final = False
+        self._every = _Every()
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.status.state.finished
+
+    def refresh(self, interval: float) -> JobStatus:
+        """Re-read the job's listing and new result parts, at most every ``interval`` s."""
+        if self.status is not None and self.finished:
+            return self.status
+        if not self._every("status", interval) and self.status is not None:
+            return self.status
+        self.status = self.job.status()
+        for key in list(self.job._parts.parts):
+            if key in self._read_parts:
+                continue
+            for o in self.job._read(key):
+                o.value = None  # only the metadata is kept: results can be large
+                if _better(o, self.tasks.get(o.index)):
+                    self.tasks[o.index] = o
+            self._read_parts.add(key)
+        return self.status
+
+    def log(self, index: int, interval: float) -> str:
+        """Everything task ``index`` printed so far (the last 256 KB), reading only new segments."""
+        store = self.view.backend.store
+        if not self._logs_final and self._every("logs", interval):
+            self._logs_final = self.finished  # a finished job's logs are all written
+            for key in store.list(keys.logs_prefix(self.id)):
+                if key not in self._log_keys:
+                    self._log_keys[key] = keys.parse_logs(key)
+        for key, (lo, hi) in list(self._log_keys.items()):
+            if not lo <= index <= hi:
+                continue
+            blob = store.get_or_none(key)
+            self._log_keys[key] = (-1, -1)  # read: never again
+            if blob is None:
+                continue
+            for i, segments in codec.decode_json(blob).items():
+                self._log_segments.setdefault(int(i), []).extend((a, p, t) for a, p, t in segments)
+            # segments for other tasks in this key are kept too: they were paid for
+        segs = sorted(self._log_segments.get(index, []))
+        attempts = {a for a, _, _ in segs}
+        out, last = [], None
+        for a, _, text in segs:
+            if len(attempts) > 1 and a != last:
+                out.append(f"--- attempt {a} ---\n")
+            last = a
+            out.append(text)
+        return "".join(out)[-_LOG_TAIL:]
+
+    # ------------------------------------------------------------ snapshot
+
+    def snapshot(self, all_tasks: bool = False) -> dict[str, Any]:
+        """The job as plain data for the page (every task when ``all_tasks``)."""
+        st = self.status or self.refresh(0)
+        m = self.job.manifest
+        now = time.time()
+        end = st.created + st.elapsed if st.state.finished else now
+        live = [w for w in self.view.workers() if w.get("job") == self.id and w.get("live")]
+        running = {w["task"]: w for w in live if w.get("task") is not None}
+        tasks = self.tasks
+        return {
+            "id": st.id,
+            "name": st.name,
+            "state": st.state.value,
+            "total": st.total,
+            "done": st.done,
+            "failed": st.failed,
+            "running": len(running),
+            "pending": st.pending,
+            "workers_live": st.workers,
+            "created": st.created,
+            "elapsed": st.elapsed,
+            "rate": st.rate,
+            "eta": st.eta,
+            "ended_at": end if st.state.finished else None,
+            "now": now,
+            "kind": m.kind,
+            "command": m.command,
+            "client": m.client,
+            "backend": self.view.backend.url,
+            "cost": self.view.job_cost(st),
+            "throughput": _throughput(tasks.values(), st.created, end),
+            "grid": _grid(st.total, tasks, running),
+            "workers": self._workers(live),
+            "timeline": _timeline(tasks.values(), st.created, end),
+            "tasks": self._task_rows(running, all_tasks),
+            "failures": self._failures(),
+        }
+
+    def _workers(self, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for o in self.tasks.values():
+            r = rows.setdefault(o.worker, {"id": o.worker, "host": o.host, "done_job": 0,
+                                           "failed_job": 0, "first": o.started, "last": o.ended})  # fmt: skip
+            r["done_job"] += 1
+            r["failed_job"] += o.error is not None
+            r["first"] = min(r["first"], o.started)
+            r["last"] = max(r["last"], o.ended)
+        for w in live:
+            r = rows.setdefault(w["id"], {"id": w["id"], "done_job": 0, "failed_job": 0})
+            r.update({k: w.get(k) for k in _WORKER_FIELDS})
+            r["live"] = True
+        for r in rows.values():
+            r.setdefault("live", False)
+            r.setdefault("state", "gone")
+        return sorted(rows.values(), key=lambda r: (not r["live"], r.get("host") or "", r["id"]))
+
+    def _task_rows(self, running: dict[int, dict], all_tasks: bool) -> list[dict[str, Any]]:
+        rows = [
+            {"i": i, "state": "running", "worker": w["id"], "host": w.get("host"),
+             "started": None, "ended": None, "attempt": None,
+             "progress": w.get("progress"), "message": w.get("message") or ""}
+            for i, w in sorted(running.items())
+        ]  # fmt: skip
+        done = sorted(self.tasks.values(), key=lambda o: o.index if all_tasks else -o.ended)
+        if not all_tasks:
+            done = done[:_RECENT_TASKS]
+        for o in done:
+            rows.append({
+                "i": o.index, "state": _state(o), "worker": o.worker, "host": o.host,
+                "started": o.started, "ended": o.ended, "attempt": o.attempt,
+                "error": f"{o.error.type_name}: {o.error.message}"[:200] if o.error else None,
+            })  # fmt: skip
+        return rows
+
+    def _failures(self) -> list[dict[str, Any]]:
+        out = []
+        for i, o in sorted(self.tasks.items()):
+            if o.error is not None:
+                out.append({
+                    "i": i, "type": o.error.type_name, "message": o.error.message,
+                    "traceback": o.error.traceback, "attempt": o.attempt,
+                    "worker": o.worker, "host": o.host,
+                })  # fmt: skip
+                if len(out) >= _MAX_FAILURES:
+                    break
+        return out
+
+
+_WORKER_FIELDS = ("host", "provider", "instance_type", "market", "state", "task", "progress",
+                  "message", "tasks_done", "last_seen", "rss", "load", "pid")  # fmt: skip
+
+
+def _state(o: Outcome) -> str:
+    return "ok" if o.ok else ("cancelled" if o.cancelled else "failed")
+
+
+def _throughput(tasks, t0: float, t1: float) -> dict[str, Any]:
+    """Tasks finished per second in up to 60 equal buckets from the job's start to now/end."""
+    span = max(t1 - t0, 1.0)
+    step = span / _BUCKETS
+    counts = [0] * _BUCKETS
+    for o in tasks:
+        if o.ended:
+            counts[min(_BUCKETS - 1, max(0, int((o.ended - t0) / step)))] += 1
+    return {"t0": t0, "step": step, "rates": [c / step for c in counts]}
+
+
+def _grid(total: int | None, tasks: dict[int, Outcome], running: dict[int, Any]) -> dict:
+    """One character per task (or per cell of tasks): o ok, f failed, c cancelled, r running,
+    p partly done, . pending."""
+    n = total if total is not None else max([*tasks, *running, -1]) + 1
+    if n <= 0:
+        return {"per": 1, "cells": ""}
+    per = -(-n // _GRID_CELLS)
+    cells = []
+    for lo in range(0, n, per):
+        idx = range(lo, min(n, lo + per))
+        outs = [tasks.get(i) for i in idx]
+        if any(o is not None and o.error is not None for o in outs):
+            cells.append("f")
+        elif any(i in running for i in idx):
+            cells.append("r")
+        elif all(o is not None for o in outs):
+            cells.append("c" if all(o.cancelled for o in outs) else "o")
+        elif any(o is not None for o in outs):
+            cells.append("p")
+        else:
+            cells.append(".")
+    return {"per": per, "cells": "".join(cells)}
+
+
+def _timeline(tasks, t0: float, t1: float) -> dict[str, Any]:
+    """Per worker, its busy spans (adjacent tasks merged when closer than 0.5 % of the job)."""
+    gap = max(t1 - t0, 1.0) / 200
+    by_worker: dict[str, list[Outcome]] = {}
+    for o in tasks:
+        if o.started and o.ended:
+            by_worker.setdefault(o.worker, []).append(o)
+    rows = []
+    for worker, outs in sorted(by_worker.items(), key=lambda kv: (kv[1][0].host, kv[0])):
+        outs.sort(key=lambda o: o.started)
+        segs: list[list[float]] = []
+        for o in outs:
+            failed = o.error is not None
+            if segs and o.started - segs[-1][1] < gap and not failed and not segs[-1][2]:
+                segs[-1][1] = max(segs[-1][1], o.ended)
+            else:
+                segs.append([o.started, o.ended, 1 if failed else 0])
+        rows.append({"worker": worker, "host": outs[0].host, "segs": segs})
+    return {"t0": t0, "t1": t1, "rows": rows}
+
+
+class DashboardView:
+    """Every job on one backend, read with bounded polling; safe to share between threads.
+
+    Args:
+        backend: an open backend.
+        job_every: minimum seconds between re-reads of a watched job (and of workers/).
+        list_every: minimum seconds between listings of the jobs (index/).
+        cost_every: minimum seconds between reads of the clusters' instance ledgers.
+    """
+
+    def __init__(self, backend: Backend, job_every: float = 2.0, list_every: float = 10.0,
+                 cost_every: float = 60.0):  # fmt: skip
+        self.backend = backend
+        self.job_every, self.list_every, self.cost_every = job_every, list_every, cost_every
+        self.lock = threading.RLock()
+        self._jobs: dict[str, JobView] = {}
+        self._job_ids: list[str] = []
+        self._workers: list[dict[str, Any]] = []
+        self._ledger: dict[str, dict[str, Any]] = {}
+        self._every = _Every()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker's latest heartbeat record (``live``: seen in the last 30 s)."""
+        if self._every("workers", self.job_every):
+            store, out = self.backend.store, []
+            for key in store.list("workers/"):
+                blob = store.get_or_none(key)
+                try:
+                    rec = codec.decode_json(blob) if blob else None
+                except ValueError:
+                    rec = None
+                if isinstance(rec, dict) and "id" in rec:
+                    rec["live"] = time.time() - rec.get("last_seen", 0) < 30
+                    out.append(rec)
+            self._workers = out
+        return self._workers
+
+    def job(self, job_id: str) -> JobView:
+        """The view of one job (raises JobNotFound for an unknown id)."""
+        if job_id not in self._jobs:
+            jv = JobView(self, job_id)
+            jv.job.manifest  # noqa: B018 - raises JobNotFound before it is cached
+            self._jobs[job_id] = jv
+        return self._jobs[job_id]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """One row per job, newest first; unfinished jobs re-read at a bounded rate."""
+        if self._every("index", self.list_every):
+            self._job_ids = [k.rsplit("/", 1)[1] for k in self.backend.store.list("index/")]
+        unfinished = sum(1 for j in self._jobs.values() if not j.finished)
+        # the more jobs run at once, the less often each is re-listed (S3 LIST costs money)
+        interval = max(self.list_every / 2, 0.25 * unfinished)
+        rows = []
+        for job_id in reversed(self._job_ids):
+            try:
+                jv = self.job(job_id)
+                st = jv.refresh(interval)
+            except CloudloopError as e:
+                rows.append({"id": job_id, "name": "", "state": "unreadable", "error": str(e)})
+                continue
+            rows.append({
+                "id": st.id, "name": st.name, "state": st.state.value, "total": st.total,
+                "done": st.done, "failed": st.failed, "running": st.running,
+                "created": st.created, "elapsed": st.elapsed, "eta": st.eta,
+                "cost": self.job_cost(st),
+            })  # fmt: skip
+        return rows
+
+    def _ledger_records(self) -> list[dict[str, Any]]:
+        if self._every("ledger", self.cost_every):
+            store = self.backend.store
+            for key in store.list("clusters/"):
+                if "/instances/" not in key:
+                    continue
+                rec = self._ledger.get(key)
+                if rec is not None and rec.get("ended"):
+                    continue  # an ended instance's record no longer changes
+                blob = store.get_or_none(key)
+                try:
+                    if blob:
+                        self._ledger[key] = codec.decode_json(blob)
+                except ValueError:
+                    pass
+        return list(self._ledger.values())
+
+    def job_cost(self, st: JobStatus) -> float | None:
+        """USD the backend's ec2 clusters cost while the job ran (None: no ledger)."""
+        recs = self._ledger_records()
+        if not recs:
+            return None
+        until = st.created + st.elapsed if st.state.finished else None
+        try:
+            return prices.cost(recs, since=st.created, until=until)[0]
+        except (KeyError, TypeError):
+            return None

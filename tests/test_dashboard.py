@@ -1,0 +1,206 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright).
+
+One job runs on a SQLite backend with two local workers: tasks 0-5 print, report
+``cl.progress`` and finish (task 3 raises); tasks 6+ wait for a gate file, so
+the page is looked at while the job is really running, without a race: the
+test opens the gate only after it has seen the running state in the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import cloudloop as cl
+from cloudloop.cli import main as cli_main
+from cloudloop.dashboard import DashboardServer
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+N_TASKS = 12
+
+
+def _task(i: int, gate: str) -> int:
+    import os
+    import time
+
+    import cloudloop as cl
+
+    print(f"task {i} starting", flush=True)
+    cl.progress(0.25, "warming up")
+    time.sleep(0.05)
+    if i == 3:
+        raise ValueError(f"bad input {i}")
+    if i >= 6:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            cl.progress(0.5, "waiting for the gate")
+            time.sleep(0.1)
+        for k in range(3):
+            cl.progress(0.6 + 0.1 * k, f"step {k + 1} of 3")
+            time.sleep(0.1)
+    print(f"task {i} done", flush=True)
+    return i * i
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:  # pragma: no cover - the test extra installs it
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have playwright (pip install -e '.[test]'): {e}")
+        pytest.skip(f"playwright is not installed: {e}")
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium (scripts/test-deps.sh installs it)")
+        pytest.skip("no /usr/bin/chromium: run `bash scripts/test-deps.sh`")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """A job half done and held at a gate, with its executor, backend URL and dashboard."""
+    base = tmp_path_factory.mktemp("dash")
+    url = "sqlite://" + str(base / "backend")
+    gate = str(base / "gate")
+    ex = cl.Executor(backend=url, workers=2, lease=5, heartbeat=0.5)
+    job = ex.map_job(_task, range(N_TASKS), [gate] * N_TASKS, chunksize=1, name="svm grid")
+    server = DashboardServer(ex.backend, port=0, job_every=0.3)
+    server.start()
+    yield {"ex": ex, "job": job, "url": url, "gate": gate, "server": server, "base": base}
+    Path(gate).touch()
+    server.shutdown()
+    server.server_close()
+    ex.shutdown(wait=False, cancel_futures=True)
+    if ex._pool is not None:
+        ex._pool.stop(timeout=5)
+
+
+def _page(browser):
+    """A page whose every request must go to 127.0.0.1 (others are aborted and recorded)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def guard(route):
+        u = route.request.url
+        if u.startswith(("http://127.0.0.1:", "file://", "data:")):
+            route.continue_()
+        else:
+            outside.append(u)
+            route.abort()
+
+    page.route("**/*", guard)
+    return page, outside
+
+
+def test_wrong_or_missing_token_is_refused(running):
+    server = running["server"]
+    base = server.url.split("?")[0]
+    for path in ("", "?token=nope", "api/jobs", "api/jobs?token=" + server.token[:-1] + "x",
+                 "static/app.js"):  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + path, timeout=10)
+        assert e.value.code == 403, path
+    with urllib.request.urlopen(base + "api/jobs?token=" + server.token, timeout=10) as r:
+        assert r.status == 200
+
+
+def test_live_job_page_updates_without_reload(running, browser):
+    server, job = running["server"], running["job"]
+    page, outside = _page(browser)
+    resp = page.goto(server.url.replace("?token=", "?token=wrong"))
+    assert resp.status == 403
+
+    # the jobs list
+    page.goto(server.url)
+    page.wait_for_selector("#jobs tr.job-row")
+    row = page.locator("#jobs tr.job-row").first
+    assert "svm grid" in row.inner_text()
+    assert job.id in row.inner_text()
+
+    # one job, while it runs: six tasks settled, workers held at the gate
+    row.click()
+    page.wait_for_selector("#progress-text")
+    page.evaluate("window.__same_page = 1")  # gone if the page reloads
+    page.wait_for_function(
+        "document.querySelector('#progress-text').textContent.startsWith('6 /')", timeout=60_000
+    )
+    busy = page.locator("#workers tr.worker-row", has_text="waiting for the gate")
+    busy.first.wait_for(timeout=30_000)
+    assert page.locator("#workers tr.worker-row").count() >= 2
+    assert "%" in busy.first.inner_text()
+    assert page.locator("#job-state").text_content() == "running"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
+
+    Path(running["gate"]).touch()
+    # the running tasks now step through progress messages, then the job completes
+    page.wait_for_function(
+        f"document.querySelector('#progress-text').textContent.startsWith('{N_TASKS} /')",
+        timeout=60_000,
+    )
+    page.wait_for_function("document.querySelector('#job-state').textContent === 'failed'")
+    assert page.evaluate("window.__same_page") == 1
+    assert page.locator("#workers tr.worker-row .done-here").count() >= 2
+
+    # the failing task's remote traceback, with the user's own source line
+    failure = page.locator("#failures details.failure").first
+    assert "ValueError: bad input 3" in failure.inner_text()
+    failure.locator("summary").click(position={"x": 5, "y": 5})
+    tb = failure.locator("pre.traceback")
+    tb.wait_for()
+    assert 'raise ValueError(f"bad input {i}")' in tb.inner_text()
+    assert "test_dashboard.py" in tb.inner_text()
+
+    # a task's log, from the task table
+    page.locator("#tasks tr.task-row[data-task='7']").click()
+    page.wait_for_function(
+        "document.querySelector('#log-text').textContent.includes('task 7 done')", timeout=30_000
+    )
+    assert "task 7 starting" in page.locator("#log-text").inner_text()
+    # the throughput chart has a drawn series
+    assert page.locator("svg.chart[aria-label='throughput over time'] path").count() == 2
+    page.locator("#tasks tr.task-row[data-task='3']").click()
+    page.wait_for_function(
+        "document.querySelector('#log-text').textContent.includes('task 3 starting')"
+    )
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+    assert outside == []
+    page.close()
+
+
+def test_report_is_self_contained_and_renders(running, browser, tmp_path):
+    Path(running["gate"]).touch()
+    job = running["job"]
+    job.wait(timeout=60)
+    out = tmp_path / "report.html"
+    assert cli_main(["report", "--backend", running["url"], job.id, "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "http://" not in html and "https://" not in html
+    assert "bad input 3" in html
+    page, outside = _page(browser)
+    page.goto(out.as_uri())
+    page.wait_for_selector("#progress-text")
+    assert page.locator("#progress-text").inner_text().startswith(f"{N_TASKS} /")
+    assert page.locator("svg.chart").count() == 2  # throughput and per-worker timeline
+    assert page.locator("svg.chart[aria-label='per-worker timeline'] rect").count() >= 4
+    assert page.locator("#tasks tr.task-row").count() == N_TASKS
+    assert "ValueError: bad input 3" in page.locator("#failures").inner_text()
+    page.locator("#failures button.tasklink[data-task='3']").click()  # the log kept in the file
+    assert "task 3 starting" in page.locator("#log-text").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert [u for u in outside if not u.startswith("file://")] == []
+    page.close()
