@@ -205,3 +205,25 @@ def test_bad_ec2_options_are_clear():
         Ec2Settings.from_options("x", {"instance_types": "c7a.large"})
     with pytest.raises(ValueError, match="max_cost"):
         Ec2Settings.from_options("x", {"max_cost": -1})
+
+
+def test_cluster_commands_without_credentials_or_endpoint_say_so_in_one_line(tmp_path):
+    (tmp_path / "cloudloop.toml").write_text(
+        '[profiles.aws]\nbackend = "aws://no-such-bucket/p?region=us-east-1&endpoint=http://127.0.0.1:9"\n'
+        'provider = "ec2"\ninstance_types = ["c7a.large"]\n'
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    for args in (("up", "-n", "1"), ("ls",), ("down",)):
+        r = subprocess.run([sys.executable, "-m", "cloudloop", *args, "--profile", "aws"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "no AWS credentials found" in r.stderr
+    env.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    r = subprocess.run([sys.executable, "-m", "cloudloop", "up", "-n", "1", "--profile", "aws"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot reach AWS" in r.stderr and "127.0.0.1:9" in r.stderr

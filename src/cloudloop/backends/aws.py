@@ -23,13 +23,14 @@ instance profile); cloudloop never writes them anywhere.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -174,6 +175,14 @@ class S3Store(Store):
             ):
                 return False
             raise
+        if if_absent:
+            # S3 makes the conditional put atomic; some S3-compatible services and
+            # emulators check then set, so two racing writers can both succeed.
+            # The later write is the one that stays: only its writer has won.
+            try:
+                return self.get(key) == data
+            except KeyError:
+                return False
         return True
 
     def get(self, key: str) -> bytes:
@@ -242,6 +251,35 @@ def parse_aws_url(url: str) -> dict[str, str]:
 
 _clients: dict[tuple, tuple[Any, Any]] = {}
 _lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def aws_errors(what: str, url: str = "") -> Iterator[None]:
+    """Turn boto's errors into cloudloop's: what was wrong and what to do."""
+    where = f" for {url!r}" if url else ""
+    try:
+        yield
+    except NoCredentialsError:
+        raise ConfigError(
+            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "(workers on EC2 get them from their instance profile)"
+        ) from None
+    except NoRegionError:
+        raise ConfigError(
+            f"{url or 'the profile'!r} names no region: add ?region=eu-west-1 to the backend URL "
+            "(or set AWS_REGION)"
+        ) from None
+    except EndpointConnectionError as e:
+        raise ConnectionFailed(f"cannot reach AWS{where}: {e}") from None
+    except ClientError as e:
+        code = _code(e)
+        hint = ""
+        if code in ("AuthFailure", "UnauthorizedOperation", "AccessDenied", "InvalidClientTokenId",
+                    "SignatureDoesNotMatch", "ExpiredToken", "AccessDeniedException"):  # fmt: skip
+            hint = " (check the credentials and that their policy allows this call)"
+        raise BackendError(f"AWS refused {what}: {code}: {e}{hint}") from None
+    except BotoCoreError as e:
+        raise ConnectionFailed(f"cannot use AWS{where} ({what}): {e}") from None
 
 
 def clients(region: str | None, endpoint: str | None) -> tuple[Any, Any]:
@@ -330,7 +368,7 @@ def _secret(store: S3Store) -> bytes:
 def open_aws(url: str, create: bool = True) -> AwsBackend:
     """Open an ``aws://`` backend, creating its bucket and queue if missing (``create``)."""
     p = parse_aws_url(url)
-    try:
+    with aws_errors(f"opening {url!r}", url):
         sqs, s3 = clients(p.get("region"), p.get("endpoint"))
         store = S3Store(s3, p["bucket"], p["prefix"])
         try:  # an existing backend needs no bucket or queue calls (workers may not make them)
@@ -344,19 +382,4 @@ def open_aws(url: str, create: bool = True) -> AwsBackend:
             queue_url = ensure_queue(sqs, p["queue"])
         queue = SqsQueue(sqs, queue_url)
         key = _secret(store)
-    except NoCredentialsError:
-        raise ConfigError(
-            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-            "(workers on EC2 get them from their instance profile)"
-        ) from None
-    except NoRegionError:
-        raise ConfigError(
-            f"backend {url!r} names no region: add ?region=eu-west-1 (or set AWS_REGION)"
-        ) from None
-    except EndpointConnectionError as e:
-        raise ConnectionFailed(f"cannot reach AWS for {url!r}: {e}") from None
-    except ClientError as e:
-        raise BackendError(f"AWS refused opening {url!r}: {_code(e)}: {e}") from None
-    except BotoCoreError as e:
-        raise ConnectionFailed(f"cannot use {url!r}: {e}") from None
     return AwsBackend(url, queue, store, key)

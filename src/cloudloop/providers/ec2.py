@@ -17,6 +17,7 @@ Every resource carries the tag ``cloudloop:cluster``; ``ls``, ``down`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -27,7 +28,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from .. import __version__, codec, keys
-from ..backends.aws import clients, open_aws, parse_aws_url
+from ..backends.aws import aws_errors, clients, open_aws, parse_aws_url
 from ..errors import ConfigError
 from ..model import WorkerOptions
 from . import ec2_setup as setup
@@ -110,6 +111,23 @@ class LaunchReport:
         return "\n".join(lines)
 
 
+def _aws_errors_in_public_methods(cls):
+    """Every public method reports AWS trouble as a cloudloop error, not a boto traceback."""
+    for name, fn in list(vars(cls).items()):
+        if callable(fn) and not name.startswith("_"):
+
+            def wrapped(self, *a, __fn=fn, __name=name, **kw):
+                with aws_errors(
+                    f"{__name.replace('_', ' ')} for cluster {self.settings.cluster!r}"
+                ):
+                    return __fn(self, *a, **kw)
+
+            functools.update_wrapper(wrapped, fn)
+            setattr(cls, name, wrapped)
+    return cls
+
+
+@_aws_errors_in_public_methods
 class Cluster:
     """One profile's workers on EC2 and everything around them."""
 
