@@ -166,7 +166,7 @@ def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
 
 def test_settings_are_checked():
     assert parse_hosts(["n1", "n2*8"])[1].workers == 8
-    for bad in ("n1", [], ["n1*0"], ["a b"], ["n1", "n1*2"]):
+    for bad in ("n1", [], ["n1*0"], ["a b"], ["-oProxyCommand=x"], ["n1", "n1*2"]):
         with pytest.raises(ConfigError, match="ssh provider"):
             parse_hosts(bad)
     with pytest.raises(ConfigError, match="unknown option"):

@@ -72,7 +72,7 @@ def parse_hosts(value: Any) -> tuple[HostSpec, ...]:
     out = []
     for item in value:
         m = _SPEC.match(str(item).strip()) if isinstance(item, str) else None
-        if not m or (m.group(2) is not None and int(m.group(2)) < 1):
+        if not m or m.group(1).startswith("-") or (m.group(2) is not None and int(m.group(2)) < 1):
             raise ConfigError(
                 f"ssh provider: host {item!r} is not 'alias' or 'alias*N' (N workers, N >= 1)"
             )
@@ -226,8 +226,10 @@ class SshCluster:
     def __init__(
         self, settings: SshSettings, backend_url: str, worker: WorkerOptions, profile: str
     ):
-        self.s, self.url, self.worker, self.profile = settings, backend_url, worker, profile
-        self.hosts = SshHosts(settings, profile)
+        self.s, self.url, self.worker = settings, backend_url, worker
+        # the name goes into remote paths and store keys: keep it to safe characters
+        self.profile = re.sub(r"[^A-Za-z0-9_.-]", "_", profile) or "default"
+        self.hosts = SshHosts(settings, self.profile)
         scheme = backend_url.split("://", 1)[0].lower()
         self.extras = _EXTRAS.get(scheme, ())
         tree = wheelhouse.source_tree()
