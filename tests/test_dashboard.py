@@ -88,7 +88,8 @@ def running(tmp_path_factory):
 
 
 def _page(browser):
-    """A page whose every request must go to 127.0.0.1 (others are aborted and recorded)."""
+    """A page whose every request must go to 127.0.0.1 (others are aborted and recorded,
+    as are script errors)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     outside: list[str] = []
 
@@ -101,6 +102,7 @@ def _page(browser):
             route.abort()
 
     page.route("**/*", guard)
+    page.on("pageerror", lambda e: outside.append(f"script error: {e}"))
     return page, outside
 
 

@@ -21,6 +21,7 @@ renders it, and :mod:`cloudloop.report` embeds it in a static file.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -138,9 +139,16 @@ class JobView:
         m = self.job.manifest
         now = time.time()
         end = st.created + st.elapsed if st.state.finished else now
-        live = [w for w in self.view.workers() if w.get("job") == self.id and w.get("live")]
-        running = {w["task"]: w for w in live if w.get("task") is not None}
         tasks = self.tasks
+        live = [w for w in self.view.workers() if w.get("live")]
+        # a heartbeat can lag the results by a few seconds: a task with a result is not running
+        running = {
+            w["task"]: w
+            for w in live
+            if w.get("job") == self.id and w.get("task") is not None and w["task"] not in tasks
+        }
+        if st.state.finished:
+            running = {}
         return {
             "id": st.id,
             "name": st.name,
@@ -150,7 +158,7 @@ class JobView:
             "failed": st.failed,
             "running": len(running),
             "pending": st.pending,
-            "workers_live": st.workers,
+            "workers_live": len({w["id"] for w in running.values()}),
             "created": st.created,
             "elapsed": st.elapsed,
             "rate": st.rate,
@@ -164,13 +172,14 @@ class JobView:
             "cost": self.view.job_cost(st),
             "throughput": _throughput(tasks.values(), st.created, end),
             "grid": _grid(st.total, tasks, running),
-            "workers": self._workers(live),
+            "workers": self._workers(live, running),
             "timeline": _timeline(tasks.values(), st.created, end),
             "tasks": self._task_rows(running, all_tasks),
             "failures": self._failures(),
         }
 
-    def _workers(self, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _workers(self, live: list[dict[str, Any]], running: dict[int, dict]) -> list[dict]:
+        """A row per worker that ran a task of this job or is running one now."""
         rows: dict[str, dict[str, Any]] = {}
         for o in self.tasks.values():
             r = rows.setdefault(o.worker, {"id": o.worker, "host": o.host, "done_job": 0,
@@ -179,10 +188,19 @@ class JobView:
             r["failed_job"] += o.error is not None
             r["first"] = min(r["first"], o.started)
             r["last"] = max(r["last"], o.ended)
+        busy_here = {w["id"] for w in running.values()}
         for w in live:
+            if w["id"] not in rows and w["id"] not in busy_here:
+                continue  # serving other jobs only
             r = rows.setdefault(w["id"], {"id": w["id"], "done_job": 0, "failed_job": 0})
             r.update({k: w.get(k) for k in _WORKER_FIELDS})
             r["live"] = True
+            if w["id"] not in busy_here:  # no current task of this job
+                r["task"] = r["progress"] = None
+                r["message"] = ""
+                if r["state"] == "busy":
+                    other = w.get("job") not in (None, self.id)
+                    r["state"] = "elsewhere" if other else "idle"
         for r in rows.values():
             r.setdefault("live", False)
             r.setdefault("state", "gone")
@@ -202,7 +220,8 @@ class JobView:
             rows.append({
                 "i": o.index, "state": _state(o), "worker": o.worker, "host": o.host,
                 "started": o.started, "ended": o.ended, "attempt": o.attempt,
-                "error": f"{o.error.type_name}: {o.error.message}"[:200] if o.error else None,
+                "error": f"{_short_type(o.error.type_name)}: {o.error.message}"[:200]
+                if o.error else None,
             })  # fmt: skip
         return rows
 
@@ -211,7 +230,7 @@ class JobView:
         for i, o in sorted(self.tasks.items()):
             if o.error is not None:
                 out.append({
-                    "i": i, "type": o.error.type_name, "message": o.error.message,
+                    "i": i, "type": _short_type(o.error.type_name), "message": o.error.message,
                     "traceback": o.error.traceback, "attempt": o.attempt,
                     "worker": o.worker, "host": o.host,
                 })  # fmt: skip
@@ -224,6 +243,10 @@ _WORKER_FIELDS = ("host", "provider", "instance_type", "market", "state", "task"
                   "message", "tasks_done", "last_seen", "rss", "load", "pid")  # fmt: skip
 
 
+def _short_type(name: str) -> str:
+    return name.removeprefix("builtins.")
+
+
 def _state(o: Outcome) -> str:
     return "ok" if o.ok else ("cancelled" if o.cancelled else "failed")
 
@@ -231,11 +254,12 @@ def _state(o: Outcome) -> str:
 def _throughput(tasks, t0: float, t1: float) -> dict[str, Any]:
     """Tasks finished per second in up to 60 equal buckets from the job's start to now/end."""
     span = max(t1 - t0, 1.0)
-    step = span / _BUCKETS
-    counts = [0] * _BUCKETS
+    step = max(span / _BUCKETS, 1.0)  # finer buckets only show how tasks were batched
+    n = max(1, math.ceil(span / step))
+    counts = [0] * n
     for o in tasks:
         if o.ended:
-            counts[min(_BUCKETS - 1, max(0, int((o.ended - t0) / step)))] += 1
+            counts[min(n - 1, max(0, int((o.ended - t0) / step)))] += 1
     return {"t0": t0, "step": step, "rates": [c / step for c in counts]}
 
 

@@ -63,13 +63,20 @@
   }
 
   // ------------------------------------------------------------------ charts (SVG strings)
-  function niceMax(v) {
+  function niceStep(v) {  // 1, 2 or 5 times a power of ten, at least v
     if (v <= 0) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v))), f = v / p;
     return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
   }
-  function throughputChart(tp, elapsed) {
-    const W = 760, H = 230, L = 48, R = 12, T = 12, B = 28;
+  const fmtTick = (v) => (v >= 100 ? v.toFixed(0) : String(Number(v.toPrecision(3))));
+  function axisTime(sec, span) {  // elapsed time on an axis, precise enough to tell ticks apart
+    if (span < 60) return `${sec.toFixed(span < 10 ? 1 : 0)}s`;
+    if (span < 3600) return dur(sec);
+    return `${Math.floor(sec / 3600)}h${String(Math.floor((sec % 3600) / 60)).padStart(2, "0")}`;
+  }
+  const chartWidth = (el, share) => Math.max(480, Math.round(((el && el.clientWidth) || 1100) * share) - 40);
+  function throughputChart(tp, W) {
+    const H = 240, L = 44, R = 14, T = 16, B = 26;
     const rates = tp.rates || [];
     if (!rates.length) return `<p class="empty">No task has finished yet.</p>`;
     // a light moving average: bucket edges make single buckets spiky
@@ -77,31 +84,37 @@
       const w = rates.slice(Math.max(0, i - 1), i + 2);
       return w.reduce((a, b) => a + b, 0) / w.length;
     });
-    const n = sm.length, span = tp.step * n, max = niceMax(Math.max(...sm) * 1.1);
+    const n = sm.length, span = tp.step * n, step = niceStep(Math.max(...sm) / 4 || 0.25);
+    const max = step * Math.max(1, Math.ceil((Math.max(...sm) * 1.05) / step));
     const x = (i) => L + ((W - L - R) * i) / Math.max(1, n - 1);
     const y = (v) => T + (H - T - B) * (1 - v / max);
     let grid = "";
-    for (let k = 0; k <= 4; k++) {
-      const v = (max * k) / 4, yy = y(v);
+    for (let v = 0; v <= max + step / 2; v += step) {
+      const yy = y(v);
       grid += `<line x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}" stroke="#eaecf0"/>` +
-        `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${rate(v)}</text>`;
+        `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${fmtTick(v)}</text>`;
     }
-    for (let k = 0; k <= 5; k++) {
-      const xx = L + ((W - L - R) * k) / 5;
-      grid += `<text x="${xx}" y="${H - 8}" text-anchor="${k === 0 ? "start" : k === 5 ? "end" : "middle"}">${dur((span * k) / 5)}</text>`;
-    }
+    grid += xTicks(L, W - R, H - 7, span);
     const pts = sm.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
     const area = `M${x(0)},${y(0)} L${pts.join(" L")} L${x(n - 1)},${y(0)} Z`;
     return `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="throughput over time">` +
       `<defs><linearGradient id="tpg" x1="0" x2="0" y1="0" y2="1"><stop offset="0" stop-color="#2563eb" stop-opacity=".35"/>` +
       `<stop offset="1" stop-color="#2563eb" stop-opacity=".03"/></linearGradient></defs>${grid}` +
       `<path d="${area}" fill="url(#tpg)"/><path d="M${pts.join(" L")}" fill="none" stroke="#2563eb" stroke-width="2" stroke-linejoin="round"/>` +
-      `<text x="${L}" y="${T - 2}" dy="0">tasks/s</text></svg>`;
+      `<text x="${L}" y="${T - 5}">tasks finished per second</text></svg>`;
   }
-  function timelineChart(tl) {
+  function xTicks(x0, x1, y, span) {
+    let out = "";
+    for (let k = 0; k <= 5; k++) {
+      const xx = x0 + ((x1 - x0) * k) / 5;
+      out += `<text x="${xx}" y="${y}" text-anchor="${k === 0 ? "start" : k === 5 ? "end" : "middle"}">${axisTime((span * k) / 5, span)}</text>`;
+    }
+    return out;
+  }
+  function timelineChart(tl, W) {
     const rows = tl.rows || [];
     if (!rows.length) return `<p class="empty">No task has finished yet.</p>`;
-    const W = 760, L = 170, R = 12, RH = 22, T = 6, B = 26, H = T + rows.length * RH + B;
+    const L = 190, R = 14, RH = 24, T = 4, B = 24, H = T + rows.length * RH + B;
     const span = Math.max(1e-3, tl.t1 - tl.t0);
     const x = (t) => L + ((W - L - R) * (t - tl.t0)) / span;
     let out = "";
@@ -115,10 +128,7 @@
         out += `<rect x="${x(s).toFixed(1)}" y="${y + 4}" width="${w.toFixed(1)}" height="${RH - 8}" rx="2" fill="${failed ? "#dc2626" : "#16a34a"}"/>`;
       }
     });
-    for (let k = 0; k <= 5; k++) {
-      const xx = L + ((W - L - R) * k) / 5;
-      out += `<text x="${xx}" y="${H - 8}" text-anchor="${k === 0 ? "start" : k === 5 ? "end" : "middle"}">${dur((span * k) / 5)}</text>`;
-    }
+    out += xTicks(L, W - R, H - 6, span);
     return `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="per-worker timeline">${out}</svg>`;
   }
 
@@ -156,7 +166,7 @@
         ? `<a href="#" class="tasklink" data-task="${w.task}">task ${w.task}</a>` +
           (w.progress != null ? ` <span class="bar mini"><span class="ok" style="width:${(w.progress * 100).toFixed(0)}%"></span></span>${(w.progress * 100).toFixed(0)}%` : "") +
           (w.message ? ` <span class="muted">${esc(w.message)}</span>` : "")
-        : `<span class="muted">${w.live ? esc(w.state || "idle") : "left"}</span>`;
+        : `<span class="muted">${!w.live ? "left" : w.state === "elsewhere" ? "on another job" : esc(w.state || "idle")}</span>`;
       const market = w.market ? `<span class="tag ${w.market === "spot" ? "spot" : ""}">${esc(w.market === "spot" ? "spot" : "on-demand")}</span>` : `<span class="muted">–</span>`;
       return `<tr class="worker-row" data-worker="${esc(w.id)}">` +
         `<td><span class="dot ${w.live ? esc(w.state) : ""}"></span><b>${esc(w.host || "?")}</b><div class="mono muted">${esc(w.id)}</div></td>` +
@@ -199,6 +209,16 @@
       `${item("var(--ok-soft)", "partly done")}${item("var(--pending)", "pending")}</div>`;
   }
 
+  function durations(s) {  // how long tasks took: a few numbers under the task map
+    const took = s.tasks.filter((t) => t.started && t.ended).map((t) => t.ended - t.started).sort((a, b) => a - b);
+    if (!took.length) return "";
+    const q = (f) => took[Math.min(took.length - 1, Math.floor(f * took.length))];
+    const mean = took.reduce((a, b) => a + b, 0) / took.length;
+    const item = (l, v) => `<div><div class="l">${l}</div><div class="v">${short(v)}</div></div>`;
+    return `<div class="durations">${item("median task", q(0.5))}${item("mean", mean)}${item("90th pct", q(0.9))}` +
+      `${item("slowest", took[took.length - 1])}</div><p class="muted note">over the ${took.length} ${SNAP ? "" : "latest "}finished tasks</p>`;
+  }
+
   function renderJob(s) {
     document.getElementById("backend").textContent = s.backend;
     document.title = `${s.name} · cloudloop`;
@@ -214,6 +234,7 @@
     const stat = (cls, n, l) => `<div class="stat ${cls}"><div class="n">${n == null ? "?" : n}</div><div class="l">${l}</div></div>`;
     const per = s.grid.per > 1 ? ` <span class="muted">(one square = ${s.grid.per} tasks)</span>` : "";
     const cells = [...s.grid.cells].map((c) => `<i class="${c === "." ? "" : c}"></i>`).join("");
+    const size = s.grid.cells.length <= 120 ? "lg" : s.grid.cells.length <= 600 ? "md" : "";
     const back = SNAP ? "" : `<a class="crumb" href="#/">← All jobs</a>`;
     app.innerHTML = `${back}<div class="title"><h1>${esc(s.name)}</h1><span class="pill ${esc(s.state)}" id="job-state">${esc(s.state)}</span>` +
       `<span class="mono">${esc(s.id)}</span>${s.command ? `<span class="mono muted">${esc(s.command)}</span>` : ""}</div>` +
@@ -221,11 +242,12 @@
       ` <span class="muted">tasks · ${frac.toFixed(1)}%</span></div><div class="facts">${facts}</div></div>` +
       `${progressBar(s.done, s.failed, s.running, s.total || 0, "big")}` +
       `<div class="stats">${stat("ok", s.done - s.failed, "succeeded")}${stat("fail", s.failed, "failed")}` +
-      `${stat("run", s.running, "running")}${stat("", s.pending, "pending")}${stat("", s.workers.filter((w) => w.live).length, "workers on it")}</div></div>` +
-      `<div class="grid2"><div class="card"><h2>Throughput</h2>${throughputChart(s.throughput, s.elapsed)}</div>` +
-      `<div class="card"><h2>Tasks${per}</h2><div class="taskmap" id="taskmap">${cells}</div>${legend()}</div></div>` +
+      `${stat("run", s.running, "running")}${stat("", s.pending, "pending")}${stat("", s.workers_live, "workers on it")}</div></div>` +
+      `<div class="grid2"><div class="card"><h2>Throughput</h2>${throughputChart(s.throughput, chartWidth(app, 0.6))}</div>` +
+      `<div class="card"><h2>Tasks${per}</h2><div class="taskmap ${size}" id="taskmap">${cells}</div>${legend()}` +
+      `${durations(s)}</div></div>` +
       `<div class="card"><h2>Workers</h2>${workerRows(s)}</div>` +
-      `<div class="card"><h2>Timeline per worker</h2>${timelineChart(s.timeline)}</div>` +
+      `<div class="card"><h2>Timeline per worker</h2>${timelineChart(s.timeline, chartWidth(app, 1))}</div>` +
       `<div class="card" id="failures"><h2>Failures</h2>${failureList(s)}</div>` +
       `<div class="card" id="logpanel"${ui.logTask == null ? " hidden" : ""}><div class="row-head"><h2 id="log-title">Log of task ${ui.logTask}</h2>` +
       `<button class="btn" id="log-close">close</button></div><pre id="log-text">${esc(ui.logText)}</pre></div>` +
@@ -300,6 +322,7 @@
   }
 
   if (SNAP) {
+    document.body.classList.add("report");  // a static page: tables at full length
     document.getElementById("backend").textContent = SNAP.backend;
     renderJob(SNAP);
     setLive(true, `report · ${when(SNAP.now)}`);
