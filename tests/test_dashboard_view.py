@@ -1,0 +1,136 @@
+"""What the dashboard reads from the store: bounded however often it is polled; costs; the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from cloudloop import codec
+from cloudloop.backends import open_backend
+from cloudloop.cli import main as cli_main
+from cloudloop.dashboard import DashboardView
+
+
+def _square(i: int) -> int:
+    print(f"squaring {i}")
+    if i == 2:
+        raise KeyError("two")
+    return i * i
+
+
+class CountingStore:
+    """Wraps a Store and counts the calls that cost money on S3."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name in ("list", "get", "get_or_none", "exists", "put", "delete"):
+
+            def counted(*a, **kw):
+                self.calls[name] += 1
+                return attr(*a, **kw)
+
+            return counted
+        return attr
+
+
+@pytest.fixture
+def finished_job(make_executor):
+    ex = make_executor(workers=1)
+    job = ex.map_job(_square, range(6), chunksize=2, name="squares")
+    job.wait(timeout=60)
+    return job
+
+
+def test_polling_is_bounded_and_reads_each_blob_once(url, finished_job):
+    backend = open_backend(url)
+    store = backend.store = CountingStore(backend.store)
+    view = DashboardView(backend, job_every=3600, list_every=3600, cost_every=3600)
+    for _ in range(50):  # fifty polls of the jobs page and the job page
+        rows = view.jobs()
+        jv = view.job(finished_job.id)
+        jv.refresh(view.job_every)
+        snap = jv.snapshot()
+    assert [r["id"] for r in rows] == [finished_job.id]
+    assert rows[0]["state"] == "failed" and rows[0]["done"] == 6 and rows[0]["cost"] is None
+    assert snap["failed"] == 1 and snap["failures"][0]["type"] == "KeyError"
+    assert sum(snap["throughput"]["rates"]) > 0
+    # index/, results/, workers/ and clusters/ listed once each; 3 result parts read once
+    assert store.calls["list"] <= 5, store.calls
+    assert store.calls["get"] + store.calls["get_or_none"] <= 12, store.calls
+
+    before = store.calls.copy()
+    for _ in range(20):
+        text = jv.log(2, interval=3600)
+    assert "squaring 2" in text and "KeyError" in text
+    assert jv.log(4, interval=3600) == "squaring 4\n"
+    assert store.calls["list"] - before["list"] == 1  # a finished job's logs are listed once
+    log_gets = store.calls["get_or_none"] - before["get_or_none"]
+    assert 1 <= log_gets <= 3  # only the segments holding tasks 2 and 4, each once
+
+
+def test_jobs_list_shows_cluster_cost_from_the_ledger(url, finished_job):
+    backend = open_backend(url)
+    st = finished_job.status()
+    record = {"id": "i-0abc", "type": "c7a.large", "zone": "eu-west-1a", "market": "spot",
+              "price": 36.0, "launched": st.created - 100, "ended": None}  # fmt: skip
+    backend.store.put("clusters/aws/instances/i-0abc", codec.encode_json(record))
+    row = DashboardView(backend).jobs()[0]
+    # $36/h over the job's elapsed seconds: the job's share of the cluster's bill
+    assert row["cost"] == pytest.approx(36.0 * st.elapsed / 3600, rel=0.05)
+
+
+def test_dashboard_command_prints_a_token_url_and_warns_when_open(url, finished_job):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloudloop",
+            "dashboard",
+            "--backend",
+            url,
+            "--port",
+            "0",
+            "--host",
+            "0.0.0.0",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", "".join(lines))
+        assert m, lines
+        base, token = m.groups()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "api/jobs", timeout=10)
+        assert e.value.code == 403
+        with urllib.request.urlopen(f"{base}api/jobs?token={token}", timeout=10) as r:
+            assert finished_job.id in r.read().decode()
+        with urllib.request.urlopen(f"{base}?token={token}", timeout=10) as r:
+            page = r.read().decode()
+            assert "static/app.js" in page
+            assert "HttpOnly" in r.headers["Set-Cookie"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "warning: the dashboard listens on 0.0.0.0" in err
+
+
+def test_report_command_default_name(url, finished_job, tmp_path):
+    assert cli_main(["report", "--backend", url, finished_job.id]) == 0
+    html = (tmp_path / f"{finished_job.id}.html").read_text()
+    assert "window.CLOUDLOOP_SNAPSHOT" in html and "KeyError" in html
+    assert not re.search(r"(src|href)=\"(?!data:|#)", html)
