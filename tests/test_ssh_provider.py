@@ -184,6 +184,8 @@ def test_up_runs_a_job_on_all_three_hosts_and_down_leaves_nothing(rig, tmp_path,
     for name in HOSTS:
         assert any(line.startswith(f"{name}: 2 worker(s) started") for line in lines), lines
     assert lines[-1].startswith("6 worker(s) on 3 of 3 host(s)")
+    code, lines = _cli(capsys, "up", "--profile", "lab")  # again: nothing more is started
+    assert code == 0 and "n2: 2 worker(s) already running (`down` stops them)" in lines
     _ready_workers(url, 6)
     with cl.Executor(profile="lab") as ex:  # no workers of its own: `up` started them
         job = ex.map_job(_task, range(300), chunksize=5)
@@ -197,6 +199,7 @@ def test_up_runs_a_job_on_all_three_hosts_and_down_leaves_nothing(rig, tmp_path,
         wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
     with open_backend(url) as b:
         assert b.store.list("clusters/lab/ssh/") == []
+        assert len(b.store.list("workers/")) == 0  # they stopped cleanly (SIGTERM, not -9)
 
 
 def test_a_host_dies_mid_job_every_result_exactly_once(rig, tmp_path, capsys):

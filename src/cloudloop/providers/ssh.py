@@ -135,10 +135,13 @@ class HostReport:
     pids: list[int] = field(default_factory=list)
     note: str = ""
     error: str = ""
+    already: bool = False
 
     def __str__(self) -> str:
         if self.error:
             return f"{self.alias}: FAILED: {self.error}"
+        if self.already:
+            return f"{self.alias}: {self.workers} worker(s) already running (`down` stops them)"
         return f"{self.alias}: {self.workers} worker(s) started{self.note}"
 
 
@@ -264,6 +267,12 @@ echo "pyver=$({py} -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>&1)"
 echo "pyfull=$({py} -c 'import platform; print(platform.python_version())' 2>&1)"
 echo "cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || echo 1)"
 if [ -f "$D/venvs/{self.digest}/.complete" ]; then echo "venv=ready"; fi
+n=0
+for f in "$D/run/{self.profile}"/*/*.pid; do
+  case "$f" in */ex-*) continue ;; esac
+  [ -f "$f" ] && ps -o args= -p "$(cat "$f")" 2>/dev/null | grep -q 'cloudloop worker' && n=$((n + 1))
+done
+echo "running=$n"
 """
         info = _kv(self.hosts.run(alias, script, timeout=self.s.connect_timeout + 60))
         if info.get("python") == "missing":
@@ -386,6 +395,9 @@ echo "killed=$(echo $alive | wc -w)"
 
     def _up_host(self, spec: HostSpec, n: int | None, tag: str) -> HostReport:
         info = self._probe(spec.alias)
+        running = int(info.get("running") or 0)
+        if running and not tag.startswith("ex-"):  # `up` twice does not double the workers
+            return HostReport(spec.alias, running, already=True)
         note = ""
         if info.get("venv") != "ready":
             note = f" (cloudloop {__version__} installed {self._install(spec.alias, info.get('pyfull', ''))})"
