@@ -40,6 +40,10 @@ from .executor import Executor, attach, map
 from .job import FailedTask, Job
 from .model import JobState, JobStatus
 
+from . import joblib  # isort: skip  # cloudloop.joblib.register(); see install()
+
+joblib.install()  # backend="cloudloop" once the user imports joblib (joblib is not imported here)
+
 __all__ = [
     "CloudloopError",
     "CommandFailed",
@@ -66,6 +70,7 @@ __all__ = [
     "__version__",
     "attach",
     "checkpoint",
+    "joblib",
     "map",
     "preempted",
     "progress",

@@ -1,0 +1,179 @@
+"""The joblib backend: each joblib batch is one task of a cloudloop executor.
+
+::
+
+    Parallel(n_jobs=-1)(delayed(f)(x) ...)            cloudloop workers (any profile)
+      │ configure(): start a cl.Executor ───────────►  (local processes, ssh hosts, ec2 spot)
+      │ submit(batch) ─► Executor.submit(_run, batch) ─► QUEUE ─► worker: batch() ─► STORE
+      │ callback ◄──── Future done ◄──────────── session thread polls results
+      └ terminate(): executor.shutdown() (stops the workers it started)
+
+joblib creates one backend object per ``parallel_config``/``parallel_backend``
+block and calls ``configure``/``terminate`` around every ``Parallel`` call,
+so each call (one ``GridSearchCV.fit``, one ``cross_val_score``) is one
+cloudloop executor whose ``submit`` calls share one durable session job
+(named ``joblib``); its results and logs stay in the store like any job's.
+
+Batches are sized by joblib's auto-batching, tuned for a queue's latency
+(a batch should take at least half a second). A task's own nested
+``Parallel`` calls run sequentially: each worker is already one core's worth.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+
+from .config import load_profile
+from .errors import ConfigError
+from .executor import Executor
+
+
+def _run(batch: Any) -> Any:
+    """Run one joblib batch (a ``BatchedCalls``) on a worker."""
+    return batch()
+
+
+def _ship_user_code(batch: Any) -> None:
+    """Let workers without the user's project files unpickle its functions."""
+    from .codec import ship_user_modules
+
+    for item in getattr(batch, "items", ()):
+        if item and callable(item[0]):
+            ship_user_modules(item[0])
+
+
+class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
+    """A joblib ``ParallelBackendBase`` running batches as cloudloop tasks.
+
+    Args:
+        profile: a profile from ``cloudloop.toml`` (else ``$CLOUDLOOP_PROFILE``,
+            else local).
+        url: a backend URL overriding the profile's (``sqlite:///dir``, ...).
+        workers: workers to start; default: ``n_jobs`` (or one per core) on the
+            local provider, the profile's ``workers`` elsewhere.
+        **options: job and worker options of :class:`cloudloop.Executor`.
+    """
+
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_sharedmem = False
+    MIN_IDEAL_BATCH_DURATION = 0.5
+    MAX_IDEAL_BATCH_DURATION = 5.0
+
+    def __init__(
+        self,
+        profile: str | None = None,
+        url: str | None = None,
+        workers: int | None = None,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **options: Any,
+    ):
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        if workers is not None and workers < 0:
+            raise ConfigError(f"workers must be >= 0, not {workers}")
+        self.profile, self.url, self.workers = profile, url, workers
+        self.options = {"name": "joblib", **options}
+        self._executor: Executor | None = None
+        self._futures: set[Future] = set()
+        self._lock = threading.Lock()
+
+    def __reduce__(self):  # a nested backend may be pickled; the executor never is
+        return (CloudloopBackend, (self.profile, self.url, self.workers))
+
+    # ---------------------------------------------------------------- sizing
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is not None and n_jobs > 0:
+            return n_jobs
+        total = self._capacity()
+        if n_jobs is None:
+            return total
+        return max(total + 1 + n_jobs, 1)  # -1: all, -2: all but one, ...
+
+    def _capacity(self) -> int:
+        """How many tasks can run at once: started workers, else live ones, else cores."""
+        if self._executor is not None and self._executor.workers:
+            return self._executor.workers
+        if self.workers:
+            return self.workers
+        prof = load_profile(self.profile)
+        if prof.workers:
+            return prof.workers
+        if prof.provider != "local":
+            from .backends import open_backend
+
+            live = len(open_backend(self.url or prof.backend).store.list("workers/"))
+            if live:
+                return live
+        return os.cpu_count() or 1
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_kwargs: Any):
+        self.parallel = parallel
+        n = self.effective_n_jobs(n_jobs)
+        if self._executor is None:
+            workers = self.workers
+            if workers is None:
+                prof = load_profile(self.profile)
+                if prof.provider == "local" and prof.workers is None:
+                    workers = n
+            self._executor = Executor(
+                backend=self.url, workers=workers, profile=self.profile, **self.options
+            )
+        return n
+
+    def terminate(self) -> None:
+        ex, self._executor = self._executor, None
+        with self._lock:
+            self._futures.clear()
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def get_nested_backend(self):
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    # ---------------------------------------------------------------- tasks
+
+    def submit(self, func: Any, callback: Any = None) -> Future:
+        if self._executor is None:
+            raise RuntimeError("the cloudloop joblib backend was used before configure()")
+        _ship_user_code(func)
+        fut = self._executor.submit(_run, func)
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+        if callback is not None:
+            fut.add_done_callback(callback)
+        return fut
+
+    def _forget(self, fut: Future) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def retrieve_result_callback(self, out: Future) -> Any:
+        return out.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel what has not run: joblib will not read those results."""
+        with self._lock:
+            pending = list(self._futures)
+        for fut in pending:
+            fut.cancel()
+        if not ensure_ready:
+            self.terminate()
+
+
+__all__ = ["CloudloopBackend"]

@@ -1,0 +1,101 @@
+"""joblib and scikit-learn on cloudloop workers: backend="cloudloop"."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from joblib import Parallel, delayed
+
+import cloudloop as cl
+from cloudloop.backends import open_backend
+
+
+def _where(x):
+    return x * x, cl.task_index(), os.environ.get("CLOUDLOOP_WORKER_ID"), os.getpid()
+
+
+def _boom(x):
+    if x == 3:
+        raise ValueError(f"bad x {x}")
+    return x
+
+
+def _jobs_named(url, name):
+    store = open_backend(url).store
+    return [
+        k.rsplit("/", 1)[1]
+        for k in store.list("index/")
+        if cl.attach(k.rsplit("/", 1)[1], backend=url).name == name
+    ]
+
+
+def test_import_cloudloop_does_not_import_joblib_but_registers_on_its_import():
+    code = (
+        "import sys, cloudloop\n"
+        "assert 'joblib' not in sys.modules and 'numpy' not in sys.modules\n"
+        "import joblib.parallel\n"
+        "assert 'cloudloop' in joblib.parallel.BACKENDS\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parallel_delayed_runs_in_cloudloop_workers(url):
+    with joblib.parallel_config(backend="cloudloop", url=url, workers=2, lease=3):
+        out = Parallel(n_jobs=-1)(delayed(_where)(x) for x in range(12))
+    assert [o[0] for o in out] == [x * x for x in range(12)]
+    assert all(o[1] is not None for o in out), "every call ran inside a cloudloop task"
+    assert {o[3] for o in out}.isdisjoint({os.getpid()})
+    assert all(o[2] for o in out)
+    (job_id,) = _jobs_named(url, "joblib")
+    assert cl.attach(job_id, backend=url).status().done >= 1
+
+
+def test_a_failing_call_raises_its_own_type_and_the_old_api_works(url):
+    with (
+        joblib.parallel_backend("cloudloop", url=url, workers=2, lease=3),
+        pytest.raises(ValueError, match="bad x 3"),
+    ):
+        Parallel(n_jobs=-1)(delayed(_boom)(x) for x in range(6))
+
+
+def test_grid_search_and_cross_val_score_match_n_jobs_1(url):
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.svm import SVC
+
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1, 10], "gamma": [0.01, 0.1]}
+    local = GridSearchCV(SVC(), grid, cv=3, n_jobs=1).fit(X, y)
+    local_cv = cross_val_score(SVC(C=3), X, y, cv=4, n_jobs=1)
+
+    with joblib.parallel_config(backend="cloudloop", url=url, workers=2, lease=3):
+        remote = GridSearchCV(SVC(), grid, cv=3, n_jobs=-1).fit(X, y)
+        remote_cv = cross_val_score(SVC(C=3), X, y, cv=4, n_jobs=-1)
+
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_array_equal(
+        remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+    )
+    np.testing.assert_array_equal(remote_cv, local_cv)
+    jobs = _jobs_named(url, "joblib")
+    assert len(jobs) == 2, "one cloudloop job per Parallel call (the fit, the scores)"
+    done = sum(cl.attach(j, backend=url).status().done for j in jobs)
+    assert done >= 2
+
+
+def test_effective_n_jobs_follows_workers():
+    from cloudloop.joblib_backend import CloudloopBackend
+
+    b = CloudloopBackend(workers=5)
+    assert b.effective_n_jobs(-1) == 5
+    assert b.effective_n_jobs(-2) == 4
+    assert b.effective_n_jobs(3) == 3
+    with pytest.raises(ValueError):
+        b.effective_n_jobs(0)
+    with pytest.raises(cl.ConfigError):
+        CloudloopBackend(workers=-1)
