@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from .chunks import chunk_lines, chunks, read_chunk
 from .context import (
     checkpoint,
     preempted,
@@ -70,10 +71,13 @@ __all__ = [
     "__version__",
     "attach",
     "checkpoint",
+    "chunk_lines",
+    "chunks",
     "joblib",
     "map",
     "preempted",
     "progress",
+    "read_chunk",
     "restore",
     "task_index",
     "task_rng",
