@@ -1,12 +1,15 @@
-"""A terminal progress bar that is also safe in logs.
+"""Progress displays: a terminal bar that is also safe in logs, and HTML for notebooks.
 
 On a terminal it redraws one line in place at most ten times a second; when
 standard error is a pipe or a file it prints a plain line at most every
 30 seconds (and on every 10 % step), so logs get no carriage-return garbage.
+In a Jupyter kernel, :func:`progress_display` gives an HTML card updated in
+place instead (IPython's ``display(..., display_id=True)``; no widget library).
 """
 
 from __future__ import annotations
 
+import html
 import sys
 import time
 from typing import TextIO
@@ -56,3 +59,80 @@ class ProgressBar:
             self.stream.write(f"{st.id}: {self.line(st)}\n")
             self.stream.flush()
             self._last, self._last_step = now, step
+
+
+# ---------------------------------------------------------------- notebooks
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session, where cell output is HTML."""
+    ipython = sys.modules.get("IPython")  # never imported here: only if the user runs it
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+_STATE_COLOURS = {"completed": "#15803d", "failed": "#b91c1c", "cancelled": "#b45309",
+                  "running": "#1d4ed8"}  # fmt: skip
+
+
+def job_html(st: JobStatus, backend: str = "") -> str:
+    """A job's status as a small self-contained HTML card (inline styles only)."""
+    total = st.total or 0
+    ok = 100 * (st.done - st.failed) / total if total else 0.0
+    bad = 100 * st.failed / total if total else 0.0
+    facts = [f"{st.done}/{'?' if st.total is None else st.total} tasks"]
+    if st.failed:
+        facts.append(f'<span style="color:#b91c1c">{st.failed} failed</span>')
+    if st.running:
+        facts.append(f"{st.running} running on {st.workers} workers")
+    if st.rate > 0:
+        facts.append(f"{st.rate:.1f} tasks/s")
+    facts.append(f"elapsed {format_seconds(st.elapsed)}")
+    if st.eta is not None and not st.state.finished:
+        facts.append(f"eta {format_seconds(st.eta)}")
+    colour = _STATE_COLOURS.get(st.state.value, "#344054")
+    where = f" · {html.escape(backend)}" if backend else ""
+    return (
+        '<div style="font-family:system-ui,sans-serif;max-width:640px;border:1px solid #e4e7ec;'
+        'border-radius:10px;padding:10px 14px;line-height:1.5">'
+        f'<div><b>{html.escape(st.name)}</b> <code style="color:#667085">{html.escape(st.id)}</code>'
+        f' <span style="color:{colour};font-weight:600">{st.state.value}</span>'
+        f'<span style="color:#98a2b3;font-size:12px">{where}</span></div>'
+        '<div style="display:flex;height:10px;border-radius:5px;background:#eaecf0;'
+        'overflow:hidden;margin:6px 0">'
+        f'<div style="width:{ok:.2f}%;background:#16a34a"></div>'
+        f'<div style="width:{bad:.2f}%;background:#dc2626"></div></div>'
+        f'<div style="color:#475467;font-size:13px">{" · ".join(facts)}</div></div>'
+    )
+
+
+class NotebookProgress:
+    """Progress of ``Job.wait(progress=True)`` in a notebook: one HTML card updated in place."""
+
+    def __init__(self, backend: str = "", every: float = 0.5):
+        from IPython.display import HTML, display  # in a notebook, IPython is there
+
+        self._html, self._backend, self._every = HTML, backend, every
+        self._handle = display(HTML(""), display_id=True)
+        self._last = 0.0
+
+    def update(self, st: JobStatus, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self._last >= self._every:
+            self._handle.update(self._html(job_html(st, self._backend)))
+            self._last = now
+
+
+def progress_display(backend: str = "") -> ProgressBar | NotebookProgress:
+    """The progress display for where we run: HTML in a notebook, else the terminal bar."""
+    if in_notebook():
+        try:
+            return NotebookProgress(backend)
+        except Exception:  # an IPython without display support: fall back to text
+            pass
+    return ProgressBar()

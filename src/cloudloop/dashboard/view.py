@@ -340,7 +340,8 @@ class DashboardView:
                 except ValueError:
                     rec = None
                 if isinstance(rec, dict) and "id" in rec:
-                    rec["live"] = time.time() - rec.get("last_seen", 0) < 30
+                    fresh = max(30.0, 3 * float(rec.get("every") or 0))  # slow heartbeats
+                    rec["live"] = time.time() - rec.get("last_seen", 0) < fresh
                     out.append(rec)
             self._workers = out
         return self._workers
