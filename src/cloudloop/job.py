@@ -21,7 +21,7 @@ from typing import Any
 
 from . import codec, keys
 from .backends import Backend
-from .display import ProgressBar
+from .display import job_html, progress_display
 from .errors import JobCancelled, JobNotFound, RemoteTraceback
 from .model import JobManifest, JobState, JobStatus, Outcome
 
@@ -129,6 +129,10 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name!r} on {self.backend.url}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a job as a progress card (a snapshot: evaluate it again to refresh)."""
+        return job_html(self.status(), self.backend.url)
 
     # ---------------------------------------------------------------- progress
 
@@ -247,7 +251,7 @@ class Job:
             logs: relay the tasks' output to stderr as it arrives.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar() if progress else None
+        bar = progress_display(self.backend.url) if progress else None
         pause, last_done, stalled_since, warned = (
             self.backend.poll_interval,
             -1,
