@@ -91,9 +91,9 @@ class LabRig:
     def restart_sshd(self, name: str) -> None:
         _sshd(self.hosts[name], self.d, self.d / "home" / name)
 
-    def profile(self, where: Path, name: str, hosts: list[str], **extra) -> str:
+    def profile(self, where: Path, name: str, hosts: list[str], url: str = "", **extra) -> str:
         """Write cloudloop.toml with an ssh profile on its own Redis prefix; returns the URL."""
-        url = self.redis.url(prefix=f"{name}{secrets.token_hex(3)}")
+        url = url or self.redis.url(prefix=f"{name}{secrets.token_hex(3)}")
         # the hosts' interpreter: this one's base, so the wheels built here fit it exactly
         extra.setdefault("python", os.path.realpath(sys._base_executable))
         lines = [f"[profiles.{name}]", f'backend = "{url}"', 'provider = "ssh"',
@@ -266,3 +266,18 @@ def test_executor_starts_workers_through_the_provider_and_stops_them(rig, tmp_pa
         wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
     with open_backend(url) as b:
         assert b.store.list("clusters/ex/ssh/") == []
+
+
+def test_a_backend_the_hosts_cannot_reach_is_one_line_per_host(rig, tmp_path, capsys):
+    loopback = rs.RedisServer(tmp_path / "redis")  # this machine reaches it; the hosts do not
+    try:
+        rig.profile(tmp_path, "far", ["n1", "n3"], url=loopback.url())
+        code, lines = _cli(capsys, "up", "--profile", "far")
+        assert code == 1
+        for name in ("n1", "n3"):
+            (line,) = [x for x in lines if x.startswith(f"{name}:")]
+            assert line.startswith(f"{name}: FAILED: cannot use the backend from there: ")
+            assert f"ConnectionFailed: cannot reach Redis at 127.0.0.1:{loopback.port}/0" in line
+            assert not rig.workers_on(name)
+    finally:
+        loopback.stop()

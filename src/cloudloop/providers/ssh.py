@@ -54,6 +54,15 @@ from . import wheelhouse
 from .base import Provider, WorkerPool
 from .local import worker_command
 
+# run on a host before its workers start: can it open the backend? (one clear line if not)
+_CHECK = """import os, sys
+from cloudloop.backends import open_backend
+try:
+    open_backend(os.environ["CLOUDLOOP_BACKEND"]).close()
+except Exception as e:
+    print(type(e).__name__ + ": " + str(e))
+    sys.exit(1)
+"""
 _SPEC = re.compile(r"^([^\s*]+)(?:\*(\d+))?$")
 _EXTRAS = {"redis": ("redis",), "rediss": ("redis",), "aws": ("aws",)}
 
@@ -352,11 +361,18 @@ umask 077
 cat > {run}/backend
 : > {run}/empty.toml
 cd "$D"
+export CLOUDLOOP_CONFIG={run}/empty.toml CLOUDLOOP_PROFILE=
+if ! err=$(CLOUDLOOP_BACKEND="$(cat {run}/backend)" "$D/venvs/{self.digest}/bin/python" \\
+           -c {shlex.quote(_CHECK)} 2>&1); then
+  rm -rf {run}
+  echo "backend_error=$(echo "$err" | tr '\\n' ' ')"
+  exit 0
+fi
 i=0
 while [ $i -lt {n} ]; do
   i=$((i + 1))
-  CLOUDLOOP_BACKEND="$(cat {run}/backend)" CLOUDLOOP_CONFIG={run}/empty.toml \\
-  CLOUDLOOP_PROFILE= CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh \\
+  CLOUDLOOP_BACKEND="$(cat {run}/backend)" \\
+  CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh \\
     nohup setsid "$D/venvs/{self.digest}/bin/python" -m cloudloop worker {argv} \\
     > {log} 2>&1 < /dev/null &
   echo $! > {run}/$i.pid
@@ -404,6 +420,8 @@ echo "killed=$(echo $alive | wc -w)"
         count = n if n is not None else spec.workers or max(1, int(info.get("cores") or 1))
         out = _kv(self.hosts.run(spec.alias, self._start_script(spec.alias, count, tag),
                                  self.url.encode()))  # fmt: skip
+        if "backend_error" in out:
+            raise HostFailed(f"cannot use the backend from there: {out['backend_error'].strip()}")
         pids = [int(p) for p in out.get("pids", "").split()]
         if int(out.get("alive", "0")) == 0:
             raise HostFailed(f"workers exited at start: {out.get('log', '').strip() or '?'}")
