@@ -66,7 +66,7 @@ class Heartbeat(threading.Thread):
             if w.options.stop_at and time.time() > w.options.stop_at and w.preempted_at is None:
                 log.warning("the cluster's cost deadline has passed: leaving")
                 w.on_preempt({"action": "stop-at"})
-            if time.monotonic() - last > w.options.heartbeat:
+            if time.monotonic() - last > w.heartbeat_every:
                 last = time.monotonic()
                 self.write()
 
@@ -83,6 +83,7 @@ class Heartbeat(threading.Thread):
             "backend": w.backend.url,
             "started": w.started,
             "last_seen": time.time(),
+            "every": w.heartbeat_every,
             "state": state or ("preempted" if w.preempted_at else "busy" if chunk else "idle"),
             "job": chunk.job_id if chunk else None,
             "task": st.index if st and st.index >= 0 else None,

@@ -168,7 +168,7 @@ class Job:
     def workers(self) -> list[dict[str, Any]]:
         """Heartbeat records of workers seen in the last 30 s (cached ~2 s)."""
         at, cached = self._workers
-        if time.monotonic() - at > (2.0 if cached else 0.5):
+        if time.monotonic() - at > (self.backend.workers_cache if cached else 0.5):
             out = []
             store = self.backend.store
             for key in store.list("workers/"):
@@ -180,7 +180,7 @@ class Job:
                 except ValueError:
                     continue
                 age = time.time() - rec.get("last_seen", 0)
-                if age < _HEARTBEAT_FRESH:
+                if age < max(_HEARTBEAT_FRESH, 3 * rec.get("every", 0)):
                     out.append(rec)
                 elif age > _HEARTBEAT_STALE:  # a worker that died a day ago
                     store.delete(key)
@@ -364,6 +364,12 @@ class Job:
             return CancelledError(f"task {o.index} of job {self.id} was cancelled")
         assert o.error is not None
         return codec.rebuild_exception(o.error)
+
+    def outputs(self, index: int | None = None):
+        """Files the tasks wrote in their output directories (see :mod:`cloudloop.outputs`)."""
+        from .outputs import list_outputs
+
+        return list_outputs(self, index)
 
     def failures(self) -> list[FailedTask]:
         """Every failed task: index, exception, traceback, attempt, and that attempt's log."""

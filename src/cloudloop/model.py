@@ -86,7 +86,9 @@ class WorkerOptions:
     Attributes:
         lease: seconds a leased chunk stays invisible; extended every third of it.
         idle_exit: exit after this many idle seconds (None: never).
-        heartbeat: seconds between heartbeat records in the store.
+        heartbeat: seconds between heartbeat records in the store (None: the
+            backend's default, 5 s on SQLite and Redis, 30 s on AWS, where
+            every record is a billed request).
         flush: seconds between result flushes while a chunk runs.
         split_after: a chunk still running after this many seconds hands its
             unstarted tail back to the queue so idle workers can take it.
@@ -101,7 +103,7 @@ class WorkerOptions:
 
     lease: float = 30.0
     idle_exit: float | None = None
-    heartbeat: float = 5.0
+    heartbeat: float | None = None
     flush: float = 0.5
     split_after: float = 2.0
     exit_when_orphaned: bool = False

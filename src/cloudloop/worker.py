@@ -130,6 +130,7 @@ class _Chunk:
     checkpoints: list[int] = field(default_factory=list)
     streamed: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     last_flush: float = field(default_factory=time.monotonic)
+    split_probed: float = -math.inf
     last_stream: float = field(default_factory=time.monotonic)
     busy: float = 0.0
     ran: int = 0
@@ -149,6 +150,7 @@ class Worker:
         self.backend = backend
         self.queue, self.store, self.key = backend.queue, backend.store, backend.key
         self.options = options or WorkerOptions()
+        self.heartbeat_every = self.options.heartbeat or backend.heartbeat_default
         # $CLOUDLOOP_HOST names the machine when the hostname does not (containers,
         # network namespaces, hosts that all call themselves "localhost")
         self.host = os.environ.get("CLOUDLOOP_HOST") or socket.gethostname()
@@ -308,7 +310,8 @@ class Worker:
         return info
 
     def _is_cancelled(self, job: _JobInfo, force: bool = False) -> bool:
-        if not job.cancelled and (force or time.monotonic() - job.cancel_checked > 2.0):
+        every = self.backend.check_interval
+        if not job.cancelled and (force or time.monotonic() - job.cancel_checked > every):
             job.cancel_checked = time.monotonic()
             job.cancelled = self.store.exists(keys.cancelled(job.manifest.id))
         return job.cancelled
@@ -577,7 +580,13 @@ class Worker:
             return
         mean = chunk.busy / max(chunk.ran, 1)
         tail = list(chunk.todo)[keep:]
-        if len(tail) * mean < opts.split_after or self.queue.stats().visible > 0:
+        if len(tail) * mean < opts.split_after:
+            return
+        now = time.monotonic()  # asking the queue is a billed call on SQS: not every task
+        if now - chunk.split_probed < max(opts.split_after, self.backend.check_interval):
+            return
+        chunk.split_probed = now
+        if self.queue.stats().visible > 0:
             return
         h = chunk.header
         spill = h.get("spill") or keys.inputs(chunk.job_id, h["chunk"])

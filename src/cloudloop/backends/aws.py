@@ -222,10 +222,17 @@ class S3Store(Store):
 
 
 class AwsBackend(Backend):
+    # Every call is billed: a PUT costs $5 per million, so a worker writing a
+    # record every 5 s would spend a fifth of a small spot instance's price on
+    # bookkeeping. Records, flushes and checks are spaced out accordingly
+    # (benchmarks/RESULTS.md counts the requests).
     poll_interval = 1.0
     poll_max = 5.0
-    flush_interval = 5.0
+    flush_interval = 15.0
     idle_wait = 5.0  # a worker's long poll when idle: cheap, and stops within 5 s
+    heartbeat_default = 30.0
+    check_interval = 10.0
+    workers_cache = 15.0
 
 
 def parse_aws_url(url: str) -> dict[str, str]:

@@ -122,12 +122,20 @@ class Backend:
         poll_interval: how often clients poll the store for results (backing
             off to ``poll_max`` while nothing changes).
         flush_interval: how often workers should flush partial results.
+        heartbeat_default: seconds between a worker's heartbeat records when
+            its options do not say.
+        check_interval: how often a busy worker looks for a cancellation or
+            asks the queue whether idle workers could take part of its chunk.
+        workers_cache: how long a client reuses the worker records it read.
     """
 
     poll_interval: float = 0.05
     poll_max: float = 1.0  # polling backs off to this when nothing changes
     flush_interval: float = 0.5
     idle_wait: float = 0.5  # how long an idle worker's lease call waits for a message
+    heartbeat_default: float = 5.0
+    check_interval: float = 2.0
+    workers_cache: float = 2.0
 
     def __init__(self, url: str, queue: Queue, store: Store, key: bytes):
         self.url = url

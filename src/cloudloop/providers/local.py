@@ -32,7 +32,9 @@ _QUICK = 3.0
 
 def worker_command(backend_url: str, worker: WorkerOptions) -> list[str]:
     cmd = [sys.executable, "-m", "cloudloop", "worker", "--backend", backend_url]
-    cmd += ["--lease", str(worker.lease), "--heartbeat", str(worker.heartbeat)]
+    cmd += ["--lease", str(worker.lease)]
+    if worker.heartbeat:
+        cmd += ["--heartbeat", str(worker.heartbeat)]
     cmd += ["--split-after", str(worker.split_after)]
     if worker.idle_exit is not None:
         cmd += ["--idle-exit", str(worker.idle_exit)]

@@ -42,9 +42,10 @@ def render(b: Bootstrap) -> str:
     w = b.worker
     args = [
         "worker", "--backend", b.backend, "--lease", f"{w.lease:g}",
-        "--heartbeat", f"{w.heartbeat:g}", "--idle-exit", f"{(w.idle_exit or 120):g}",
-        "--preempt-grace", f"{w.preempt_grace:g}",
+        "--idle-exit", f"{(w.idle_exit or 120):g}", "--preempt-grace", f"{w.preempt_grace:g}",
     ]  # fmt: skip
+    if w.heartbeat:
+        args += ["--heartbeat", f"{w.heartbeat:g}"]
     if b.stop_at is not None:
         args += ["--stop-at", f"{b.stop_at:.0f}"]
     worker_args = " ".join(q(a) for a in args)
