@@ -302,7 +302,12 @@ def write_report(args, results, startup, rss) -> None:
         "* cloudloop's start-up is its local worker processes booting; RSS is `VmHWM` of a fresh",
         "  client process that maps over 1,000,000 items (results list included).",
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    # other benchmarks keep their own sections after ours (bench_aws.py)
+    path = Path(args.out)
+    old = path.read_text() if path.exists() else ""
+    cut = old.find("\n## AWS requests per task")
+    tail = old[cut:] if cut >= 0 else ""
+    path.write_text("\n".join(lines).rstrip("\n") + "\n" + tail)
     print("\n".join(lines))
 
 
