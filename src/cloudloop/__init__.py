@@ -40,6 +40,7 @@ from .errors import (
 from .executor import Executor, attach, map
 from .job import FailedTask, Job
 from .model import JobState, JobStatus
+from .outputs import OutputFile, output_dir
 
 from . import joblib  # isort: skip  # cloudloop.joblib.register(); see install()
 
@@ -59,6 +60,7 @@ __all__ = [
     "JobStatus",
     "LeaseLost",
     "MemoryLimitExceeded",
+    "OutputFile",
     "Preempted",
     "RemoteError",
     "RemoteTraceback",
@@ -75,6 +77,7 @@ __all__ = [
     "chunks",
     "joblib",
     "map",
+    "output_dir",
     "preempted",
     "progress",
     "read_chunk",

@@ -13,6 +13,7 @@
     jobs/<job>/results/<lo>-<hi>-<nfail>-<nonce> signed pickled [Outcome] for tasks lo..hi
     jobs/<job>/logs/<lo>-<hi>-<nonce>            JSON {index: [[attempt, part, text], ...]}
     jobs/<job>/checkpoints/<index>               signed pickle from cl.checkpoint()
+    jobs/<job>/outputs/<index>/<name>            signed file the task wrote in its output dir
     jobs/<job>/starts/<index>/<worker>-<nonce>   a re-delivered task was started (poison detection)
     workers/<worker>                             JSON heartbeat
     control/paused                               workers take no new work while it exists
@@ -105,6 +106,20 @@ def parse_logs(key: str) -> tuple[int, int]:
 
 def checkpoint(job: str, index: int) -> str:
     return f"jobs/{job}/checkpoints/{index:0{W}d}"
+
+
+def output(job: str, index: int, name: str) -> str:
+    return f"jobs/{job}/outputs/{index:0{W}d}/{name}"
+
+
+def outputs_prefix(job: str, index: int | None = None) -> str:
+    return f"jobs/{job}/outputs/" + ("" if index is None else f"{index:0{W}d}/")
+
+
+def parse_output(key: str) -> tuple[int, str]:
+    """(task index, file name) from an output key."""
+    index, name = key.split("/outputs/", 1)[1].split("/", 1)
+    return int(index), name
 
 
 def starts_prefix(job: str, index: int) -> str:

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from . import codec, commands, context
+from . import codec, commands, context, outputs
 from .errors import Preempted, SerializationError
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
@@ -385,12 +385,14 @@ class _Child:
                 if "numpy" in sys.modules:
                     sys.modules["numpy"].random.seed(seed % 2**32)
             fn_ref, args, kwargs = self.tasks[index - self.lo]
+            outputs.begin(Path(job["workroot"]) / f"out-{job['id']}-{index}-{os.getpid()}")
             if job["kind"] == "command":
                 value = self.command(index, ctx.seed, args[0])
             else:
                 if self.wants_rng[fn_ref] and "rng" not in kwargs:
                     kwargs = {**kwargs, "rng": context.task_rng()}
                 value = self.fns[fn_ref](*args, **kwargs)
+                outputs.upload(ctx.store, ctx.key, ctx.job_id, index)  # cl.output_dir()
             try:
                 return (
                     True,
@@ -408,6 +410,7 @@ class _Child:
             return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         finally:
             context._set(None)
+            outputs.end()
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
@@ -425,8 +428,11 @@ class _Child:
                 "CLOUDLOOP_TASK_INDEX": str(index),
                 "CLOUDLOOP_TASK_SEED": str(seed),
                 "CLOUDLOOP_JOB_ID": job["id"],
+                "CLOUDLOOP_OUTPUT": str(outputs.begin(workdir / "out", create=True)),
             }
-            return commands.run_command(cmd, workdir, env)
+            done = commands.run_command(cmd, workdir, env)
+            outputs.upload(self.ctx.store, self.ctx.key, job["id"], index)  # out/
+            return done
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
                 shutil.rmtree(workdir, ignore_errors=True)
