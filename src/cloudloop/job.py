@@ -371,12 +371,6 @@ class Job:
 
         return list_outputs(self, index)
 
-    def outputs(self, index: int | None = None):
-        """Files the tasks wrote in their output directories (see :mod:`cloudloop.outputs`)."""
-        from .outputs import list_outputs
-
-        return list_outputs(self, index)
-
     def failures(self) -> list[FailedTask]:
         """Every failed task: index, exception, traceback, attempt, and that attempt's log."""
         out = []
