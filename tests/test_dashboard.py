@@ -1,9 +1,10 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright).
 
 One job runs on a SQLite backend with two local workers: tasks 0-5 print, report
-``cl.progress`` and finish (task 3 raises); tasks 6+ wait for a gate file, so
+``cl.progress`` and finish (task 3 raises); tasks 6-11 wait for a gate file, so
 the page is looked at while the job is really running, without a race: the
-test opens the gate only after it has seen the running state in the browser.
+test opens the gate only after it has seen the running state in the browser
+(and a running task's log tailed live); tasks 12+ then finish the job.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-N_TASKS = 12
+N_TASKS = 40
 
 
 def _task(i: int, gate: str) -> int:
@@ -38,7 +39,9 @@ def _task(i: int, gate: str) -> int:
     time.sleep(0.05)
     if i == 3:
         raise ValueError(f"bad input {i}")
-    if i >= 6:
+    if i >= 12:  # the tail of the job: tasks of a few sizes
+        time.sleep(0.05 * (1 + i % 4))
+    elif i >= 6:
         deadline = time.monotonic() + 120
         while not os.path.exists(gate) and time.monotonic() < deadline:
             cl.progress(0.5, "waiting for the gate")
@@ -143,6 +146,13 @@ def test_live_job_page_updates_without_reload(running, browser):
     assert page.locator("#workers tr.worker-row").count() >= 2
     assert "%" in busy.first.inner_text()
     assert page.locator("#job-state").text_content() == "running"
+    # a running task's log, tailed while it runs (workers stream logs every ~2 s)
+    page.locator("#tasks tr.task-row[data-task='6']").click()
+    page.wait_for_function(
+        "document.querySelector('#log-text').textContent.includes('task 6 starting')",
+        timeout=30_000,
+    )
+    assert "task 6 done" not in page.locator("#log-text").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
 
@@ -153,6 +163,10 @@ def test_live_job_page_updates_without_reload(running, browser):
         timeout=60_000,
     )
     page.wait_for_function("document.querySelector('#job-state').textContent === 'failed'")
+    # the open log followed the task to its end, without a click
+    page.wait_for_function(
+        "document.querySelector('#log-text').textContent.includes('task 6 done')", timeout=30_000
+    )
     assert page.evaluate("window.__same_page") == 1
     assert page.locator("#workers tr.worker-row .done-here").count() >= 2
 
@@ -177,7 +191,7 @@ def test_live_job_page_updates_without_reload(running, browser):
     page.wait_for_function(
         "document.querySelector('#log-text').textContent.includes('task 3 starting')"
     )
-    page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate("window.scrollTo(0, 0); document.querySelector('.scroll').scrollTop = 0")
     page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
     assert outside == []
     page.close()

@@ -260,7 +260,10 @@ def _throughput(tasks, t0: float, t1: float) -> dict[str, Any]:
     for o in tasks:
         if o.ended:
             counts[min(n - 1, max(0, int((o.ended - t0) / step)))] += 1
-    return {"t0": t0, "step": step, "rates": [c / step for c in counts]}
+    rates = [c / step for c in counts]
+    # the last bucket is usually cut short by "now": a rate over its real width, not a dip
+    rates[-1] = counts[-1] / max(span - (n - 1) * step, step / 2)
+    return {"t0": t0, "span": span, "step": step, "rates": rates}
 
 
 def _grid(total: int | None, tasks: dict[int, Outcome], running: dict[int, Any]) -> dict:

@@ -84,9 +84,9 @@
       const w = rates.slice(Math.max(0, i - 1), i + 2);
       return w.reduce((a, b) => a + b, 0) / w.length;
     });
-    const n = sm.length, span = tp.step * n, step = niceStep(Math.max(...sm) / 4 || 0.25);
+    const n = sm.length, span = Math.max(tp.span || 0, 1e-3), step = niceStep(Math.max(...sm) / 4 || 0.25);
     const max = step * Math.max(1, Math.ceil((Math.max(...sm) * 1.05) / step));
-    const x = (i) => L + ((W - L - R) * i) / Math.max(1, n - 1);
+    const x = (i) => L + ((W - L - R) * Math.min(span, (i + 0.5) * tp.step)) / span;
     const y = (v) => T + (H - T - B) * (1 - v / max);
     let grid = "";
     for (let v = 0; v <= max + step / 2; v += step) {
@@ -95,8 +95,10 @@
         `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${fmtTick(v)}</text>`;
     }
     grid += xTicks(L, W - R, H - 7, span);
-    const pts = sm.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
-    const area = `M${x(0)},${y(0)} L${pts.join(" L")} L${x(n - 1)},${y(0)} Z`;
+    // from the job's start to now (or its end): the first and last rates held to the edges
+    const pts = [`${L},${y(sm[0]).toFixed(1)}`, ...sm.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`),
+      `${W - R},${y(sm[n - 1]).toFixed(1)}`];
+    const area = `M${L},${y(0)} L${pts.join(" L")} L${W - R},${y(0)} Z`;
     return `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="throughput over time">` +
       `<defs><linearGradient id="tpg" x1="0" x2="0" y1="0" y2="1"><stop offset="0" stop-color="#2563eb" stop-opacity=".35"/>` +
       `<stop offset="1" stop-color="#2563eb" stop-opacity=".03"/></linearGradient></defs>${grid}` +
@@ -300,13 +302,21 @@
   async function tick() {
     clearTimeout(ui.timer);
     const route = location.hash.replace(/^#\/?/, "");
-    if (route !== ui.route) { ui.route = route; ui.logTask = null; ui.logText = ""; ui.open.clear(); }
+    if (route !== ui.route) { ui.route = route; ui.logTask = null; ui.logText = ""; ui.last = ""; ui.open.clear(); }
     let again = true;
     try {
       if (route.startsWith("job/")) {
         const id = decodeURIComponent(route.slice(4));
         const s = await api("jobs/" + encodeURIComponent(id));
-        renderJob(s);
+        const key = JSON.stringify({ ...s, now: 0, elapsed: s.ended_at ? s.elapsed : 0 });
+        if (key !== ui.last || !document.getElementById("progress-text")) {
+          // re-render only what changed, keeping where the user scrolled the task table
+          ui.last = key;
+          const box = app.querySelector(".scroll"), top = box ? box.scrollTop : 0;
+          renderJob(s);
+          const again = app.querySelector(".scroll");
+          if (again) again.scrollTop = top;
+        }
         if (ui.logTask != null) await refreshLog(id);
         again = !s.ended_at || ui.logTask != null;
         setLive(true, s.ended_at ? `${s.state} · snapshot ${when(s.now)}` : `live · updated ${when(s.now)}`);
