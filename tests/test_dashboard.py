@@ -134,6 +134,15 @@ def test_live_job_page_updates_without_reload(running, browser):
     assert "svm grid" in row.inner_text()
     assert job.id in row.inner_text()
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-jobs.png"))
+    page.goto(server.url + "#/job/19990101-000000-000000")
+    page.wait_for_selector("text=Not found")
+    assert "is not on backend" in page.locator("main").inner_text()
+    page.goto(server.url)
+    row = page.locator("#jobs tr.job-row").first
+    row.wait_for()
+
     # one job, while it runs: six tasks settled, workers held at the gate
     row.click()
     page.wait_for_selector("#progress-text")
@@ -153,7 +162,6 @@ def test_live_job_page_updates_without_reload(running, browser):
         timeout=30_000,
     )
     assert "task 6 done" not in page.locator("#log-text").inner_text()
-    ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
 
     Path(running["gate"]).touch()

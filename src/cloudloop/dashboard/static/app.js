@@ -46,7 +46,7 @@
     if (!r.ok) {
       let msg = `${r.status}`;
       try { msg = (await r.json()).error || msg; } catch (e) { /* not json */ }
-      throw new Error(msg);
+      throw Object.assign(new Error(msg), { status: r.status });
     }
     return r.json();
   }
@@ -325,7 +325,12 @@
         setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
       }
     } catch (e) {
-      setLive(false, `cannot reach the dashboard server: ${e.message}`);
+      if (e.status === 404) {
+        app.innerHTML = `<a class="crumb" href="#/">← All jobs</a><div class="card"><h2>Not found</h2><p>${esc(e.message)}</p></div>`;
+        setLive(true, "live");
+      } else {
+        setLive(false, `cannot reach the dashboard server: ${e.message}`);
+      }
     }
     // a finished job does not change: stop polling it (the jobs list keeps polling)
     ui.timer = setTimeout(tick, again ? POLL_MS : POLL_MS * 5);
