@@ -152,6 +152,15 @@ def _hosts_of(url: str, job_id: str) -> dict[int, list[str]]:
     return seen
 
 
+def _busy_on(url: str, host: str) -> bool:
+    with open_backend(url) as b:
+        for key in b.store.list("workers/"):
+            rec = json.loads(b.store.get_or_none(key) or b"{}")
+            if rec.get("host") == host and rec.get("task") is not None:
+                return True
+    return False
+
+
 def _ready_workers(url: str, n: int) -> None:
     with open_backend(url) as b:
         wait_for(lambda: len(b.store.list("workers/")) >= n, timeout=60, what=f"{n} workers")
@@ -211,7 +220,8 @@ def test_a_host_dies_mid_job_every_result_exactly_once(rig, tmp_path, capsys):
         with cl.Executor(profile="kill") as ex:
             job = ex.map_job(_task, range(300), chunksize=5)
             wait_for(lambda: job.status().done >= 30, timeout=60, what="some progress")
-            rig.hosts["n2"].kill_all()  # its workers and its sshd, mid-job
+            wait_for(lambda: _busy_on(url, "n2"), timeout=30, what="a task running on n2")
+            rig.hosts["n2"].kill_all()  # its workers and its sshd, mid-task
             assert job.status().done < 300, "the job finished before the host died"
             assert job.results(timeout=120) == [i * i for i in range(300)]
             assert sorted(job.outcomes()) == list(range(300))
