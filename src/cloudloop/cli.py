@@ -318,6 +318,13 @@ def cmd_dashboard(args) -> int:
             file=sys.stderr,
         )
     print(f"cloudloop dashboard for {backend.url}:\n  {server.url}", flush=True)
+    if args.host in ("0.0.0.0", "::", ""):
+        import socket
+
+        port = server.server_address[1]
+        print(
+            f"  from elsewhere: http://{socket.getfqdn()}:{port}/?token={server.token}", flush=True
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
