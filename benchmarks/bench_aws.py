@@ -4,7 +4,7 @@
 
 Starts ``moto_server`` on loopback (fake credentials), runs each workload with
 an ``Executor(backend="aws://...", workers=2)`` (local worker subprocesses,
-default lease 30 s and heartbeat 5 s), and counts every AWS API request made by
+default lease 30 s and the aws backend's defaults: heartbeat 30 s, result flush 15 s, checks 10 s), and counts every AWS API request made by
 the client and by the workers, by operation, with botocore events:
 
 * workers: a ``sitecustomize.py`` in a temporary directory on ``PYTHONPATH``
@@ -361,12 +361,12 @@ def op_table(counts: Counts, n: int) -> list[str]:
 
 _TIME_DRIVEN = {
     "ChangeMessageVisibilityBatch": "lease extension (every lease/3 = 10 s per held message)",
-    "PutObject workers": "worker heartbeat record (every 5 s)",
-    "HeadObject cancelled": "cancellation checks (worker every 2 s while busy; client each poll)",
-    "GetQueueAttributes": "queue stats (chunk split check, once per batch after 2 s in a chunk)",
+    "PutObject workers": "worker heartbeat record (every 30 s on aws)",
+    "HeadObject cancelled": "cancellation checks (worker every 10 s while busy; client each poll)",
+    "GetQueueAttributes": "queue stats (chunk split check, at most every 10 s per chunk on aws)",
     "ListObjectsV2 results": "client progress polls (every 1-5 s)",
-    "ListObjectsV2 workers": "client live-worker listing (every 2 s)",
-    "GetObject workers": "client reads each worker record (every 2 s)",
+    "ListObjectsV2 workers": "client live-worker listing (every 15 s on aws)",
+    "GetObject workers": "client reads each worker record (every 15 s on aws)",
 }
 
 
@@ -496,7 +496,7 @@ def main() -> None:
         "",
         f"Produced by `{argv}` (`make bench-aws`) on {time.strftime('%Y-%m-%d')}, "
         f"CPython {platform.python_version()}, {os.cpu_count()} cores, against moto_server "
-        f"on loopback; {WORKERS} local workers, default lease 30 s and heartbeat 5 s. Every "
+        f"on loopback; {WORKERS} local workers, default lease 30 s; heartbeat 30 s, result flush 15 s, checks 10 s (the aws backend's defaults). Every "
         "request of the client and of the workers is counted (botocore `before-send` "
         "events, retries included), from `Executor(...)` to the end of its shutdown, so "
         "worker start-up and idle long polls are in. A billed SQS request is each 64 KiB "

@@ -6,6 +6,8 @@ import os
 import signal
 import time
 
+import cloudloop as cl
+
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
@@ -34,3 +36,18 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def long_training(steps, delay):
+    """A task that checkpoints every step and hands its work back on a spot notice."""
+    state = cl.restore({"step": 0, "resumed_at": None, "runs": 0})
+    if state["step"]:
+        state["resumed_at"] = state["step"]
+    state["runs"] += 1
+    while state["step"] < steps:
+        time.sleep(delay)
+        state["step"] += 1
+        cl.checkpoint(state)
+        if cl.preempted():
+            raise cl.Preempted()  # state is saved: let another machine carry on now
+    return state

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import netns
 import pytest
-from helpers import wait_for
+from helpers import long_training, wait_for
 
 import cloudloop as cl
 from cloudloop import codec, keys
@@ -33,17 +33,7 @@ def work(i, runs_dir):
     if i not in LONG:
         time.sleep(0.05)
         return {"i": i, "square": i * i}
-    state = cl.restore({"step": 0, "resumed_at": None, "runs": 0})
-    if state["step"]:
-        state["resumed_at"] = state["step"]
-    state["runs"] += 1
-    while state["step"] < STEPS:
-        time.sleep(STEP_S)
-        state["step"] += 1
-        cl.checkpoint(state)
-        if cl.preempted():
-            raise cl.Preempted()
-    return {"i": i, "square": i * i, **state}
+    return {"i": i, "square": i * i, **long_training(STEPS, STEP_S)}
 
 
 PROFILE = """

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import wait_for
+from helpers import long_training, wait_for
 from imds import MetadataServer
 
 import cloudloop as cl
@@ -20,20 +20,6 @@ def imds():
     server = MetadataServer()
     yield server
     server.close()
-
-
-def long_training(steps, delay):
-    state = cl.restore({"step": 0, "resumed_at": None, "runs": 0})
-    if state["step"]:
-        state["resumed_at"] = state["step"]
-    state["runs"] += 1
-    while state["step"] < steps:
-        time.sleep(delay)
-        state["step"] += 1
-        cl.checkpoint(state)
-        if cl.preempted():
-            raise cl.Preempted()  # state is saved: let another machine carry on now
-    return state
 
 
 def test_imds_client_uses_v2_tokens(imds):
