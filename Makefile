@@ -46,3 +46,16 @@ bench-aws: $(VENV)/.bench
 
 clean:
 	rm -rf $(VENV) .cloudloop .pytest_cache .ruff_cache
+
+# the other examples, each on the embedded default (see examples/*.py)
+.PHONY: demo-loo demo-forest demo-text demo-montecarlo demo-r
+demo-loo: $(VENV)/.demo
+	$(PY) examples/loo_random_forest.py
+demo-forest: $(VENV)/.demo
+	$(PY) examples/parallel_forest.py
+demo-text: $(VENV)/.demo
+	$(PY) examples/text_sample.py
+demo-montecarlo: $(VENV)/.demo
+	$(PY) examples/monte_carlo.py
+demo-r: $(VENV)/.demo
+	$(PY) examples/r_command.py
