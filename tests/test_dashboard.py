@@ -175,6 +175,7 @@ def test_live_job_page_updates_without_reload(running, browser):
     page.wait_for_function(
         "document.querySelector('#log-text').textContent.includes('task 6 done')", timeout=30_000
     )
+    assert page.locator("#log-text").inner_text().count("task 6 starting") == 1
     assert page.evaluate("window.__same_page") == 1
     assert page.locator("#workers tr.worker-row .done-here").count() >= 2
 

@@ -157,7 +157,7 @@ class JobView:
             "done": st.done,
             "failed": st.failed,
             "running": len(running),
-            "pending": st.pending,
+            "pending": None if st.total is None else max(0, st.total - st.done - len(running)),
             "workers_live": len({w["id"] for w in running.values()}),
             "created": st.created,
             "elapsed": st.elapsed,
