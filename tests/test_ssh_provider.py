@@ -34,7 +34,8 @@ import cloudloop as cl
 from cloudloop import cli, codec, keys
 from cloudloop.backends import open_backend
 from cloudloop.errors import ConfigError
-from cloudloop.providers.ssh import SshSettings, parse_hosts
+from cloudloop.model import WorkerOptions
+from cloudloop.providers.ssh import SshCluster, SshSettings, _shares, _why, parse_hosts
 
 PORT = 2222
 HOSTS = ("n1", "n2", "n3")
@@ -291,3 +292,32 @@ def test_a_backend_the_hosts_cannot_reach_is_one_line_per_host(rig, tmp_path, ca
             assert not rig.workers_on(name)
     finally:
         loopback.stop()
+
+
+def test_worker_shares_and_failure_reasons():
+    assert _shares([None, 8, 2], None) == [None, 8, 2]
+    assert _shares([1, 1, 1], 4) == [2, 1, 1]
+    assert _shares([None, 6, 2], 9) == [1, 6, 2]
+    assert sum(_shares([3, 1], 7)) == 7
+    refused = "root@n1: Permission denied (publickey).\n"
+    assert _why(refused, 255) == "auth refused: root@n1: Permission denied (publickey)."
+    down = "ssh: connect to host 10.0.0.9 port 22: No route to host\n"
+    assert _why(down, 255).startswith("unreachable: ssh: connect to host 10.0.0.9")
+    assert _why("", 3) == "exit status 3"
+
+
+def test_index_first_then_wheels_when_the_host_has_no_index(rig):
+    """A released cloudloop is tried from the host's index; the lab has none: wheels follow."""
+    settings = SshSettings.from_options(
+        {"hosts": ["n3*1"], "ssh_config": str(rig.ssh_config), "dir": ".cloudloop-idx",
+         "python": os.path.realpath(sys._base_executable), "connect_timeout": 3}
+    )  # fmt: skip
+    cluster = SshCluster(settings, rig.redis.url(prefix="idx"), WorkerOptions(lease=3), "idx")
+    cluster.released = True  # as if this cloudloop had been installed from an index
+    (report,) = cluster.up()
+    assert not report.error, report
+    assert (
+        str(report)
+        == f"n3: 1 worker(s) started (cloudloop {cl.__version__} installed from wheels copied over)"
+    )
+    assert cluster.stop() == ["n3: stopped 1 worker(s)"]

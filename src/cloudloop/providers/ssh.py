@@ -314,6 +314,16 @@ mkdir -p "$D/venvs"
 rm -rf {venv}
 {shlex.quote(self.s.python)} -m venv {venv} 2>&1 || {{ echo "venv_failed"; exit 3; }}
 """
+        here = f'"$D/wheels/{self.digest}"'
+        # after a failed index attempt the venv is there already: keep it
+        unpack = f"""set -e
+D={d}
+mkdir -p {here}
+tar -xzf - -C {here}
+if [ ! -x {venv}/bin/python ]; then
+  {shlex.quote(self.s.python)} -m venv {venv} 2>&1 || {{ echo "venv_failed"; exit 3; }}
+fi
+"""
         done = f'touch {venv}/.complete; echo "installed"\n'
         if self.released and self.s.index:
             r = self.hosts.ssh(alias, head + f"{pip} --timeout 15 --retries 1 {pkgs} 2>&1\n" + done)
@@ -328,11 +338,8 @@ rm -rf {venv}
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for whl in wheelhouse.wheels(wheels):
                 tar.add(whl, arcname=whl.name)
-        here = f'"$D/wheels/{self.digest}"'
-        self.hosts.run(alias, f"D={d}\nmkdir -p {here}\ntar -xzf - -C {here}\n", buf.getvalue())
-        r = self.hosts.ssh(
-            alias, head + f"{pip} --no-index --find-links {here} {pkgs} 2>&1\n" + done
-        )
+        script = unpack + f"{pip} --no-index --find-links {here} {pkgs} 2>&1\n" + done
+        r = self.hosts.ssh(alias, script, buf.getvalue())
         if r.returncode == 255:
             raise HostFailed(_why(r.stderr, 255))
         if r.returncode:
