@@ -134,3 +134,19 @@ def test_report_command_default_name(url, finished_job, tmp_path):
     html = (tmp_path / f"{finished_job.id}.html").read_text()
     assert "window.CLOUDLOOP_SNAPSHOT" in html and "KeyError" in html
     assert not re.search(r"(src|href)=\"(?!data:|#)", html)
+
+
+def test_jobs_list_shows_the_newest_jobs_only(url, finished_job):
+    backend = open_backend(url)
+    for day in range(1, 6):  # older jobs whose data is gone: listed as unreadable
+        backend.store.put(f"index/2020010{day}-000000-00000{day}", b"{}")
+    view = DashboardView(backend)
+    rows = view.jobs(limit=3)
+    assert view.job_count == 6
+    assert [r["id"] for r in rows] == [finished_job.id, "20200105-000000-000005",
+                                       "20200104-000000-000004"]  # fmt: skip
+    assert rows[0]["state"] == "failed" and rows[1]["state"] == "unreadable"
+    assert "not on backend" in rows[1]["error"]
+    store = backend.store = CountingStore(backend.store)
+    assert [r["state"] for r in view.jobs(limit=3)] == ["failed", "unreadable", "unreadable"]
+    assert sum(store.calls.values()) == 0  # neither the finished job nor the broken ones re-read

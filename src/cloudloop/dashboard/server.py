@@ -112,7 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         view = self.server.view
         with view.lock:
             if parts == ["jobs"]:
-                self._json({"backend": view.backend.url, "jobs": view.jobs()})
+                rows = view.jobs()
+                self._json({"backend": view.backend.url, "jobs": rows, "count": view.job_count})
             elif len(parts) == 2 and parts[0] == "jobs":
                 jv = view.job(parts[1])
                 jv.refresh(view.job_every)

@@ -330,6 +330,7 @@ class DashboardView:
         self._job_ids: list[str] = []
         self._workers: list[dict[str, Any]] = []
         self._ledger: dict[str, dict[str, Any]] = {}
+        self._broken: dict[str, tuple[float, str]] = {}  # job id -> (when tried, why)
         self._every = _Every()
 
     def workers(self) -> list[dict[str, Any]]:
@@ -357,21 +358,33 @@ class DashboardView:
             self._jobs[job_id] = jv
         return self._jobs[job_id]
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """One row per job, newest first; unfinished jobs re-read at a bounded rate."""
+    @property
+    def job_count(self) -> int:
+        """How many jobs the backend's index held at the last listing."""
+        return len(self._job_ids)
+
+    def jobs(self, limit: int = 200) -> list[dict[str, Any]]:
+        """One row per job for the newest ``limit`` jobs, newest first; unfinished jobs
+        re-read at a bounded rate."""
         if self._every("index", self.list_every):
             self._job_ids = [k.rsplit("/", 1)[1] for k in self.backend.store.list("index/")]
         unfinished = sum(1 for j in self._jobs.values() if not j.finished)
         # the more jobs run at once, the less often each is re-listed (S3 LIST costs money)
         interval = max(self.list_every / 2, 0.25 * unfinished)
         rows = []
-        for job_id in reversed(self._job_ids):
+        for job_id in reversed(self._job_ids[-limit:]):
+            broken = self._broken.get(job_id)
+            if broken is not None and time.monotonic() - broken[0] < self.cost_every:
+                rows.append({"id": job_id, "name": "", "state": "unreadable", "error": broken[1]})
+                continue
             try:
                 jv = self.job(job_id)
                 st = jv.refresh(interval)
-            except CloudloopError as e:
+            except CloudloopError as e:  # tried again only after a while
+                self._broken[job_id] = (time.monotonic(), str(e))
                 rows.append({"id": job_id, "name": "", "state": "unreadable", "error": str(e)})
                 continue
+            self._broken.pop(job_id, None)
             rows.append({
                 "id": st.id, "name": st.name, "state": st.state.value, "total": st.total,
                 "done": st.done, "failed": st.failed, "running": st.running,

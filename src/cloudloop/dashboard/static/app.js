@@ -150,7 +150,7 @@
         `<td>${when(j.created)}</td><td class="num">${dur(j.elapsed)}</td>` +
         `<td class="num">${j.eta == null ? "–" : dur(j.eta)}</td><td class="num">${money(j.cost)}</td></tr>`;
     }).join("");
-    app.innerHTML = `<div class="card"><div class="row-head"><h2>Jobs</h2><span class="muted">${data.jobs.length} on this backend</span></div>` +
+    app.innerHTML = `<div class="card"><div class="row-head"><h2>Jobs</h2><span class="muted">${data.count > data.jobs.length ? `the latest ${data.jobs.length} of ${data.count}` : data.jobs.length} on this backend</span></div>` +
       (data.jobs.length
         ? `<table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Progress</th><th class="num">Failed</th><th>Started</th>` +
           `<th class="num">Duration</th><th class="num">ETA</th><th class="num">Cost</th></tr></thead><tbody>${rows}</tbody></table>`
