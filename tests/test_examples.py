@@ -104,3 +104,18 @@ def test_r_command_task_writes_per_task_files(tmp_path):
     assert abs(rows[("2000", "0.5")] - 3) < 0.02
     assert (tmp_path / "r-outputs" / "3" / "fit.pdf").is_file()
     assert "n=2000 noise=4 slope=" in out
+
+
+def test_docs_name_only_tests_and_files_that_exist():
+    root = EXAMPLES.parent
+    tests = {p.name: p.read_text() for p in (root / "tests").glob("test_*.py")}
+    for page in (root / "docs").rglob("*.md"):
+        text = page.read_text()
+        for name in re.findall(r"\b(test_\w+\.py)\b", text):
+            assert name in tests, f"{page.name} names {name}, which does not exist"
+        for fn in re.findall(r"::(test_\w+\*?)", text):
+            pattern = re.compile(r"^def " + fn.replace("*", r"\w*") + r"\(", re.M)
+            assert any(pattern.search(src) for src in tests.values()), f"{page.name}: {fn}"
+        for link in re.findall(r"\]\(([^)#]+)\)", text):
+            if not link.startswith("http"):
+                assert (page.parent / link).exists(), f"{page.name} links to missing {link}"
