@@ -30,9 +30,11 @@ connect out to the backend; nothing listens on the hosts but their own sshd.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
 import io
 import json
+import math
 import platform
 import re
 import secrets
@@ -196,8 +198,13 @@ class SshHosts:
         cmd = ["ssh"]
         if self.s.ssh_config:
             cmd += ["-F", self.s.ssh_config]
-        cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(self.s.connect_timeout)}",
-                "-o", "ServerAliveInterval=15", "-T", alias, "sh -c " + shlex.quote(script)]  # fmt: skip
+        # the script travels base64-encoded in one quoted word: whatever the login shell
+        # (bash, zsh, csh, fish), it reaches sh unchanged, and stdin stays free for data
+        b64 = base64.b64encode(script.encode()).decode()
+        remote = f"""sh -c 'eval "$(echo {b64} | base64 -d)"'"""
+        timeout_s = max(1, math.ceil(self.s.connect_timeout))
+        cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}",
+                "-o", "ServerAliveInterval=15", "-T", alias, remote]  # fmt: skip
         try:
             r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -225,6 +232,10 @@ class SshHosts:
                     out[futs[fut]] = fut.result()
                 except HostFailed as e:
                     out[futs[fut]] = e
+                except ConfigError:
+                    raise  # the same for every host (e.g. the wheels cannot be built)
+                except Exception as e:  # one host's surprise must not stop the others
+                    out[futs[fut]] = HostFailed(f"{type(e).__name__}: {e}")
         return out
 
 
