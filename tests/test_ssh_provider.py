@@ -259,11 +259,15 @@ def test_failed_hosts_get_one_line_each_and_the_job_runs_on_the_rest(rig, tmp_pa
     assert code == 1 and any(line.startswith("dead: FAILED") for line in lines)
 
 
-def test_no_python_on_a_host_is_reported(rig, tmp_path, capsys):
+def test_no_python_or_an_install_error_is_reported(rig, tmp_path, capsys):
     rig.profile(tmp_path, "nopy", ["n2"], python="/nonexistent/python3")
     code, lines = _cli(capsys, "up", "--profile", "nopy")
     assert code == 1
     assert lines[0].startswith("n2: FAILED: no Python") and "python = a path" in lines[0]
+    rig.profile(tmp_path, "noinst", ["n2"], dir="/proc/cloudloop")  # nothing can be written there
+    code, lines = _cli(capsys, "up", "--profile", "noinst")
+    assert code == 1
+    assert lines[0].startswith("n2: FAILED: could not install cloudloop: ") and "mkdir" in lines[0]
 
 
 def test_executor_starts_workers_through_the_provider_and_stops_them(rig, tmp_path, capsys):
