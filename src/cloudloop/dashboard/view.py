@@ -80,6 +80,8 @@ class JobView:
             int, list[tuple[int, int, str]]
         ] = {}  # index -> [(attempt, part, text)]
         self._logs_final = False
+        self._snap: tuple[tuple, dict[str, Any]] | None = None
+        self._reads = 0  # status re-reads, so a snapshot knows when it is stale
         self._every = _Every()
 
     @property
@@ -93,6 +95,7 @@ class JobView:
         if not self._every("status", interval) and self.status is not None:
             return self.status
         self.status = self.job.status()
+        self._reads += 1
         for key in list(self.job._parts.parts):
             if key in self._read_parts:
                 continue
@@ -134,8 +137,21 @@ class JobView:
     # ------------------------------------------------------------ snapshot
 
     def snapshot(self, all_tasks: bool = False) -> dict[str, Any]:
-        """The job as plain data for the page (every task when ``all_tasks``)."""
+        """The job as plain data for the page (every task when ``all_tasks``).
+
+        Recomputed only after the status or the workers were re-read: for
+        a big job that costs a fraction of a second.
+        """
         st = self.status or self.refresh(0)
+        self.view.workers()
+        key = (self._reads, self.view.worker_reads, all_tasks)
+        if self._snap is not None and self._snap[0] == key:
+            return {**self._snap[1], "now": time.time()}
+        snap = self._compute(st, all_tasks)
+        self._snap = (key, snap)
+        return snap
+
+    def _compute(self, st: JobStatus, all_tasks: bool) -> dict[str, Any]:
         m = self.job.manifest
         now = time.time()
         end = st.created + st.elapsed if st.state.finished else now
@@ -331,6 +347,7 @@ class DashboardView:
         self._workers: list[dict[str, Any]] = []
         self._ledger: dict[str, dict[str, Any]] = {}
         self._broken: dict[str, tuple[float, str]] = {}  # job id -> (when tried, why)
+        self.worker_reads = 0
         self._every = _Every()
 
     def workers(self) -> list[dict[str, Any]]:
@@ -348,6 +365,7 @@ class DashboardView:
                     rec["live"] = time.time() - rec.get("last_seen", 0) < fresh
                     out.append(rec)
             self._workers = out
+            self.worker_reads += 1
         return self._workers
 
     def job(self, job_id: str) -> JobView:
