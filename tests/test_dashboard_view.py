@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -150,3 +151,27 @@ def test_jobs_list_shows_the_newest_jobs_only(url, finished_job):
     store = backend.store = CountingStore(backend.store)
     assert [r["state"] for r in view.jobs(limit=3)] == ["failed", "unreadable", "unreadable"]
     assert sum(store.calls.values()) == 0  # neither the finished job nor the broken ones re-read
+
+
+def test_worker_rows_carry_machine_and_task_progress(url, make_executor):
+    ex = make_executor(workers=0)  # nobody serves the queue: the job stays unfinished
+    job = ex.map_job(_square, range(3), name="waiting")
+    record = {"id": "ip-10-0-0-7-311-ab12", "host": "ip-10-0-0-7", "provider": "ec2",
+              "instance_type": "c7a.large", "market": "spot", "state": "busy",
+              "job": job.id, "task": 1, "progress": 0.4, "message": "epoch 4",
+              "tasks_done": 12, "last_seen": time.time(), "rss": 123_000_000, "load": 1.5}  # fmt: skip
+    ex.backend.store.put("workers/ip-10-0-0-7-311-ab12", codec.encode_json(record))
+    snap = DashboardView(ex.backend).job(job.id).snapshot()
+    assert (snap["state"], snap["running"], snap["pending"]) == ("running", 1, 2)
+    (row,) = snap["workers"]
+    assert row["live"] and (row["task"], row["progress"], row["message"]) == (1, 0.4, "epoch 4")
+    assert (row["provider"], row["instance_type"], row["market"]) == ("ec2", "c7a.large", "spot")
+    assert (row["rss"], row["load"]) == (123_000_000, 1.5)
+    (task,) = [t for t in snap["tasks"] if t["state"] == "running"]
+    assert (task["i"], task["worker"], task["message"]) == (1, record["id"], "epoch 4")
+
+    # a worker that ran nothing of this job and is now on another job is not one of its rows
+    record["job"], record["task"] = "some-other-job", 0
+    ex.backend.store.put("workers/ip-10-0-0-7-311-ab12", codec.encode_json(record))
+    snap = DashboardView(ex.backend).job(job.id).snapshot()
+    assert snap["workers"] == [] and snap["running"] == 0
