@@ -102,3 +102,46 @@ def test_wait_in_a_notebook_updates_one_html_card(make_executor, monkeypatch, ca
     card = job._repr_html_()
     assert card.startswith("<div") and "in a notebook" in card and job.id in card
     assert "width:100.00%" in card
+
+
+def test_a_real_jupyter_kernel_shows_html_progress_and_a_job_card(url, tmp_path):
+    """``job.wait(progress=True)`` and ``job`` as the last expression, in a real IPython
+    kernel, as a notebook front end receives them (Jupyter's messaging protocol)."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        code = (
+            "import cloudloop as cl\n"
+            f"ex = cl.Executor(backend={url!r}, workers=1)\n"
+            "job = ex.map_job(abs, range(-5, 0), name='from a notebook')\n"
+            "job.wait(timeout=120, progress=True)\n"
+            "ex.shutdown()\n"
+            "job\n"
+        )
+        msg_id = kc.execute(code)
+        shown, updates, result, stderr = [], [], None, ""
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "display_data":
+                shown.append(content)
+            elif kind == "update_display_data":
+                updates.append(content["data"]["text/html"])
+            elif kind == "execute_result":
+                result = content["data"]
+            elif kind == "stream" and content["name"] == "stderr":
+                stderr += content["text"]
+            elif kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert len(shown) == 1 and shown[0]["transient"]["display_id"]  # one card, updated in place
+    assert "5/5 tasks" in updates[-1] and "completed" in updates[-1]
+    assert "\r" not in stderr and "[####" not in stderr  # no text bar as well
+    assert "from a notebook" in result["text/html"] and "completed" in result["text/html"]
