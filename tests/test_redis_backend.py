@@ -112,3 +112,16 @@ def test_redis_restarted_mid_job_loses_nothing(server, tmp_path):
             indices += [r[0] for r in rows]
         assert sorted(set(indices)) == list(range(n))
         assert b.queue.stats().total == 0
+
+
+def test_an_expired_lease_behind_many_live_ones_is_still_reclaimed(server):
+    """The reclaim scan resumes where it stopped, so a long pending list is covered."""
+    with open_backend(server.url()) as b:
+        q = b.queue
+        q.put([str(i).encode() for i in range(300)])
+        assert len(q.lease(299, lease_s=60)) == 299  # live leases ahead of it in the list
+        (last,) = q.lease(1, lease_s=0.5)
+        time.sleep(0.7)
+    with open_backend(server.url()) as b:  # a fresh client: its scan starts at the beginning
+        got = b.queue.lease(1, lease_s=30, wait_s=5)
+        assert [(x.id, x.attempt) for x in got] == [(last.id, 2)]

@@ -59,14 +59,17 @@ EXPIRY_MS = 30 * 86400 * 1000  # idle time at which every lease has expired
 _RELEASED = "released"  # consumer that holds released messages until someone leases them
 
 # Reclaim expired leases, then read new messages; give each the lease's idle time.
-# KEYS: stream. ARGV: group, consumer, max_n, idle (EXPIRY - lease), EXPIRY.
+# KEYS: stream. ARGV: group, consumer, max_n, idle (EXPIRY - lease), EXPIRY, cursor.
+# The reclaim scan resumes where this caller's last one stopped, so a pending
+# list of any length is covered over successive calls.
+# Returns {cursor, {id, body, delivery count}...}.
 _LEASE = """
 local s, g, c = KEYS[1], ARGV[1], ARGV[2]
 local n, idle, expiry = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 redis.pcall('XGROUP', 'CREATE', s, g, '0', 'MKSTREAM')
 local got = {}
-local cursor = '0-0'
-for _ = 1, 100 do
+local cursor = ARGV[6]
+for _ = 1, 20 do
   if #got >= n then break end
   local r = redis.call('XAUTOCLAIM', s, g, c, expiry, cursor, 'COUNT', n - #got)
   for _, e in ipairs(r[2]) do
@@ -91,7 +94,7 @@ for _, e in ipairs(got) do
   end
   out[#out + 1] = {e[1], body, p[1][4]}
 end
-return out
+return {cursor, out}
 """
 
 # The caller still holds the lease: the PEL entry's consumer and delivery count
@@ -183,6 +186,7 @@ class RedisQueue(Queue):
         self._forget = client.register_script(_FORGET)
         self._pid = 0
         self._consumer = ""
+        self._cursor = "0-0"  # where the next reclaim scan of the pending list starts
         try:
             client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
@@ -212,9 +216,12 @@ class RedisQueue(Queue):
     def _try_lease(self, max_n: int, lease_s: float) -> list[Lease]:
         idle = max(0, EXPIRY_MS - int(lease_s * 1000))
         consumer = self.consumer
-        rows = self._lease(
-            keys=[self.stream], args=[GROUP, consumer, max_n, idle, EXPIRY_MS], client=self.r
+        cursor, rows = self._lease(
+            keys=[self.stream],
+            args=[GROUP, consumer, max_n, idle, EXPIRY_MS, self._cursor],
+            client=self.r,
         )
+        self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         return [
             Lease(mid.decode(), f"{consumer}:{count}", bytes(body), int(count))
             for mid, body, count in rows
