@@ -41,18 +41,24 @@ STOP = {"would", "again", "not", "very", "quite", "really"}
 
 
 def generate(path: Path, lines: int, seed: int = 0) -> None:
-    """Write ``lines`` synthetic reviews as JSON lines (reproducibly)."""
+    """Write ``lines`` synthetic reviews as JSON lines (reproducibly).
+
+    A review is mostly about one topic, often touches a second one, and uses
+    common words too, so topics overlap the way real reviews do.
+    """
     rng = random.Random(seed)
     topics = {k: v.split() for k, v in TOPICS.items()}
-    common = COMMON.split()
+    names, common = list(topics), COMMON.split()
     with open(path, "w") as f:
         for i in range(lines):
-            topic = rng.choice(list(topics))
-            words = [
-                rng.choice(topics[topic]) if rng.random() < 0.6 else rng.choice(common)
-                for _ in range(rng.randint(6, 24))
-            ]
-            rec = {"id": i, "stars": rng.randint(1, 5), "topic": topic, "text": " ".join(words)}
+            first = rng.choice(names)
+            second = rng.choice(names) if rng.random() < 0.5 else first
+            words = []
+            for _ in range(rng.randint(6, 24)):
+                r = rng.random()
+                pool = topics[first] if r < 0.45 else topics[second] if r < 0.7 else common
+                words.append(rng.choice(pool))
+            rec = {"id": i, "stars": rng.randint(1, 5), "topic": first, "text": " ".join(words)}
             f.write(json.dumps(rec) + "\n")
 
 
@@ -98,13 +104,23 @@ def report(path: Path, rows, explained: float, stats: dict) -> None:
     """A self-contained HTML page: the word map as inline SVG and a table."""
     w, h, pad = 720, 520, 40
     xs, ys = [r[1] for r in rows], [r[2] for r in rows]
-    sx = lambda v: pad + (v - min(xs)) / ((max(xs) - min(xs)) or 1) * (w - 2 * pad)  # noqa: E731
+    sx = lambda v: pad + (v - min(xs)) / ((max(xs) - min(xs)) or 1) * (w - pad - 120)  # noqa: E731
     sy = lambda v: h - pad - (v - min(ys)) / ((max(ys) - min(ys)) or 1) * (h - 2 * pad)  # noqa: E731
-    dots = "\n".join(
-        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"/>'
-        f'<text x="{sx(x) + 5:.1f}" y="{sy(y) - 4:.1f}">{html.escape(word)}</text>'
-        for word, x, y, _ in rows
-    )
+    placed: list[tuple[float, float]] = []  # label anchors, nudged down so none overlap
+    dots = []
+    for word, x, y, _ in sorted(rows, key=lambda r: -r[2]):
+        px, py = sx(x), sy(y)
+        ly = py - 4
+        while any(abs(ly - qy) < 12 and abs(px - qx) < 70 for qx, qy in placed):
+            ly += 12
+        placed.append((px, ly))
+        dots.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3"/>'
+            f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{px + 5:.1f}" y2="{ly - 3:.1f}"/>'
+            f'<text x="{px + 6:.1f}" y="{ly:.1f}">{html.escape(word)}</text>'
+        )
+    dots = "\n".join(dots)
+    h = max(h, int(max(qy for _, qy in placed)) + 20)  # room for labels pushed down
     table = "\n".join(
         f"<tr><td>{html.escape(word)}</td><td>{n}</td><td>{x:+.3f}</td><td>{y:+.3f}</td></tr>"
         for word, x, y, n in rows
@@ -112,7 +128,7 @@ def report(path: Path, rows, explained: float, stats: dict) -> None:
     path.write_text(
         f"""<!doctype html><meta charset="utf-8"><title>Review sample: word map</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em}} svg text{{font-size:11px}}
-circle{{fill:#2a6fb0}} td{{padding:0 1em}}</style>
+circle{{fill:#2a6fb0}} line{{stroke:#bbb}} td{{padding:0 1em}}</style>
 <h1>Word map of a {stats["rate"]:.0%} sample of {stats["lines"]:,} reviews</h1>
 <p>{stats["kept"]:,} reviews sampled in {stats["tasks"]} chunk tasks (job <code>{stats["job"]}</code>,
 seed {stats["seed"]}). Word vectors: SVD of the tf-idf matrix; axes: their first two
