@@ -88,6 +88,23 @@ def test_grid_search_and_cross_val_score_match_n_jobs_1(url):
     assert done >= 2
 
 
+def _column_sum(X, j):
+    from cloudloop.joblib_backend import _loaded
+
+    return float(X[:, j].sum()), any(v is X for v in _loaded.values())
+
+
+def test_a_large_argument_is_stored_once_and_loaded_once_per_worker(url):
+    X = np.arange(300_000, dtype=float).reshape(-1, 10)  # 2.4 MB, in every batch
+    with joblib.parallel_config(backend="cloudloop", url=url, workers=2, lease=3):
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(_column_sum)(X, j) for j in range(10))
+    assert [o[0] for o in out] == [float(X[:, j].sum()) for j in range(10)]
+    assert all(o[1] for o in out), "X came from the worker's cache of shared arguments"
+    (job_id,) = _jobs_named(url, "joblib")
+    store = open_backend(url).store
+    assert len(store.list(f"jobs/{job_id}/shared/")) == 1
+
+
 def test_effective_n_jobs_follows_workers():
     from cloudloop.joblib_backend import CloudloopBackend
 

@@ -198,12 +198,19 @@ class Executor(cf.Executor):
     # ---------------------------------------------------------------- stdlib API
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        return self._open_session().submit(fn, args, kwargs)
+
+    def session_job(self) -> Job:
+        """The durable job that ``submit`` calls share (made on first use)."""
+        return self._open_session().job
+
+    def _open_session(self) -> _Session:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._session is None:
                 self._session = _Session(self.backend, self._job_options, self.workers)
-        return self._session.submit(fn, args, kwargs)
+            return self._session
 
     def map(
         self,

@@ -17,10 +17,17 @@ cloudloop executor whose ``submit`` calls share one durable session job
 Batches are sized by joblib's auto-batching, tuned for a queue's latency
 (a batch should take at least half a second). A task's own nested
 ``Parallel`` calls run sequentially: each worker is already one core's worth.
+
+Large arguments (arrays, frames of 1 MB or more: the ``X`` and ``y`` that
+every batch of a grid search carries) are stored once per job under
+``jobs/<job>/shared/<digest>`` and travel as a small reference; each worker
+process loads one once and keeps it for the batches that follow, like
+Dask's ``scatter``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from concurrent.futures import Future
@@ -32,13 +39,74 @@ from joblib._parallel_backends import (
     SequentialBackend,
 )
 
+from . import codec, context, keys
 from .config import load_profile
 from .errors import ConfigError
 from .executor import Executor
 
+SHARE_BYTES = 1 << 20  # arguments at least this large are stored once, not sent per batch
+_loaded: dict[str, Any] = {}  # worker side: shared arguments already loaded, by key
+
+
+class _Shared:
+    """Stands for a large argument stored once in the job (see the module docstring)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def load(self) -> Any:
+        value = _loaded.get(self.key)
+        if value is None:
+            ctx = context.current()
+            if ctx is None:
+                raise RuntimeError("a shared joblib argument can only be loaded inside a task")
+            blob = ctx.store.get(self.key)
+            value = codec.loads(codec.verify(ctx.key, blob, f"shared argument {self.key}"))
+            if len(_loaded) >= 8:  # a long-lived worker serves many jobs
+                del _loaded[next(iter(_loaded))]
+            _loaded[self.key] = value
+        return value
+
+
+def _size(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays, pandas Series
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)  # pandas DataFrame
+    if callable(usage) and type(value).__name__ == "DataFrame":
+        try:
+            return int(usage(index=True).sum())
+        except Exception:
+            return 0
+    return 0
+
+
+def _map_items(batch: Any, fn: Any) -> Any:
+    """``batch`` (a joblib ``BatchedCalls``) with ``fn`` applied to every argument;
+    a copy when anything changed, else ``batch`` itself."""
+    items = getattr(batch, "items", None)
+    if not isinstance(items, list):
+        return batch
+    changed, new = False, []
+    for item in items:
+        func, args, kwargs = item
+        args2 = tuple(fn(a) for a in args)
+        kwargs2 = {k: fn(v) for k, v in kwargs.items()}
+        changed = changed or any(a is not b for a, b in zip(args, args2))
+        changed = changed or any(kwargs2[k] is not v for k, v in kwargs.items())
+        new.append((func, args2, kwargs2))
+    if not changed:
+        return batch
+    clone = copy.copy(batch)
+    clone.items = new
+    return clone
+
 
 def _run(batch: Any) -> Any:
     """Run one joblib batch (a ``BatchedCalls``) on a worker."""
+    batch = _map_items(batch, lambda a: a.load() if isinstance(a, _Shared) else a)
     return batch()
 
 
@@ -86,6 +154,7 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         self._executor: Executor | None = None
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
+        self._shared: dict[int, tuple[Any, _Shared]] = {}  # id(argument) -> (it, its reference)
 
     def __reduce__(self):  # a nested backend may be pickled; the executor never is
         return (CloudloopBackend, (self.profile, self.url, self.workers))
@@ -139,6 +208,7 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         ex, self._executor = self._executor, None
         with self._lock:
             self._futures.clear()
+            self._shared.clear()
         if ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
 
@@ -151,13 +221,27 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         if self._executor is None:
             raise RuntimeError("the cloudloop joblib backend was used before configure()")
         _ship_user_code(func)
-        fut = self._executor.submit(_run, func)
+        fut = self._executor.submit(_run, _map_items(func, self._share))
         with self._lock:
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
         if callback is not None:
             fut.add_done_callback(callback)
         return fut
+
+    def _share(self, value: Any) -> Any:
+        """A large argument becomes a reference to one stored copy (same object: same copy)."""
+        hit = self._shared.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        if _size(value) < SHARE_BYTES:
+            return value
+        ex = self._executor
+        blob = codec.dumps(value, "a large argument of a joblib call")
+        key = keys.shared(ex.session_job().id, codec.digest(blob))
+        ex.backend.store.put(key, codec.sign(ex.backend.key, blob), if_absent=True)
+        ref = self._shared[id(value)] = (value, _Shared(key))
+        return ref[1]
 
     def _forget(self, fut: Future) -> None:
         with self._lock:

@@ -14,6 +14,8 @@
     jobs/<job>/logs/<lo>-<hi>-<nonce>            JSON {index: [[attempt, part, text], ...]}
     jobs/<job>/checkpoints/<index>               signed pickle from cl.checkpoint()
     jobs/<job>/outputs/<index>/<name>            signed file the task wrote in its output dir
+    jobs/<job>/shared/<digest>                   signed pickle of a large argument many tasks
+                                                 share (joblib batches), stored once
     jobs/<job>/starts/<index>/<worker>-<nonce>   a re-delivered task was started (poison detection)
     workers/<worker>                             JSON heartbeat
     control/paused                               workers take no new work while it exists
@@ -120,6 +122,10 @@ def parse_output(key: str) -> tuple[int, str]:
     """(task index, file name) from an output key."""
     index, name = key.split("/outputs/", 1)[1].split("/", 1)
     return int(index), name
+
+
+def shared(job: str, digest: str) -> str:
+    return f"jobs/{job}/shared/{digest}"
 
 
 def starts_prefix(job: str, index: int) -> str:
