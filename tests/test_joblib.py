@@ -105,6 +105,14 @@ def test_a_large_argument_is_stored_once_and_loaded_once_per_worker(url):
     assert len(store.list(f"jobs/{job_id}/shared/")) == 1
 
 
+def test_any_backend_the_same_calls_on_sqs_and_s3(aws_url):
+    X = np.ones((100_000, 2))  # 1.6 MB: shared through S3
+    with joblib.parallel_config(backend="cloudloop", url=aws_url, workers=2, lease=5):
+        out = Parallel(n_jobs=-1)(delayed(_column_sum)(X, j % 2) for j in range(6))
+    assert [o[0] for o in out] == [100_000.0] * 6
+    assert all(o[1] for o in out)
+
+
 def test_effective_n_jobs_follows_workers():
     from cloudloop.joblib_backend import CloudloopBackend
 
