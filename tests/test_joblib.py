@@ -42,6 +42,10 @@ def test_import_cloudloop_does_not_import_joblib_but_registers_on_its_import():
         "assert 'cloudloop' in joblib.parallel.BACKENDS\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+    joblib_first = (
+        "import joblib.parallel, cloudloop\nassert 'cloudloop' in joblib.parallel.BACKENDS\n"
+    )
+    subprocess.run([sys.executable, "-c", joblib_first], check=True)
 
 
 def test_parallel_delayed_runs_in_cloudloop_workers(url):
