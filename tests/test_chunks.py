@@ -103,7 +103,7 @@ def test_chunks_as_map_and_command_tasks(tmp_path, make_executor):
     assert sum(int(r["stdout"]) for r in out) == data.count(b"\n")
 
 
-def test_s3_objects_listed_and_read_in_ranges(moto_endpoint):
+def test_s3_objects_listed_and_read_in_ranges(moto_endpoint, make_executor):
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
@@ -128,6 +128,10 @@ def test_s3_objects_listed_and_read_in_ranges(moto_endpoint):
         mine = [r for r in records if r["path"] == path]
         assert len(mine) > 1
         assert b"".join(read_chunk(r) for r in mine) == data
+    counted = make_executor(workers=1).map_job(_count, records).results()  # workers read S3
+    assert sum(n for n, _ in counted) == sum(
+        len(_lines(objects[p.split("/", 3)[3]])) for p in paths
+    )
     whole = cl.chunks(f"s3://{bucket}/flights/", size="1MB", endpoint=moto_endpoint)
     assert len(whole) == 3  # three objects with data under the prefix
     one = cl.chunks(f"s3://{bucket}/other/2009.csv", endpoint=moto_endpoint)
