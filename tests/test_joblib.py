@@ -128,3 +128,26 @@ def test_effective_n_jobs_follows_workers():
         b.effective_n_jobs(0)
     with pytest.raises(cl.ConfigError):
         CloudloopBackend(workers=-1)
+
+
+def test_n_jobs_minus_1_on_a_remote_profile_counts_live_workers(tmp_path, url):
+    from helpers import wait_for
+
+    from cloudloop.joblib_backend import CloudloopBackend
+
+    (tmp_path / "cloudloop.toml").write_text(
+        f'[profiles.lab]\nbackend = "{url}"\nprovider = "ssh"\nhosts = ["n1"]\n'
+    )
+    backend = CloudloopBackend(profile="lab")
+    assert backend.effective_n_jobs(-1) == (os.cpu_count() or 1)  # none yet: this machine's
+    cmd = [sys.executable, "-m", "cloudloop", "worker", "--backend", url, "--heartbeat", "0.5"]
+    n = 4 if os.cpu_count() == 3 else 3  # a count this machine's cores cannot fake
+    workers = [subprocess.Popen(cmd, stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        wait_for(lambda: backend.effective_n_jobs(-1) == n, timeout=30, what="live workers")
+        assert backend.effective_n_jobs(-2) == n - 1
+    finally:
+        for p in workers:
+            p.terminate()
+        for p in workers:
+            p.wait(10)

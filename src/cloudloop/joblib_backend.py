@@ -180,10 +180,11 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         prof = load_profile(self.profile)
         if prof.workers:
             return prof.workers
-        if prof.provider != "local":
+        if prof.provider != "local":  # workers `cloudloop up` started: their heartbeats
             from .backends import open_backend
+            from .job import Job
 
-            live = len(open_backend(self.url or prof.backend).store.list("workers/"))
+            live = len(Job(open_backend(self.url or prof.backend), "-").workers())
             if live:
                 return live
         return os.cpu_count() or 1
