@@ -27,7 +27,10 @@ def job_snapshot(backend: Backend, job_id: str) -> dict[str, Any]:
     jv = view.job(job_id)
     jv.refresh(0)
     snap = jv.snapshot(all_tasks=True)
-    snap["logs"] = {f["i"]: jv.log(f["i"], 0)[-_LOG_CHARS:] for f in snap["failures"][:_LOGS_KEPT]}
+    # one listing of the logs, then only the segments holding these tasks
+    snap["logs"] = {
+        f["i"]: jv.log(f["i"], 3600)[-_LOG_CHARS:] for f in snap["failures"][:_LOGS_KEPT]
+    }
     return snap
 
 

@@ -3,9 +3,10 @@
 ::
 
     browser ──poll /api/...──► DashboardView ──(at most every N s)──► Store.list / get
-                                  │ jobs:    index/ listed every `list_every` s; a job's status
-                                  │          refreshed every `job_every` s while it is watched
-                                  │          (and never again once it has finished)
+                                  │ jobs:    index/ listed every `list_every` s (newest 200 shown);
+                                  │          a job's status re-read every `job_every` s while its
+                                  │          page is open, else every list_every/2 s or slower the
+                                  │          more jobs run, and never again once it has finished
                                   │ results: each result part is read once, its values dropped
                                   │ logs:    logs/ listed every `job_every` s while a log is open;
                                   │          each log segment is read once
@@ -37,7 +38,7 @@ _RECENT_TASKS = 100  # task rows the live page shows (the report shows every tas
 _MAX_FAILURES = 100
 _GRID_CELLS = 2000
 _BUCKETS = 60
-_LOG_TAIL = 256 << 10  # characters of a task's log kept and sent
+_LOG_TAIL = 256 << 10  # characters of a task's log sent (its latest)
 
 
 class _Every:

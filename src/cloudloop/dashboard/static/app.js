@@ -42,7 +42,7 @@
   const pct = (a, b) => (b ? (100 * a) / b : 0);
 
   async function api(path) {
-    const r = await fetch("/api/" + path, { headers: { "X-Cloudloop-Token": TOKEN }, cache: "no-store" });
+    const r = await fetch("api/" + path, { headers: { "X-Cloudloop-Token": TOKEN }, cache: "no-store" });
     if (!r.ok) {
       let msg = `${r.status}`;
       try { msg = (await r.json()).error || msg; } catch (e) { /* not json */ }
