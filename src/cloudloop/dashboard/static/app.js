@@ -38,7 +38,7 @@
     return `${n.toFixed(1)} TB`;
   }
   const rate = (r) => (r >= 10 ? r.toFixed(0) : r >= 1 ? r.toFixed(1) : r.toFixed(2));
-  const money = (c) => (c == null ? "–" : c < 1 ? `$${c.toFixed(4)}` : `$${c.toFixed(2)}`);
+  const money = (c) => (c == null ? "–" : c < 0.0001 ? "< $0.0001" : c < 1 ? `$${c.toFixed(4)}` : `$${c.toFixed(2)}`);
   const pct = (a, b) => (b ? (100 * a) / b : 0);
 
   async function api(path) {
@@ -78,7 +78,7 @@
   function throughputChart(tp, W) {
     const H = 240, L = 44, R = 14, T = 16, B = 26;
     const rates = tp.rates || [];
-    if (!rates.length) return `<p class="empty">No task has finished yet.</p>`;
+    if (!rates.some((r) => r > 0)) return `<p class="empty">No task has finished yet.</p>`;
     // a light moving average: bucket edges make single buckets spiky
     const sm = rates.map((_, i) => {
       const w = rates.slice(Math.max(0, i - 1), i + 2);
