@@ -175,3 +175,14 @@ def test_worker_rows_carry_machine_and_task_progress(url, make_executor):
     ex.backend.store.put("workers/ip-10-0-0-7-311-ab12", codec.encode_json(record))
     snap = DashboardView(ex.backend).job(job.id).snapshot()
     assert snap["workers"] == [] and snap["running"] == 0
+
+
+def test_dashboard_on_a_busy_port_says_so(url, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli_main(["dashboard", "--backend", url, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

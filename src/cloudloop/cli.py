@@ -309,7 +309,13 @@ def cmd_dashboard(args) -> int:
     from .dashboard import DashboardServer
 
     backend = _backend(args)
-    server = DashboardServer(backend, host=args.host, port=args.port, job_every=args.interval)
+    try:
+        server = DashboardServer(backend, host=args.host, port=args.port, job_every=args.interval)
+    except OSError as e:
+        raise CloudloopError(
+            f"cannot listen on {args.host}:{args.port} ({e.strerror}); "
+            "choose another with --port (0: any free port)"
+        ) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: the dashboard listens on {args.host}, so anyone who can reach this "
