@@ -117,6 +117,31 @@ def test_any_backend_the_same_calls_on_sqs_and_s3(aws_url):
     assert all(o[1] for o in out)
 
 
+def test_nested_parallelism_inside_a_task_runs_sequentially(url):
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_iris(return_X_y=True)
+    forest = RandomForestClassifier(n_estimators=6, n_jobs=-1, random_state=0)  # nested Parallel
+    grid = {"max_depth": [2, 4]}
+    local = GridSearchCV(forest, grid, cv=2, n_jobs=1).fit(X, y)
+    with joblib.parallel_config(backend="cloudloop", url=url, workers=2, lease=3):
+        remote = GridSearchCV(forest, grid, cv=2, n_jobs=-1).fit(X, y)
+        nested = Parallel(n_jobs=-1)(delayed(_inner_backend)() for _ in range(2))
+    np.testing.assert_array_equal(
+        remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+    )
+    assert nested == [("SequentialBackend", 1)] * 2
+
+
+def _inner_backend():
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    return type(backend).__name__, joblib.effective_n_jobs(-1)
+
+
 def test_effective_n_jobs_follows_workers():
     from cloudloop.joblib_backend import CloudloopBackend
 
