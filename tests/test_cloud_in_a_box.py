@@ -75,12 +75,13 @@ def cli(*args, cwd, timeout=120):
 
 
 def _busy(job) -> dict[str, int]:
-    """Machine (instance id) -> the task its worker is running now."""
-    return {
-        w["host"]: w["task"]
-        for w in job.workers()
-        if w.get("job") == job.id and w.get("task") is not None and w.get("state") == "busy"
-    }
+    """Machine (instance id) -> the task its worker is running now (fresh records)."""
+    store, out = job.backend.store, {}
+    for key in store.list("workers/"):
+        w = json.loads(store.get_or_none(key) or b"{}")
+        if w.get("job") == job.id and w.get("task") is not None and w.get("state") == "busy":
+            out[w["host"]] = w["task"]
+    return out
 
 
 def _step(ex, job, i) -> int:
@@ -218,3 +219,16 @@ def test_up_follows_the_queue_and_scales_to_zero(box, tmp_path):
 def _square_slowly(i):
     time.sleep(0.1)
     return i * i
+
+
+def test_executor_workers_are_instances_that_end_with_it(box, tmp_path):
+    """`Executor(profile="aws", workers=2)`: instances for its lifetime, terminated after."""
+    home = tmp_path / "client"
+    home.mkdir()
+    (home / "cloudloop.toml").write_text(PROFILE.format(tag=os.getpid(), endpoint=box.endpoint))
+    os.chdir(home)
+    with cl.Executor(profile="aws", workers=2) as ex:
+        assert list(ex.map(_square_slowly, range(20))) == [i * i for i in range(20)]
+        assert len(box.history) == 2
+    wait_for(lambda: not box.running(), timeout=30, what="the instances to end")
+    assert _cluster_instances(home) == 0

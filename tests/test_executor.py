@@ -295,6 +295,32 @@ def test_user_modules_workers_cannot_import_are_shipped_by_value(
     assert all(isinstance(p, mylab_models.Point) for p in out)
 
 
+HELPER_MODULE = """
+def train(x):
+    return x * 7
+"""
+
+USES_HELPER = """
+from mylab_helpers import train
+import mylab_helpers as helpers_module
+
+def fit(x):
+    return train(x) + helpers_module.train(1)
+"""
+
+
+def test_modules_a_task_uses_indirectly_are_shipped_too(make_executor, tmp_path, monkeypatch):
+    pkg = tmp_path / "elsewhere2"
+    pkg.mkdir()
+    (pkg / "mylab_helpers.py").write_text(HELPER_MODULE)
+    (pkg / "mylab_fits.py").write_text(USES_HELPER)
+    monkeypatch.syspath_prepend(str(pkg))  # importable here, not on the workers' path
+    import mylab_fits
+
+    ex = make_executor()
+    assert list(ex.map(mylab_fits.fit, range(3))) == [7, 14, 21]
+
+
 def test_main_style_cached_function_is_shipped(make_executor):
     import functools
 

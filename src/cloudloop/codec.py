@@ -102,26 +102,64 @@ def _is_installed(path: str) -> bool:
     return any(path.startswith(r + "/") for r in roots if r) or "site-packages" in path
 
 
+def _local_module(name: str) -> types.ModuleType | None:
+    """The top-level module of ``name`` if it is the user's own code (not installed)."""
+    if not name or name == "__main__" or name.startswith("cloudloop"):
+        return None
+    module = sys.modules.get(name.split(".")[0])
+    path = getattr(module, "__file__", None)
+    if module is None or not path or _is_installed(path):
+        return None
+    return module
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
 def ship_user_modules(fn: Any) -> None:
     """Pickle the user's own modules by value so workers need not import them.
 
     A function from ``__main__`` is already pickled by value; one from a module
     in the user's project (not installed, not the standard library) would be
     pickled by reference and fail on a worker that lacks the file. Registering
-    its top-level package makes cloudpickle ship its code instead.
+    its top-level package makes cloudpickle ship its code instead. The same
+    goes for the project modules whose functions, classes or submodules the
+    function uses (``from helpers import train``), followed through their own
+    functions, so a worker on another machine needs none of the files.
     """
-    name = getattr(fn, "__module__", None) or ""
-    if not name or name == "__main__" or name.startswith("cloudloop"):
-        return
-    top = name.split(".")[0]
-    module = sys.modules.get(top)
-    path = getattr(module, "__file__", None)
-    if module is None or not path or _is_installed(path):
-        return
-    try:
-        cloudpickle.register_pickle_by_value(module)
-    except ValueError:
-        pass
+    seen: set[int] = set()
+    todo = [fn]
+    while todo and len(seen) < 10_000:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        module = _local_module(getattr(obj, "__module__", None) or "")
+        if isinstance(obj, types.ModuleType):
+            module = _local_module(obj.__name__)
+        if module is not None and module.__name__ not in _registered():
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:
+                pass
+        code = getattr(obj, "__code__", None)
+        if isinstance(code, types.CodeType) and (
+            module is not None or getattr(obj, "__module__", None) == "__main__"
+        ):
+            g = getattr(obj, "__globals__", {})
+            todo += [g[n] for n in _code_names(code) if n in g]
+            for cell in getattr(obj, "__closure__", None) or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+        elif isinstance(obj, type) and module is not None:
+            todo += [v for v in vars(obj).values() if callable(v)]
 
 
 def _rebuild_cached(fn: Any, maxsize: int | None, typed: bool) -> Any:
