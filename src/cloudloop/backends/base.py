@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from ..errors import ConfigError
@@ -58,6 +59,22 @@ class Queue(abc.ABC):
         Waits up to ``wait_s`` seconds for one to become visible (long polling).
         Expired leases are reclaimed here, atomically.
         """
+
+    @staticmethod
+    def _poll(
+        attempt: Callable[[], list[Lease]], wait_s: float, max_pause: float = 0.02
+    ) -> list[Lease]:
+        """Long polling for a service without it: ``attempt()`` until it gives
+        something or ``wait_s`` has passed, backing off from 2 ms to ``max_pause``."""
+        deadline = time.monotonic() + wait_s
+        pause = 0.002
+        while True:
+            leases = attempt()
+            left = deadline - time.monotonic()
+            if leases or left <= 0:
+                return leases
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, max_pause)
 
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease_s: float) -> None:

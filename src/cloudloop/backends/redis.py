@@ -41,7 +41,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -230,15 +229,7 @@ class RedisQueue(Queue):
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
         if lease_s * 1000 > EXPIRY_MS:
             raise ConfigError(f"lease of {lease_s:g} s is over the Redis queue's 30-day limit")
-        deadline = time.monotonic() + wait_s
-        pause = 0.002
-        while True:
-            leases = self._try_lease(max_n, lease_s)
-            left = deadline - time.monotonic()
-            if leases or left <= 0:
-                return leases
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.05)
+        return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.05)
 
     def _apply(self, op: str, leases: Sequence[Lease], idle: int) -> list[str]:
         args: list[Any] = [GROUP, op, idle]

@@ -142,15 +142,7 @@ class SqliteQueue(Queue):
         return []
 
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
-        deadline = time.monotonic() + wait_s
-        pause = 0.002
-        while True:
-            leases = self._try_lease(max_n, lease_s)
-            left = deadline - time.monotonic()
-            if leases or left <= 0:
-                return leases
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.02)
+        return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.02)
 
     def _match(self, sql: str, params: list[tuple], leases: Sequence[Lease], what: str) -> None:
         lost = []
