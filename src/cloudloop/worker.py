@@ -549,6 +549,10 @@ class Worker:
                 chunk.logs.setdefault(index, []).append([attempt, part, text])
 
     def _stream_log(self, chunk: _Chunk, index: int, attempt: int, offset: int) -> None:
+        if index not in chunk.todo:
+            # the status record can still name a task whose outcome (and its whole
+            # log) was already taken: streaming it again would duplicate the log
+            return
         sent, part = chunk.streamed.get((index, attempt), (offset, 0))
         size = self.runner.log_size()
         if size > sent and time.monotonic() - chunk.last_stream > _LIVE_LOG_EVERY:
