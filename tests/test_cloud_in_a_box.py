@@ -33,6 +33,7 @@ def work(i, runs_dir):
     if i not in LONG:
         time.sleep(0.05)
         return {"i": i, "square": i * i}
+    print(f"training {i} on {os.environ.get('CLOUDLOOP_HOST')}", flush=True)
     return {"i": i, "square": i * i, **long_training(STEPS, STEP_S)}
 
 
@@ -149,6 +150,10 @@ def test_spot_workers_survive_a_notice_and_a_dead_machine(box, tmp_path):
     assert ex.backend and _cluster_instances(home) == 0
     ls = cli("ls", "--profile", "aws", cwd=home)
     assert "0 instance(s)" in ls
+    # the logs outlive the machines: both runs of the noticed task are there
+    logs = cli("logs", job.id, str(task), "--profile", "aws", cwd=home)
+    assert f"training {task} on {noticed}" in logs
+    assert f"training {task} on {outcomes[task].host}" in logs
     ex.shutdown()
 
 
