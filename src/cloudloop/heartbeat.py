@@ -60,7 +60,7 @@ class Heartbeat(threading.Thread):
                 extended = time.monotonic()
             if chunk is not None:
                 try:
-                    w._is_cancelled(chunk.job)
+                    w.data.is_cancelled(chunk.job)
                 except Exception as e:
                     log.warning("could not check for cancellation: %s", e)
             if w.options.stop_at and time.time() > w.options.stop_at and w.preempted_at is None:

@@ -24,7 +24,6 @@ a task that has taken ``max_deliveries`` workers down with it is failed as
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -53,7 +52,8 @@ from .errors import (
     WorkerLost,
 )
 from .heartbeat import Heartbeat
-from .model import JobManifest, Lease, WorkerOptions
+from .jobdata import JobData, JobInfo
+from .model import Lease, WorkerOptions
 from .runner import RunnerDied, RunnerProcess
 from .spot import Imds, SpotWatcher
 
@@ -105,19 +105,11 @@ class _Flag:
         return self._set
 
 
-class _JobInfo:
-    def __init__(self, manifest: JobManifest):
-        self.manifest = manifest
-        self.cancelled = False
-        self.cancel_checked = 0.0
-        self.files: dict[str, str] = {}
-
-
 @dataclass
 class _Chunk:
     lease: Lease
     header: dict[str, Any]
-    job: _JobInfo
+    job: JobInfo
     todo: dict[int, int]  # index -> attempt to run next
     payload: bytes
     careful: bool
@@ -159,8 +151,7 @@ class Worker:
         self.scratch = Path(tempfile.mkdtemp(prefix="cloudloop-worker-"))
         env = {**os.environ, "CLOUDLOOP_WORKER_ID": self.id}
         self.runner = RunnerProcess(self.scratch, env)
-        self.jobs: dict[str, _JobInfo] = {}
-        self.fns: dict[str, bytes] = {}
+        self.data = JobData(backend, self.scratch)
         self.current: _Chunk | None = None
         self.stopping = _Flag()
         self.tasks_done = 0
@@ -258,7 +249,7 @@ class Worker:
     def _process(self, lease: Lease) -> None:
         try:
             header, payload = codec.decode_message(self.key, lease.body)
-            job = self._job(header["job"])
+            job = self.data.job(header["job"])
         except TamperedError as e:
             self._corrupt(lease, e)
             return
@@ -266,13 +257,13 @@ class Worker:
             log.warning("dropping message %s: job %s no longer exists", lease.id, header["job"])
             self.committer.finish(lease, ack=True)
             return
-        if self._is_cancelled(job, force=True):
+        if self.data.is_cancelled(job, force=True):
             self.committer.finish(lease, ack=True)
             return
         todo = {i: 1 for a, b in header["runs"] for i in range(a, b + 1)}
         careful = lease.attempt > 1
         if careful:
-            for i in self._done(job.manifest.id, todo):
+            for i in self.data.done(job.manifest.id, todo):
                 del todo[i]
         chunk = _Chunk(lease, header, job, todo, payload, careful)
         if job.manifest.session:
@@ -297,50 +288,6 @@ class Worker:
             self.committer.drain()  # every log byte is read; start the file afresh
             self.runner.truncate_log()
 
-    def _job(self, job_id: str) -> _JobInfo | None:
-        info = self.jobs.get(job_id)
-        if info is None:
-            if len(self.jobs) >= 256:
-                del self.jobs[next(iter(self.jobs))]
-            blob = self.store.get_or_none(keys.manifest(job_id))
-            if blob is None:
-                return None
-            data = codec.verify(self.key, blob, f"manifest of job {job_id}")
-            info = self.jobs[job_id] = _JobInfo(JobManifest.from_dict(json.loads(data)))
-        return info
-
-    def _is_cancelled(self, job: _JobInfo, force: bool = False) -> bool:
-        every = self.backend.check_interval
-        if not job.cancelled and (force or time.monotonic() - job.cancel_checked > every):
-            job.cancel_checked = time.monotonic()
-            job.cancelled = self.store.exists(keys.cancelled(job.manifest.id))
-        return job.cancelled
-
-    def _done(self, job_id: str, todo: dict[int, int]) -> list[int]:
-        done = []
-        for key in self.store.list(keys.results_prefix(job_id)):
-            lo, hi, _ = keys.parse_result(key)
-            done.extend(i for i in range(lo, hi + 1) if i in todo)
-        return done
-
-    def _fn(self, job_id: str, ref: str) -> bytes:
-        if ref not in self.fns:
-            if len(self.fns) >= 256:  # a long-lived worker serves many jobs
-                del self.fns[next(iter(self.fns))]
-            blob = self.store.get(keys.fn(job_id, ref))
-            self.fns[ref] = codec.verify(self.key, blob, f"function {ref} of job {job_id}")
-        return self.fns[ref]
-
-    def _files(self, job: _JobInfo) -> dict[str, str]:
-        if not job.files and job.manifest.files:
-            d = self.scratch / "files" / job.manifest.id
-            for name in job.manifest.files:
-                data = codec.verify(self.key, self.store.get(keys.file(job.manifest.id, name)))
-                (d / name).parent.mkdir(parents=True, exist_ok=True)
-                (d / name).write_bytes(data)
-                job.files[name] = str(d / name)
-        return job.files
-
     # ---------------------------------------------------------------- running
 
     def _load(self, chunk: _Chunk) -> None:
@@ -355,7 +302,7 @@ class Worker:
                 "lo": h["lo"],
                 "nested": h.get("nested", False),
                 "payload": payload,
-                "fns": {ref: self._fn(m.id, ref) for ref in h.get("fns", [])},
+                "fns": {ref: self.data.fn(m.id, ref) for ref in h.get("fns", [])},
                 "job": {
                     "id": m.id,
                     "seed": m.seed,
@@ -367,7 +314,7 @@ class Worker:
                     "backend": self.backend.url,
                     "key": self.key,
                     "workroot": str(self.scratch / "work"),
-                    "files": self._files(chunk.job),
+                    "files": self.data.files(chunk.job),
                 },
             },
         )
@@ -628,7 +575,7 @@ class Worker:
         job_id, runs = header.get("job"), header.get("runs")
         log.error("message %s failed verification (%s); dead-lettered", lease.id, err)
         try:
-            job = self._job(job_id) if isinstance(job_id, str) else None
+            job = self.data.job(job_id) if isinstance(job_id, str) else None
         except (TamperedError, ValueError):
             job = None
         if job is not None and isinstance(runs, list):

@@ -1,0 +1,87 @@
+"""What a worker reads about the jobs it serves, cached: manifests, functions,
+shipped files, cancellation, and which tasks already have results.
+
+A long-lived worker serves many jobs (one queue per backend), so each cache is
+bounded. Every blob is verified against the backend's key before use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import codec, keys
+from .backends import Backend
+from .model import JobManifest
+
+_MAX_CACHED = 256
+
+
+class JobInfo:
+    """One job as a worker knows it."""
+
+    def __init__(self, manifest: JobManifest):
+        self.manifest = manifest
+        self.cancelled = False
+        self.cancel_checked = 0.0
+        self.files: dict[str, str] = {}
+
+
+class JobData:
+    """Reads job metadata from a backend's store for a worker."""
+
+    def __init__(self, backend: Backend, scratch: Path):
+        self.store, self.key, self.scratch = backend.store, backend.key, scratch
+        self.check_interval = backend.check_interval
+        self.jobs: dict[str, JobInfo] = {}
+        self.fns: dict[str, bytes] = {}
+
+    def job(self, job_id: str) -> JobInfo | None:
+        """The job's manifest (None if the job is gone)."""
+        info = self.jobs.get(job_id)
+        if info is None:
+            if len(self.jobs) >= _MAX_CACHED:
+                del self.jobs[next(iter(self.jobs))]
+            blob = self.store.get_or_none(keys.manifest(job_id))
+            if blob is None:
+                return None
+            data = codec.verify(self.key, blob, f"manifest of job {job_id}")
+            info = self.jobs[job_id] = JobInfo(JobManifest.from_dict(json.loads(data)))
+        return info
+
+    def is_cancelled(self, job: JobInfo, force: bool = False) -> bool:
+        """Looks at most every ``check_interval`` seconds (a billed call on S3)."""
+        every = self.check_interval
+        if not job.cancelled and (force or time.monotonic() - job.cancel_checked > every):
+            job.cancel_checked = time.monotonic()
+            job.cancelled = self.store.exists(keys.cancelled(job.manifest.id))
+        return job.cancelled
+
+    def done(self, job_id: str, todo: dict[int, int]) -> list[int]:
+        """Which of ``todo`` already have a stored result."""
+        out = []
+        for key in self.store.list(keys.results_prefix(job_id)):
+            lo, hi, _ = keys.parse_result(key)
+            out.extend(i for i in range(lo, hi + 1) if i in todo)
+        return out
+
+    def fn(self, job_id: str, ref: str) -> bytes:
+        """A pickled function of the job, verified."""
+        if ref not in self.fns:
+            if len(self.fns) >= _MAX_CACHED:
+                del self.fns[next(iter(self.fns))]
+            blob = self.store.get(keys.fn(job_id, ref))
+            self.fns[ref] = codec.verify(self.key, blob, f"function {ref} of job {job_id}")
+        return self.fns[ref]
+
+    def files(self, job: JobInfo) -> dict[str, str]:
+        """The job's shipped files, written once under the worker's scratch dir."""
+        if not job.files and job.manifest.files:
+            d = self.scratch / "files" / job.manifest.id
+            for name in job.manifest.files:
+                data = codec.verify(self.key, self.store.get(keys.file(job.manifest.id, name)))
+                (d / name).parent.mkdir(parents=True, exist_ok=True)
+                (d / name).write_bytes(data)
+                job.files[name] = str(d / name)
+        return job.files
