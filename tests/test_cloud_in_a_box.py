@@ -157,13 +157,16 @@ def test_spot_workers_survive_a_notice_and_a_dead_machine(box, tmp_path):
     ex.shutdown()
 
 
-def _cluster_instances(home: Path) -> int:
+def _cluster(home: Path):
     from cloudloop.config import load_profile
     from cloudloop.providers.ec2 import Ec2Provider
 
     p = load_profile("aws")
-    cluster = Ec2Provider(p.provider_options, p.name).cluster(p.backend, p.worker)
-    return len(cluster.instances(["pending", "running", "stopping", "stopped"]))
+    return Ec2Provider(p.provider_options, p.name).cluster(p.backend, p.worker)
+
+
+def _cluster_instances(home: Path) -> int:
+    return len(_cluster(home).instances(["pending", "running", "stopping", "stopped"]))
 
 
 def test_worker_credentials_come_from_instance_metadata_only(box, tmp_path):
@@ -217,8 +220,11 @@ def test_up_follows_the_queue_and_scales_to_zero(box, tmp_path):
     assert "started 2 of 2 instances" in out and "queue empty and no instances left" in out
     assert len(box.history) == 2  # max_workers = 2, one worker per instance
     assert not box.running() and _cluster_instances(home) == 0
+    bill = {r["id"]: r for r in _cluster(home).ledger()}
     for iid in box.history:  # each machine left by itself once idle, and shut down
         assert "shutting down" in (box.root / iid / "opt" / "bootstrap.log").read_text()
+        # ... closing its own record in the bill on the way out
+        assert bill[iid]["ended_by"] == "instance" and bill[iid]["ended"] > bill[iid]["launched"]
 
 
 def _square_slowly(i):

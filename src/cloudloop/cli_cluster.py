@@ -199,7 +199,31 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
+def cmd_instance_ended(args) -> int:
+    """Run by an EC2 instance's bootstrap once its workers have left: close its bill."""
+    from .providers.prices import Ledger
+    from .spot import Imds
+
+    try:
+        iid = Imds(args.metadata_url).get("instance-id")
+    except OSError as e:
+        raise CloudloopError(f"cannot read this instance's id from {args.metadata_url}: {e}") from e
+    if not iid:
+        raise CloudloopError(f"{args.metadata_url} gave no instance id: not an EC2 instance?")
+    n = Ledger(open_backend(args.backend).store, args.cluster).close([iid], by="instance")
+    print(f"instance {iid}: {'closed its record' if n else 'no open record'} in cluster "
+          f"{args.cluster!r}")  # fmt: skip
+    return 0
+
+
 def add_commands(sub, common) -> None:
+    ended = sub.add_parser(
+        "instance-ended", help="(run by EC2 instances as they shut down) close this one's bill"
+    )
+    ended.add_argument("--backend", required=True)
+    ended.add_argument("--cluster", required=True)
+    ended.add_argument("--metadata-url", default="http://169.254.169.254")
+    ended.set_defaults(fn=cmd_instance_ended)
     aws = sub.add_parser("aws", help="AWS set-up for an ec2 profile")
     aws_sub = aws.add_subparsers(dest="aws_cmd", required=True, metavar="COMMAND")
     init = common(

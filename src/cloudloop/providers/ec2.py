@@ -18,7 +18,6 @@ Every resource carries the tag ``cloudloop:cluster``; ``ls``, ``down`` and
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -212,7 +211,7 @@ class Cluster:
         setup.wait_for_profile(self.iam, self.role)
         user_data = render(
             Bootstrap(
-                backend=self.url, version=__version__, worker=self.worker,
+                backend=self.url, version=__version__, worker=self.worker, cluster=s.cluster,
                 requirements=s.requirements, install=s.install, pip_args=s.pip_args,
                 workers_per_instance=s.workers_per_instance, stop_at=stop_at,
             )
@@ -323,34 +322,21 @@ class Cluster:
 
     # ---------------------------------------------------------------- the bill
 
-    def _ledger_key(self, iid: str) -> str:
-        return f"clusters/{self.settings.cluster}/instances/{iid}"
+    @property
+    def bill(self) -> prices.Ledger:
+        return prices.Ledger(self.backend.store, self.settings.cluster)
 
     def _record(self, inst: dict[str, Any]) -> None:
         price = prices.hourly(
             self.ec2, inst["type"], inst["zone"], inst["market"] == "spot", self.settings.prices
         )
-        rec = {**inst, "price": price, "launched": time.time(), "ended": None}
-        self.backend.store.put(self._ledger_key(inst["id"]), codec.encode_json(rec))
+        self.bill.open(inst, price)
 
     def ledger(self) -> list[dict[str, Any]]:
-        store = self.backend.store
-        recs = []
-        for key in store.list(f"clusters/{self.settings.cluster}/instances/"):
-            blob = store.get_or_none(key)
-            if blob:
-                recs.append(json.loads(blob))
-        return recs
+        return self.bill.records()
 
     def _ended(self, ids: list[str]) -> None:
-        store = self.backend.store
-        for iid in ids:
-            blob = store.get_or_none(self._ledger_key(iid))
-            if blob:
-                rec = json.loads(blob)
-                if not rec.get("ended"):
-                    rec["ended"] = time.time()
-                    store.put(self._ledger_key(iid), codec.encode_json(rec))
+        self.bill.close(ids)
 
     def cost(self) -> tuple[float, float]:
         """(USD so far, USD per hour now); notices instances that ended meanwhile."""

@@ -10,6 +10,7 @@ overrides both.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -87,3 +88,44 @@ def cost(
         if not r.get("ended"):
             burn += r["price"]
     return spent, burn
+
+
+class Ledger:
+    """One cluster's bill, kept in the store so every client sees the same.
+
+    ``clusters/<cluster>/instances/<id>`` holds ``{id, type, zone, market,
+    price, launched, ended, ended_by}``. The client that launches an instance
+    opens its record; the instance closes it as it shuts down (``ended_by``
+    "instance"), or a client that finds it gone from EC2 does ("client").
+    """
+
+    def __init__(self, store: Any, cluster: str):
+        self.store, self.cluster = store, cluster
+
+    def key(self, iid: str) -> str:
+        return f"clusters/{self.cluster}/instances/{iid}"
+
+    def open(self, inst: dict[str, Any], price: float) -> None:
+        rec = {**inst, "price": price, "launched": time.time(), "ended": None}
+        self.store.put(self.key(inst["id"]), json.dumps(rec).encode())
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for key in self.store.list(f"clusters/{self.cluster}/instances/"):
+            blob = self.store.get_or_none(key)
+            if blob:
+                out.append(json.loads(blob))
+        return out
+
+    def close(self, ids: list[str], by: str = "client") -> int:
+        """Mark instances ended now (once); returns how many were open."""
+        n = 0
+        for iid in ids:
+            blob = self.store.get_or_none(self.key(iid))
+            if blob:
+                rec = json.loads(blob)
+                if not rec.get("ended"):
+                    rec["ended"], rec["ended_by"] = time.time(), by
+                    self.store.put(self.key(iid), json.dumps(rec).encode())
+                    n += 1
+        return n

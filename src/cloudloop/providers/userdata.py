@@ -32,6 +32,7 @@ class Bootstrap:
     pip_args: tuple[str, ...] = ()
     workers_per_instance: int | None = None
     stop_at: float | None = None  # unix time: workers leave then (max_cost)
+    cluster: str | None = None  # closes this instance's record in the cluster's bill
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,6 +51,12 @@ def render(b: Bootstrap) -> str:
         args += ["--stop-at", f"{b.stop_at:.0f}"]
     worker_args = " ".join(q(a) for a in args)
     count = str(b.workers_per_instance) if b.workers_per_instance else "$(nproc)"
+    close_bill = ""
+    if b.cluster:
+        close_bill = (
+            f'"$HOME_DIR/venv/bin/cloudloop" instance-ended --backend {q(b.backend)} '
+            f'--cluster {q(b.cluster)} --metadata-url "$META" || true\n'
+        )
     exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(b.env.items()))
     return f"""#!/bin/bash
 # cloudloop {b.version} worker bootstrap. No credentials here: the instance
@@ -75,5 +82,5 @@ for i in $(seq 1 {count}); do
 done
 wait
 echo "workers left $(date -u +%FT%TZ); shutting down"
-shutdown -h now
+{close_bill}shutdown -h now
 """
