@@ -243,3 +243,32 @@ def test_executor_workers_are_instances_that_end_with_it(box, tmp_path):
         assert len(box.history) == 2
     wait_for(lambda: not box.running(), timeout=30, what="the instances to end")
     assert _cluster_instances(home) == 0
+
+
+def test_max_cost_sends_workers_home_and_a_bigger_budget_finishes_the_job(box, tmp_path):
+    """At the cost deadline workers hand their work back and the machine ends; nothing is lost."""
+    home = tmp_path / "client"
+    home.mkdir()
+    os.chdir(home)
+    profile = PROFILE.format(tag=os.getpid(), endpoint=box.endpoint)
+    # $0.0005 at the listed $0.10/h on-demand price leaves 18 s for a new instance
+    (home / "cloudloop.toml").write_text(profile + "max_cost = 0.0005\n")
+    job = cl.Executor(profile="aws").map_job(_square_slowly_half_second, range(80))
+    cli("up", "--profile", "aws", "-n", "1", cwd=home)
+    (first,) = wait_for(box.running, timeout=30, what="a machine")
+    wait_for(lambda: first.ended, timeout=120, what="the machine to leave at its deadline")
+    worker_log = first.worker_logs()
+    assert "cost deadline has passed" in worker_log, worker_log[-2000:]
+    done = job.status().done
+    assert 0 < done < 80  # it worked until the deadline and stopped there
+    # a bigger budget: a new machine picks up exactly what is left
+    (home / "cloudloop.toml").write_text(profile + "max_cost = 5.0\n")
+    cli("up", "--profile", "aws", "-n", "1", cwd=home)
+    assert job.results(timeout=180) == [i * i for i in range(80)]
+    assert sorted(job.outcomes()) == list(range(80))
+    cli("down", "--profile", "aws", cwd=home)
+
+
+def _square_slowly_half_second(i):
+    time.sleep(0.5)
+    return i * i

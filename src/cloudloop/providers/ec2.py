@@ -399,25 +399,43 @@ class Cluster:
         ]
 
     def down(self, purge: bool = False) -> list[str]:
+        """Terminate instances first (they cost money), then tidy fleets and spot requests.
+
+        Each step reports its own failure and the next still runs: a fleet that
+        cannot be deleted must not leave instances running.
+        """
         done = []
         live = [i["id"] for i in self.instances(LIVE + ["stopping", "stopped"])]
+        if live:
+            self.ec2.terminate_instances(InstanceIds=live)
+            self._ended(live)
+            done.append(f"terminated {len(live)} instance(s)")
         tag_filter = [{"Name": f"tag:{setup.TAG_CLUSTER}", "Values": [self.settings.cluster]}]
         fleets = self._mine(self.ec2.describe_fleets(Filters=tag_filter).get("Fleets", []))
-        gone = ("deleted", "deleted_terminating")
+        gone = ("deleted", "deleted_terminating", "deleted_running")
         active = [f["FleetId"] for f in fleets if f.get("FleetState") not in gone]
-        if active:
-            self.ec2.delete_fleets(FleetIds=active, TerminateInstances=True)
-            done.append(f"deleted {len(active)} fleet(s)")
+        deleted = 0
+        for fid in active:  # one at a time: an instant fleet with no instances left may refuse
+            try:
+                resp = self.ec2.delete_fleets(FleetIds=[fid], TerminateInstances=True)
+            except ClientError as e:
+                if "No instances" not in str(e):  # else: its instances are all gone already
+                    done.append(f"could not delete fleet {fid}: {setup._code(e)}: {e}")
+                continue
+            deleted += len(resp.get("SuccessfulFleetDeletions", []))
+            for bad in resp.get("UnsuccessfulFleetDeletions", []):
+                err = bad.get("Error", {})
+                done.append(
+                    f"could not delete fleet {fid}: {err.get('Code')}: {err.get('Message')}"
+                )
+        if deleted:
+            done.append(f"deleted {deleted} fleet(s)")
         reqs = self.ec2.describe_spot_instance_requests(Filters=tag_filter)
         reqs = self._mine(reqs.get("SpotInstanceRequests", []))
         open_reqs = [r["SpotInstanceRequestId"] for r in reqs if r["State"] in ("open", "active")]
         if open_reqs:
             self.ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=open_reqs)
             done.append(f"cancelled {len(open_reqs)} spot request(s)")
-        if live:
-            self.ec2.terminate_instances(InstanceIds=live)
-            self._ended(live)
-            done.append(f"terminated {len(live)} instance(s)")
         if purge:
             done += self._purge()
         return done
