@@ -338,8 +338,8 @@ class Cluster:
     def _ended(self, ids: list[str]) -> None:
         self.bill.close(ids)
 
-    def cost(self) -> tuple[float, float]:
-        """(USD so far, USD per hour now); notices instances that ended meanwhile."""
+    def _current_bill(self) -> list[dict[str, Any]]:
+        """The ledger, after closing the records of instances EC2 no longer runs."""
         recs = self.ledger()
         open_ids = [r["id"] for r in recs if not r.get("ended")]
         if open_ids:
@@ -348,12 +348,15 @@ class Cluster:
             if gone:
                 self._ended(gone)
                 recs = self.ledger()
-        return prices.cost(recs)
+        return recs
+
+    def cost(self) -> tuple[float, float]:
+        """(USD so far, USD per hour now); notices instances that ended meanwhile."""
+        return prices.cost(self._current_bill())
 
     def job_cost(self, created: float, finished: float | None, eta: float | None) -> str:
         """One line for ``cloudloop status``: this cluster's cost while a job ran, and to go."""
-        self.cost()  # notices instances that ended meanwhile
-        spent, burn = prices.cost(self.ledger(), since=created, until=finished)
+        spent, burn = prices.cost(self._current_bill(), since=created, until=finished)
         line = f"cost: spent ${spent:.4f} on cluster {self.settings.cluster!r} while it ran"
         if finished is None:
             line += f", burning ${burn:.3f}/h"
