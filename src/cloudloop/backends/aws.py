@@ -52,7 +52,8 @@ _DLQ_AFTER = 100
 _SQS_MAX_WAIT = 20
 
 
-def _code(e: ClientError) -> str:
+def error_code(e: ClientError) -> str:
+    """The AWS error code of a ClientError (e.g. ``NoSuchKey``)."""
     return e.response.get("Error", {}).get("Code", "")
 
 
@@ -168,7 +169,7 @@ class S3Store(Store):
         try:
             self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **kw)
         except ClientError as e:
-            if if_absent and _code(e) in (
+            if if_absent and error_code(e) in (
                 "PreconditionFailed",
                 "412",
                 "ConditionalRequestConflict",
@@ -189,7 +190,7 @@ class S3Store(Store):
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404"):
+            if error_code(e) in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
             raise
 
@@ -198,7 +199,7 @@ class S3Store(Store):
             self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as e:
-            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
 
@@ -279,7 +280,7 @@ def aws_errors(what: str, url: str = "") -> Iterator[None]:
     except EndpointConnectionError as e:
         raise ConnectionFailed(f"cannot reach AWS{where}: {e}") from None
     except ClientError as e:
-        code = _code(e)
+        code = error_code(e)
         hint = ""
         if code in ("AuthFailure", "UnauthorizedOperation", "AccessDenied", "InvalidClientTokenId",
                     "SignatureDoesNotMatch", "ExpiredToken", "AccessDeniedException"):  # fmt: skip
@@ -311,7 +312,7 @@ def ensure_queue(sqs: Any, name: str) -> str:
     try:
         return sqs.get_queue_url(QueueName=name)["QueueUrl"]
     except ClientError as e:
-        if "NonExistentQueue" not in _code(e) and _code(e) != "QueueDoesNotExist":
+        if "NonExistentQueue" not in error_code(e) and error_code(e) != "QueueDoesNotExist":
             raise
     dlq = sqs.create_queue(
         QueueName=f"{name}-dlq"[:80], Attributes={"MessageRetentionPeriod": "1209600"}
@@ -328,7 +329,7 @@ def ensure_queue(sqs: Any, name: str) -> str:
     try:
         return sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
     except ClientError as e:
-        if _code(e) not in ("InvalidAttributeValue", "InvalidParameterValue"):
+        if error_code(e) not in ("InvalidAttributeValue", "InvalidParameterValue"):
             raise
         attrs["MaximumMessageSize"] = "262144"  # an SQS that predates 1 MiB messages
         return sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
@@ -339,12 +340,12 @@ def ensure_bucket(s3: Any, bucket: str, region: str | None) -> None:
         s3.head_bucket(Bucket=bucket)
         return
     except ClientError as e:
-        if _code(e) in ("403", "AccessDenied", "Forbidden"):
+        if error_code(e) in ("403", "AccessDenied", "Forbidden"):
             raise ConfigError(
                 f"bucket {bucket!r} exists but these credentials cannot use it; "
                 "pick another name or grant access"
             ) from None
-        if _code(e) not in ("404", "NoSuchBucket", "NotFound"):
+        if error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
             raise
     kw: dict[str, Any] = {"Bucket": bucket}
     if region and region != "us-east-1":
@@ -360,14 +361,14 @@ def _secret(store: S3Store) -> bytes:
     try:
         return store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
     except ClientError as e:
-        if _code(e) not in ("NoSuchKey", "404"):
+        if error_code(e) not in ("NoSuchKey", "404"):
             raise
     try:
         store.s3.put_object(
             Bucket=store.bucket, Key=key, Body=secrets.token_bytes(32), IfNoneMatch="*"
         )
     except ClientError as e:
-        if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if error_code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             raise
     return store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
 
@@ -382,7 +383,7 @@ def open_aws(url: str, create: bool = True) -> AwsBackend:
             queue_url = sqs.get_queue_url(QueueName=p["queue"])["QueueUrl"]
         except ClientError as e:
             if not create or (
-                "NonExistentQueue" not in _code(e) and _code(e) != "QueueDoesNotExist"
+                "NonExistentQueue" not in error_code(e) and error_code(e) != "QueueDoesNotExist"
             ):
                 raise
             ensure_bucket(s3, p["bucket"], p.get("region"))

@@ -27,7 +27,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from .. import __version__, codec, keys
-from ..backends.aws import aws_errors, clients, open_aws, parse_aws_url
+from ..backends.aws import aws_errors, clients, error_code, open_aws, parse_aws_url
 from ..errors import ConfigError
 from ..model import WorkerOptions
 from . import ec2_setup as setup
@@ -276,7 +276,7 @@ class Cluster:
                 if "profile" in str(e).lower() and attempt < 5:
                     time.sleep(2 + 2 * attempt)
                     continue
-                report.failed.append(f"{market}: {setup._code(e)}: {e}")
+                report.failed.append(f"{market}: {error_code(e)}: {e}")
                 return []
         out = []
         for group in resp.get("Instances", []):
@@ -423,7 +423,7 @@ class Cluster:
                 resp = self.ec2.delete_fleets(FleetIds=[fid], TerminateInstances=True)
             except ClientError as e:
                 if "No instances" not in str(e):  # else: its instances are all gone already
-                    done.append(f"could not delete fleet {fid}: {setup._code(e)}: {e}")
+                    done.append(f"could not delete fleet {fid}: {error_code(e)}: {e}")
                 continue
             deleted += len(resp.get("SuccessfulFleetDeletions", []))
             for bad in resp.get("UnsuccessfulFleetDeletions", []):
@@ -479,7 +479,7 @@ class Cluster:
                 self.ec2.delete_security_group(GroupId=g["GroupId"])
                 done.append(f"deleted security group {g['GroupId']}")
             except ClientError as e:
-                done.append(f"could not delete security group {g['GroupId']}: {setup._code(e)}")
+                done.append(f"could not delete security group {g['GroupId']}: {error_code(e)}")
         return done
 
 

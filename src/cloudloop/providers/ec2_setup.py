@@ -26,13 +26,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ..backends.aws import error_code
+
 TAG_CLUSTER = "cloudloop:cluster"
 TAG_PROFILE = "cloudloop:profile"
 DEFAULT_IMAGE = "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-
-
-def _code(e: ClientError) -> str:
-    return e.response.get("Error", {}).get("Code", "")
 
 
 def tags(cluster: str, profile: str) -> list[dict[str, str]]:
@@ -88,7 +86,7 @@ def ensure_role(iam: Any, name: str, policy: dict[str, Any], tag_list: list[dict
     try:
         iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_TRUST), Tags=tag_list)
     except ClientError as e:
-        if _code(e) != "EntityAlreadyExists":
+        if error_code(e) != "EntityAlreadyExists":
             raise
     iam.put_role_policy(
         RoleName=name, PolicyName="cloudloop-worker", PolicyDocument=json.dumps(policy)
@@ -96,7 +94,7 @@ def ensure_role(iam: Any, name: str, policy: dict[str, Any], tag_list: list[dict
     try:
         iam.create_instance_profile(InstanceProfileName=name, Tags=tag_list)
     except ClientError as e:
-        if _code(e) != "EntityAlreadyExists":
+        if error_code(e) != "EntityAlreadyExists":
             raise
     roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
     if not any(r["RoleName"] == name for r in roles):
@@ -112,7 +110,7 @@ def delete_role(iam: Any, name: str) -> list[str]:
         iam.delete_instance_profile(InstanceProfileName=name)
         done.append(f"instance profile {name}")
     except ClientError as e:
-        if _code(e) != "NoSuchEntity":
+        if error_code(e) != "NoSuchEntity":
             raise
     try:
         for p in iam.list_role_policies(RoleName=name)["PolicyNames"]:
@@ -120,7 +118,7 @@ def delete_role(iam: Any, name: str) -> list[str]:
         iam.delete_role(RoleName=name)
         done.append(f"IAM role {name}")
     except ClientError as e:
-        if _code(e) != "NoSuchEntity":
+        if error_code(e) != "NoSuchEntity":
             raise
     return done
 
@@ -191,7 +189,10 @@ def template_version(
     try:
         found = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
     except ClientError as e:
-        if "NotFound" not in _code(e) and _code(e) != "InvalidLaunchTemplateName.NotFoundException":
+        if (
+            "NotFound" not in error_code(e)
+            and error_code(e) != "InvalidLaunchTemplateName.NotFoundException"
+        ):
             raise
         found = []
     if not found:

@@ -258,7 +258,7 @@ class SshCluster:
         tree = wheelhouse.source_tree()
         # a source tree's code is not on any index: it always ships as wheels
         self.released = tree is None
-        self.digest = wheelhouse._digest(tree, self.extras, self.s.requirements)
+        self.digest = wheelhouse.digest(tree, self.extras, self.s.requirements)
         self._wheels: Path | None = None
         self._lock = threading.Lock()
         self._backend = None

@@ -46,7 +46,7 @@ def source_tree() -> Path | None:
     return here if (here / "pyproject.toml").exists() and (here / "src").is_dir() else None
 
 
-def _digest(tree: Path | None, extras: tuple[str, ...], requirements: tuple[str, ...]) -> str:
+def digest(tree: Path | None, extras: tuple[str, ...], requirements: tuple[str, ...]) -> str:
     h = hashlib.sha256(f"{__version__}|{sys.version_info[:2]}|{extras}|{requirements}".encode())
     if tree is not None:
         for path in sorted((tree / "src").rglob("*.py")) + [tree / "pyproject.toml"]:
@@ -69,7 +69,7 @@ def build(
         ConfigError: pip could not build or fetch a wheel (its output says which).
     """
     tree = source_tree()
-    dest = dest or cache_root() / _digest(tree, tuple(extras), tuple(requirements))
+    dest = dest or cache_root() / digest(tree, tuple(extras), tuple(requirements))
     done = dest / ".complete"
     if done.exists():
         return dest
