@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__, codec
 from .backends import open_backend
 from .cli_cluster import add_commands
-from .commands import build_template, load_items, render, template_fields
+from .commands import build_template, check_rows, compile_template, read_table
 from .config import load_profile, parse_duration, worker_options
 from .errors import CloudloopError
 from .job import Job, attach_job, list_jobs
@@ -60,20 +60,59 @@ def _import_target(target: str):
     return obj
 
 
-def _ship(argv: list[str], patterns: list[str]) -> dict[str, bytes]:
-    """Files for each task's directory: --files globs plus command words naming local files."""
-    names = [w for w in argv if not w.startswith("-") and "{" not in w and os.path.isfile(w)]
+def _ship(words: tuple[str, ...], patterns: list[str]) -> dict[str, bytes]:
+    """Files for each task's directory: what the command names, and --files.
+
+    A word of the command ships only if it is a file in this directory
+    (relative, no '..', no '~', no dot-file or dot-directory on its way, not
+    an option such as --netrc-file=F, a symlink only if it stays inside);
+    anything else is shipped only when --files names it. Two files for one
+    name in the task directory are an error.
+    """
+    import re
+
+    from .backends.base import check_key
+
+    here = os.path.realpath(os.getcwd())
+    chosen: dict[str, str] = {}  # name in the task's directory -> local path
+
+    def add(target: str, source: str) -> None:
+        try:
+            check_key(target)  # it travels through the store under this name
+        except ValueError:
+            fixed = re.sub(r"[^A-Za-z0-9_.=+@%/-]", "_", target)
+            raise CloudloopError(
+                f"cannot ship {source!r}: a shipped file's name may use only letters, digits "
+                f"and _.=+@%- (no spaces); rename it, e.g. to {fixed!r}"
+            ) from None
+        had = chosen.setdefault(target, source)
+        if os.path.realpath(had) != os.path.realpath(source):
+            raise CloudloopError(
+                f"two files would be {target!r} in each task's directory: {had!r} and "
+                f"{source!r}; rename one, or copy it into this directory under another name"
+            )
+
+    def named(word: str) -> bool:
+        if not word or word.startswith(("-", "~")) or os.path.isabs(word):
+            return False
+        parts = os.path.normpath(word).split(os.sep)
+        if parts[0] == ".." or any(p.startswith(".") for p in parts):
+            return False
+        return os.path.isfile(word) and os.path.realpath(word).startswith(here + os.sep)
+
+    for word in words:
+        if named(word):
+            add(os.path.normpath(word), word)
     for pat in patterns:
-        found = glob.glob(pat, recursive=True)
+        found = [pat] if os.path.isfile(pat) else glob.glob(pat, recursive=True)
+        found = [f for f in found if os.path.isfile(f)]
         if not found:
             raise CloudloopError(f"--files {pat!r} matches no file")
-        names += [f for f in found if os.path.isfile(f)]
-    out: dict[str, bytes] = {}
-    for name in names:
-        rel = os.path.normpath(name)
-        if rel.startswith("..") or os.path.isabs(rel):
-            rel = os.path.basename(rel)
-        out[rel] = Path(name).read_bytes()
+        for name in found:
+            rel = os.path.normpath(name)
+            inside = not (rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel))
+            add(rel if inside else os.path.basename(rel), name)
+    out = {target: Path(source).read_bytes() for target, source in chosen.items()}
     if sum(map(len, out.values())) > _SHIP_LIMIT:
         raise CloudloopError("files to ship exceed 50 MB: put large data in the store or a bucket")
     return out
@@ -96,22 +135,25 @@ def cmd_run(args) -> int:
     }
     if not args.items:
         raise CloudloopError("--items FILE is required (.csv, .jsonl or .json)")
-    items = list(load_items(args.items))
-    ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
-    if args.command:
-        if args.target:
-            raise CloudloopError("give either a module:function or a command after '--', not both")
-        template = build_template(args.command)
-        fields = set(template_fields(template))
-        for i, item in enumerate(items):
-            render(template, item, i)  # every row must fill the template before anything runs
-        job = ex.command_job(template, items, files=_ship(args.command, args.files), **opts)
-        del fields
-    elif args.target:
-        fn = _import_target(args.target)
-        job = ex.map_job(functools.partial(_apply, fn), items, **opts)
-    else:
+    if args.command and args.target:
+        raise CloudloopError("give either a module:function or a command after '--', not both")
+    if not (args.command or args.target):
         raise CloudloopError("nothing to run: give module:function, or a command after '--'")
+    table = read_table(args.items)
+    items = table.items
+    # everything is checked before the Executor exists: a bad file or template leaves no job
+    if args.command:
+        template = build_template(args.command)
+        check_rows(template, table)
+        files = _ship(compile_template(template).words, args.files)
+        if files:
+            print(f"shipping to each task: {', '.join(sorted(files))}", file=sys.stderr)
+        ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
+        job = ex.command_job(template, items, files=files, **opts)
+    else:
+        fn = _import_target(args.target)
+        ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
+        job = ex.map_job(functools.partial(_apply, fn), items, **opts)
     print(f"job {job.id}: {len(items)} tasks on {ex.backend.url}", file=sys.stderr)
     if args.detach:
         print(job.id)
@@ -370,7 +412,11 @@ def _parser() -> argparse.ArgumentParser:
     r = common(sub.add_parser("run", help="run a function or a command once per item", description=(
         "Run TARGET (module:function, called with each item; a JSON object as keywords) or the "
         "command after '--' once per row of --items. Command fields like {alpha} take the row's "
-        "value, shell-quoted; {index} and {seed} always exist. Example:\n"
+        "value as data (never as code: a template that would let the shell read a value as code, "
+        "such as '{v}' in single quotes or sh -c \"... {v}\", is refused with what to write "
+        "instead); {index}, {seed} and {job} always exist. Each task runs in a fresh directory "
+        "holding the files the command names that are in this directory (relative paths, no "
+        "'..', '~' or dot-files, not --opt=FILE), plus --files. Example:\n"
         "  cloudloop run --items params.csv -- Rscript fit.R --alpha {alpha}"),
         formatter_class=argparse.RawDescriptionHelpFormatter))  # fmt: skip
     r.add_argument("target", nargs="?", help="module:function to call per item")
@@ -386,7 +432,7 @@ def _parser() -> argparse.ArgumentParser:
         "--files",
         action="append",
         default=[],
-        help="glob of files copied into each task's directory",
+        help="file or glob copied into each task's directory (any file; repeatable)",
     )
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--logs", action="store_true", help="relay task output while waiting")

@@ -414,7 +414,7 @@ class _Child:
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
-        cmd = commands.render(job["command"], item, index, seed, job["id"])
+        cmd = commands.prepare(job["command"], item, index, seed, job["id"])  # values as data
         workdir = Path(job["workroot"]) / f"{job['id']}-{index}-{os.getpid()}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -422,15 +422,16 @@ class _Child:
                 target = workdir / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-            print(f"$ {cmd}", file=sys.stderr, flush=True)
+            print(f"$ {cmd.shown}", file=sys.stderr, flush=True)
             env = {
                 "CLOUDLOOP_WORKDIR": str(workdir),
                 "CLOUDLOOP_TASK_INDEX": str(index),
                 "CLOUDLOOP_TASK_SEED": str(seed),
                 "CLOUDLOOP_JOB_ID": job["id"],
                 "CLOUDLOOP_OUTPUT": str(outputs.begin(workdir / "out", create=True)),
+                **cmd.env,
             }
-            done = commands.run_command(cmd, workdir, env)
+            done = commands.run_command(cmd.script, workdir, env, cmd.shown)
             outputs.upload(self.ctx.store, self.ctx.key, job["id"], index)  # out/
             return done
         finally:
