@@ -5,11 +5,15 @@ One job runs on a SQLite backend with two local workers: tasks 0-5 print, report
 the page is looked at while the job is really running, without a race: the
 test opens the gate only after it has seen the running state in the browser
 (and a running task's log tailed live); tasks 12+ then finish the job.
+
+The page runs under its own Content-Security-Policy (no 'unsafe-eval'), so waits use
+Playwright's locators, never ``wait_for_function`` (which evaluates a string in the page).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -20,6 +24,11 @@ import pytest
 import cloudloop as cl
 from cloudloop.cli import main as cli_main
 from cloudloop.dashboard import DashboardServer
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the browser fixture says what to install
+    expect = None
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -92,7 +101,7 @@ def running(tmp_path_factory):
 
 def _page(browser):
     """A page whose every request must go to 127.0.0.1 (others are aborted and recorded,
-    as are script errors)."""
+    as are script errors and CSP violations)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     outside: list[str] = []
 
@@ -106,6 +115,8 @@ def _page(browser):
 
     page.route("**/*", guard)
     page.on("pageerror", lambda e: outside.append(f"script error: {e}"))
+    # the page's own code must need nothing its Content-Security-Policy refuses
+    page.on("console", lambda m: "Content Security Policy" in m.text and outside.append(m.text))
     return page, outside
 
 
@@ -147,9 +158,7 @@ def test_live_job_page_updates_without_reload(running, browser):
     row.click()
     page.wait_for_selector("#progress-text")
     page.evaluate("window.__same_page = 1")  # gone if the page reloads
-    page.wait_for_function(
-        "document.querySelector('#progress-text').textContent.startsWith('6 /')", timeout=60_000
-    )
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^6 /"), timeout=60_000)
     busy = page.locator("#workers tr.worker-row", has_text="waiting for the gate")
     busy.first.wait_for(timeout=30_000)
     assert page.locator("#workers tr.worker-row").count() >= 2
@@ -157,24 +166,16 @@ def test_live_job_page_updates_without_reload(running, browser):
     assert page.locator("#job-state").text_content() == "running"
     # a running task's log, tailed while it runs (workers stream logs every ~2 s)
     page.locator("#tasks tr.task-row[data-task='6']").click()
-    page.wait_for_function(
-        "document.querySelector('#log-text').textContent.includes('task 6 starting')",
-        timeout=30_000,
-    )
+    expect(page.locator("#log-text")).to_contain_text("task 6 starting", timeout=30_000)
     assert "task 6 done" not in page.locator("#log-text").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
 
     Path(running["gate"]).touch()
     # the running tasks now step through progress messages, then the job completes
-    page.wait_for_function(
-        f"document.querySelector('#progress-text').textContent.startsWith('{N_TASKS} /')",
-        timeout=60_000,
-    )
-    page.wait_for_function("document.querySelector('#job-state').textContent === 'failed'")
+    expect(page.locator("#progress-text")).to_have_text(re.compile(f"^{N_TASKS} /"), timeout=60_000)
+    expect(page.locator("#job-state")).to_have_text("failed")
     # the open log followed the task to its end, without a click
-    page.wait_for_function(
-        "document.querySelector('#log-text').textContent.includes('task 6 done')", timeout=30_000
-    )
+    expect(page.locator("#log-text")).to_contain_text("task 6 done", timeout=30_000)
     assert page.locator("#log-text").inner_text().count("task 6 starting") == 1
     assert page.evaluate("window.__same_page") == 1
     assert page.locator("#workers tr.worker-row .done-here").count() >= 2
@@ -190,16 +191,12 @@ def test_live_job_page_updates_without_reload(running, browser):
 
     # a task's log, from the task table
     page.locator("#tasks tr.task-row[data-task='7']").click()
-    page.wait_for_function(
-        "document.querySelector('#log-text').textContent.includes('task 7 done')", timeout=30_000
-    )
+    expect(page.locator("#log-text")).to_contain_text("task 7 done", timeout=30_000)
     assert "task 7 starting" in page.locator("#log-text").inner_text()
     # the throughput chart has a drawn series
     assert page.locator("svg.chart[aria-label='throughput over time'] path").count() == 2
     page.locator("#tasks tr.task-row[data-task='3']").click()
-    page.wait_for_function(
-        "document.querySelector('#log-text').textContent.includes('task 3 starting')"
-    )
+    expect(page.locator("#log-text")).to_contain_text("task 3 starting")
     page.evaluate("window.scrollTo(0, 0); document.querySelector('.scroll').scrollTop = 0")
     page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
     assert outside == []

@@ -133,7 +133,8 @@ def test_dashboard_command_prints_a_token_url_and_warns_when_open(url, finished_
 def test_report_command_default_name(url, finished_job, tmp_path):
     assert cli_main(["report", "--backend", url, finished_job.id]) == 0
     html = (tmp_path / f"{finished_job.id}.html").read_text()
-    assert "window.CLOUDLOOP_SNAPSHOT" in html and "KeyError" in html
+    assert '<script type="application/json" id="cloudloop-snapshot">' in html
+    assert "KeyError" in html
     assert not re.search(r"(src|href)=\"(?!data:|#)", html)
 
 

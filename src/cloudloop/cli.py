@@ -350,12 +350,13 @@ def cmd_worker(args) -> int:
 def cmd_dashboard(args) -> int:
     from .dashboard import DashboardServer
 
+    port = _port(args.port)
     backend = _backend(args)
     try:
-        server = DashboardServer(backend, host=args.host, port=args.port, job_every=args.interval)
+        server = DashboardServer(backend, host=args.host, port=port, job_every=args.interval)
     except OSError as e:
         raise CloudloopError(
-            f"cannot listen on {args.host}:{args.port} ({e.strerror}); "
+            f"cannot listen on {args.host}:{port} ({e.strerror}); "
             "choose another with --port (0: any free port)"
         ) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -380,6 +381,20 @@ def cmd_dashboard(args) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port number from the command line (checked here, before anything is opened)."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise CloudloopError(
+            f"--port {text!r} is not a port: give a whole number from 1 to 65535 "
+            "(or 0 for any free port)"
+        )
+    return port
 
 
 def cmd_report(args) -> int:
@@ -484,7 +499,7 @@ def _parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_worker)
     d = common(sub.add_parser("dashboard", help="serve a live web dashboard of the jobs"))
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    d.add_argument("--port", type=int, default=8787, help="port (default 8787; 0: any free port)")
+    d.add_argument("--port", default="8787", help="port, 1-65535 (default 8787; 0: any free port)")
     d.add_argument(
         "--interval", type=parse_duration, default=2.0,
         help="minimum seconds between store reads of a watched job (default 2s)",

@@ -10,6 +10,7 @@ place instead (IPython's ``display(..., display_id=True)``; no widget library).
 from __future__ import annotations
 
 import html
+import math
 import sys
 import time
 from typing import TextIO
@@ -81,27 +82,33 @@ _STATE_COLOURS = {"completed": "#15803d", "failed": "#b91c1c", "cancelled": "#b4
 
 
 def job_html(st: JobStatus, backend: str = "") -> str:
-    """A job's status as a small self-contained HTML card (inline styles only)."""
-    total = st.total or 0
-    ok = 100 * (st.done - st.failed) / total if total else 0.0
-    bad = 100 * st.failed / total if total else 0.0
-    facts = [f"{st.done}/{'?' if st.total is None else st.total} tasks"]
+    """A job's status as a small self-contained HTML card (inline styles only).
+
+    Every value is escaped (a job's name is the user's text; a status read from a
+    store is not trusted to hold numbers), and only numbers go into style values.
+    """
+    e = _text
+    total = st.total if _number(st.total) else 0
+    ok = _pct(_number(st.done) - _number(st.failed), total)
+    bad = _pct(_number(st.failed), total)
+    facts = [f"{e(st.done)}/{'?' if st.total is None else e(st.total)} tasks"]
     if st.failed:
-        facts.append(f'<span style="color:#b91c1c">{st.failed} failed</span>')
+        facts.append(f'<span style="color:#b91c1c">{e(st.failed)} failed</span>')
     if st.running:
-        facts.append(f"{st.running} running on {st.workers} workers")
-    if st.rate > 0:
+        facts.append(f"{e(st.running)} running on {e(st.workers)} workers")
+    if _number(st.rate) > 0:
         facts.append(f"{st.rate:.1f} tasks/s")
-    facts.append(f"elapsed {format_seconds(st.elapsed)}")
-    if st.eta is not None and not st.state.finished:
-        facts.append(f"eta {format_seconds(st.eta)}")
-    colour = _STATE_COLOURS.get(st.state.value, "#344054")
-    where = f" · {html.escape(backend)}" if backend else ""
+    facts.append(f"elapsed {e(format_seconds(_number(st.elapsed)))}")
+    if _number(st.eta) and not st.state.finished:
+        facts.append(f"eta {e(format_seconds(st.eta))}")
+    state = getattr(st.state, "value", st.state)
+    colour = _STATE_COLOURS.get(state, "#344054")
+    where = f" · {e(backend)}" if backend else ""
     return (
         '<div style="font-family:system-ui,sans-serif;max-width:640px;border:1px solid #e4e7ec;'
         'border-radius:10px;padding:10px 14px;line-height:1.5">'
-        f'<div><b>{html.escape(st.name)}</b> <code style="color:#667085">{html.escape(st.id)}</code>'
-        f' <span style="color:{colour};font-weight:600">{st.state.value}</span>'
+        f'<div><b>{e(st.name)}</b> <code style="color:#667085">{e(st.id)}</code>'
+        f' <span style="color:{colour};font-weight:600">{e(state)}</span>'
         f'<span style="color:#98a2b3;font-size:12px">{where}</span></div>'
         '<div style="display:flex;height:10px;border-radius:5px;background:#eaecf0;'
         'overflow:hidden;margin:6px 0">'
@@ -109,6 +116,20 @@ def job_html(st: JobStatus, backend: str = "") -> str:
         f'<div style="width:{bad:.2f}%;background:#dc2626"></div></div>'
         f'<div style="color:#475467;font-size:13px">{" · ".join(facts)}</div></div>'
     )
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: object) -> float:
+    """``value`` if it is a finite number, else 0."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else 0  # type: ignore[return-value]
+
+
+def _pct(part: float, total: float) -> float:
+    return min(100.0, max(0.0, 100 * part / total)) if total else 0.0
 
 
 class NotebookProgress:

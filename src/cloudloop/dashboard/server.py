@@ -9,6 +9,13 @@
     GET /api/jobs/<id>/logs/<index>    {"text": ...}: what the task printed so far
     anything without the token         403
 
+Every response carries a Content-Security-Policy (:data:`CSP`) that allows
+script, style and images only from this server's ``/static/`` files and
+network calls only to itself: no inline script, no inline style, no
+``eval``, no plugins, no frames, no form posts, no ``<base>``. ``app.js``
+builds the page with every value escaped; the policy is the second wall, so
+that a value that got through as markup still could not run or fetch.
+
 It is the standard library's ``ThreadingHTTPServer``, not an ASGI framework,
 on purpose: the page only polls a few JSON endpoints every couple of seconds
 for one user, so a framework would add two dependencies (and their upgrade
@@ -21,7 +28,6 @@ the number of browsers or polls never multiplies the store calls.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import secrets
 import threading
@@ -34,13 +40,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..backends import Backend
 from ..errors import JobNotFound
-from .view import DashboardView
+from .view import DashboardView, page_json
 
 log = logging.getLogger("cloudloop.dashboard")
 
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
 _COOKIE = "cloudloop_token"
+#: sent with every response; style-src has no 'unsafe-inline': app.js sets widths through the
+#: CSSOM (element.style), which a policy does not govern, and never writes style="..."
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
 
 
 def static_file(name: str) -> bytes:
@@ -69,13 +79,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", CSP)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
 
     def _json(self, obj: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(obj, default=str).encode(), "application/json")
+        self._send(status, page_json(obj).encode(), "application/json")
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)

@@ -18,10 +18,18 @@ view works for SQLite, S3 and Redis; what a browser polls costs at most the
 listings above, however many browsers poll or however often. A job's
 snapshot is a plain JSON-able dict (:meth:`JobView.snapshot`): the live page
 renders it, and :mod:`cloudloop.report` embeds it in a static file.
+
+Nothing here is trusted to be well-formed markup or even of the right type:
+heartbeat records come from other machines, and task output, exception text
+and job names are whatever the user's code produced. Each worker record is cut
+down to the fields the page shows, each of its type (:func:`_worker_row`), and
+:func:`page_json` never emits NaN or Infinity (which ``JSON.parse`` rejects).
+Escaping is the page's job: ``app.js`` inserts every value as text.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -114,7 +122,10 @@ class JobView:
             self._logs_final = self.finished  # a finished job's logs are all written
             for key in store.list(keys.logs_prefix(self.id)):
                 if key not in self._log_keys:
-                    self._log_keys[key] = keys.parse_logs(key)
+                    try:
+                        self._log_keys[key] = keys.parse_logs(key)
+                    except ValueError:  # not a log part's name: nothing a worker wrote
+                        self._log_keys[key] = (-1, -1)
         for key, (lo, hi) in list(self._log_keys.items()):
             if not lo <= index <= hi:
                 continue
@@ -257,7 +268,64 @@ class JobView:
 
 
 _WORKER_FIELDS = ("host", "provider", "instance_type", "market", "state", "task", "progress",
-                  "message", "tasks_done", "last_seen", "rss", "load", "pid")  # fmt: skip
+                  "message", "error", "tasks_done", "last_seen", "rss", "load", "pid")  # fmt: skip
+# what a page may show of a heartbeat record: text fields (longest kept) and numbers
+_WORKER_TEXT = {"id": 200, "host": 200, "provider": 40, "instance_type": 60, "market": 20,
+                "state": 20, "job": 100, "message": 400, "error": 1000}  # fmt: skip
+_WORKER_COUNTS = ("task", "tasks_done", "pid")  # whole numbers >= 0
+_WORKER_REALS = ("progress", "last_seen", "every", "rss", "load")  # finite numbers >= 0
+_FRESH = 30.0  # seconds (or three heartbeat periods) after which a worker has left
+
+
+def _worker_row(rec: Any, now: float | None = None) -> dict[str, Any] | None:
+    """A heartbeat record as the pages may show it, or None if it has no usable id.
+
+    Only the fields above are kept, each of its type: text is text (cut to a
+    bounded length), a count is a whole number, a measure a finite number,
+    anything else is None. A record comes from another machine, so a ``task``
+    of ``"<img ...>"`` or a ``load`` of ``"high"`` is dropped here, not shown.
+    """
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not rec["id"]:
+        return None
+    row: dict[str, Any] = {k: _text(rec.get(k), n) for k, n in _WORKER_TEXT.items()}
+    row.update({k: _count(rec.get(k)) for k in _WORKER_COUNTS})
+    row.update({k: _real(rec.get(k)) for k in _WORKER_REALS})
+    row["message"] = row["message"] or ""
+    if row["progress"] is not None:
+        row["progress"] = min(row["progress"], 1.0)
+    seen, every = row["last_seen"], row["every"] or 0.0
+    row["live"] = seen is not None and (now or time.time()) - seen < max(_FRESH, 3 * every)
+    return row
+
+
+def _text(v: Any, limit: int) -> str | None:
+    return v[:limit] if isinstance(v, str) else None
+
+
+def _count(v: Any) -> int | None:
+    return v if type(v) is int and 0 <= v < 2**53 else None
+
+
+def _real(v: Any) -> float | int | None:
+    return v if type(v) in (int, float) and math.isfinite(v) and 0 <= v < 2**63 else None
+
+
+def page_json(obj: Any) -> str:
+    """``obj`` as JSON a browser's ``JSON.parse`` reads: NaN and infinities become null."""
+    try:
+        return json.dumps(obj, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), default=str, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _short_type(name: str) -> str:
@@ -352,20 +420,18 @@ class DashboardView:
         self._every = _Every()
 
     def workers(self) -> list[dict[str, Any]]:
-        """Every worker's latest heartbeat record (``live``: seen in the last 30 s)."""
+        """Every worker's latest heartbeat record as :func:`_worker_row` (``live``: seen lately)."""
         if self._every("workers", self.job_every):
-            store, out = self.backend.store, []
+            store, now, rows = self.backend.store, time.time(), []
             for key in store.list("workers/"):
                 blob = store.get_or_none(key)
                 try:
-                    rec = codec.decode_json(blob) if blob else None
+                    row = _worker_row(codec.decode_json(blob), now) if blob else None
                 except ValueError:
-                    rec = None
-                if isinstance(rec, dict) and "id" in rec:
-                    fresh = max(30.0, 3 * float(rec.get("every") or 0))  # slow heartbeats
-                    rec["live"] = time.time() - rec.get("last_seen", 0) < fresh
-                    out.append(rec)
-            self._workers = out
+                    row = None
+                if row is not None:
+                    rows.append(row)
+            self._workers = rows
             self.worker_reads += 1
         return self._workers
 
@@ -437,5 +503,5 @@ class DashboardView:
         until = st.created + st.elapsed if st.state.finished else None
         try:
             return prices.cost(recs, since=st.created, until=until)[0]
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):  # a ledger record is plain, unsigned JSON
             return None
