@@ -51,3 +51,10 @@ def long_training(steps, delay):
         if cl.preempted():
             raise cl.Preempted()  # state is saved: let another machine carry on now
     return state
+
+
+def worker_records(backend) -> list[dict]:
+    """Every worker's heartbeat record (verified), as dicts."""
+    from cloudloop.heartbeat import worker_records as records
+
+    return [r.as_dict() for r in records(backend)]

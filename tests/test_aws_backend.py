@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from helpers import kill, wait_for
+from helpers import kill, wait_for, worker_records
 
 import cloudloop as cl
 from cloudloop.backends import open_backend
@@ -48,11 +47,9 @@ def test_kill_9_worker_on_sqs_every_result_once(aws_url, tmp_path):
     with cl.Executor(backend=aws_url, workers=2, lease=3, heartbeat=0.5) as ex:
         job = ex.map_job(slow, range(30), chunksize=3)
         wait_for(lambda: job.status().done >= 3, what="progress")
-        store = ex.backend.store
 
         def busy():
-            recs = [json.loads(store.get(k)) for k in store.list("workers/")]
-            return [r for r in recs if r.get("task") is not None]
+            return [r for r in worker_records(ex.backend) if r.get("task") is not None]
 
         kill(wait_for(busy, what="a busy worker")[0]["pid"])
         assert job.results(timeout=120) == list(range(30))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import netns
 import pytest
-from helpers import long_training, wait_for
+from helpers import long_training, wait_for, worker_records
 
 import cloudloop as cl
 from cloudloop import codec, keys
@@ -77,17 +77,16 @@ def cli(*args, cwd, timeout=120):
 
 def _busy(job) -> dict[str, int]:
     """Machine (instance id) -> the task its worker is running now (fresh records)."""
-    store, out = job.backend.store, {}
-    for key in store.list("workers/"):
-        w = json.loads(store.get_or_none(key) or b"{}")
+    out = {}
+    for w in worker_records(job.backend):
         if w.get("job") == job.id and w.get("task") is not None and w.get("state") == "busy":
             out[w["host"]] = w["task"]
     return out
 
 
 def _step(ex, job, i) -> int:
-    blob = ex.backend.store.get_or_none(keys.checkpoint(job.id, i))
-    return codec.loads(codec.verify(ex.backend.key, blob))["step"] if blob else 0
+    data = ex.backend.get_signed(keys.checkpoint(job.id, i))
+    return codec.loads(data)["step"] if data else 0
 
 
 def test_spot_workers_survive_a_notice_and_a_dead_machine(box, tmp_path):

@@ -161,7 +161,7 @@ def test_worker_rows_carry_machine_and_task_progress(url, make_executor):
               "instance_type": "c7a.large", "market": "spot", "state": "busy",
               "job": job.id, "task": 1, "progress": 0.4, "message": "epoch 4",
               "tasks_done": 12, "last_seen": time.time(), "rss": 123_000_000, "load": 1.5}  # fmt: skip
-    ex.backend.store.put("workers/ip-10-0-0-7-311-ab12", codec.encode_json(record))
+    ex.backend.put_record("workers/ip-10-0-0-7-311-ab12", record)  # signed, as a worker does
     snap = DashboardView(ex.backend).job(job.id).snapshot()
     assert (snap["state"], snap["running"], snap["pending"]) == ("running", 1, 2)
     (row,) = snap["workers"]
@@ -173,7 +173,7 @@ def test_worker_rows_carry_machine_and_task_progress(url, make_executor):
 
     # a worker that ran nothing of this job and is now on another job is not one of its rows
     record["job"], record["task"] = "some-other-job", 0
-    ex.backend.store.put("workers/ip-10-0-0-7-311-ab12", codec.encode_json(record))
+    ex.backend.put_record("workers/ip-10-0-0-7-311-ab12", record)
     snap = DashboardView(ex.backend).job(job.id).snapshot()
     assert snap["workers"] == [] and snap["running"] == 0
 

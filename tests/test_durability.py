@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from helpers import kill, pid_alive, wait_for
+from helpers import kill, pid_alive, wait_for, worker_records
 
 import cloudloop as cl
 from cloudloop.backends import open_backend
@@ -25,9 +24,7 @@ def record(i, path, delay=0.2):
 
 def busy_workers(backend):
     out = []
-    for key in backend.store.list("workers/"):
-        blob = backend.store.get_or_none(key)
-        rec = json.loads(blob) if blob else {}
+    for rec in worker_records(backend):
         if rec.get("task") is not None:
             out.append(rec)
     return out
@@ -95,7 +92,7 @@ def test_client_killed_then_reattached_from_another_process(url, tmp_path):
     job = cl.attach(job_id, backend=url)
     wait_for(lambda: job.status().done >= 4, what="progress before the kill")
     backend = open_backend(url)
-    pids = [json.loads(backend.store.get(k))["pid"] for k in backend.store.list("workers/")]
+    pids = [rec["pid"] for rec in worker_records(backend)]
     client.kill()
     client.wait()
     st = job.status()

@@ -161,9 +161,7 @@ def test_max_cost_sets_a_deadline_and_refuses_when_spent(profile):
     assert "--stop-at" in base64.b64decode(ud["UserData"]["Value"]).decode()
     rec = cluster.ledger()[0]
     rec["launched"] -= 3600 * 24  # pretend it has run for a day: $0.84 > $0.50
-    from cloudloop import codec
-
-    cluster.backend.store.put(cluster.bill.key(rec["id"]), codec.encode_json(rec))
+    cluster.backend.put_record(cluster.bill.key(rec["id"]), rec)
     report = cluster.launch(1)
     assert report.started == [] and "max_cost" in report.note
 

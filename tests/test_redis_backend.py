@@ -108,7 +108,7 @@ def test_redis_restarted_mid_job_loses_nothing(server, tmp_path):
     with open_backend(url) as b:
         indices = []
         for key in b.store.list(keys.results_prefix(job.id)):
-            _, _, rows = codec.part_rows(b.key, b.store.get(key))
+            _, _, rows = codec.part_rows(b.key, b.store.get(key), key)
             indices += [r[0] for r in rows]
         assert sorted(set(indices)) == list(range(n))
         assert b.queue.stats().total == 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import netns
 import pytest
 import redis_server as rs
-from helpers import wait_for
+from helpers import wait_for, worker_records
 
 import cloudloop as cl
 from cloudloop import cli, codec, keys
@@ -147,7 +147,7 @@ def _hosts_of(url: str, job_id: str) -> dict[int, list[str]]:
     seen: dict[int, list[str]] = {}
     with open_backend(url) as b:
         for key in b.store.list(keys.results_prefix(job_id)):
-            _, host, rows = codec.part_rows(b.key, b.store.get(key))
+            _, host, rows = codec.part_rows(b.key, b.store.get(key), key)
             for r in rows:
                 seen.setdefault(r[0], []).append(host)
     return seen
@@ -155,8 +155,7 @@ def _hosts_of(url: str, job_id: str) -> dict[int, list[str]]:
 
 def _busy_on(url: str, host: str) -> bool:
     with open_backend(url) as b:
-        for key in b.store.list("workers/"):
-            rec = json.loads(b.store.get_or_none(key) or b"{}")
+        for rec in worker_records(b):
             if rec.get("host") == host and rec.get("task") is not None:
                 return True
     return False

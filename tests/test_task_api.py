@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 import time
 
-from helpers import wait_for
+from helpers import wait_for, worker_records
 
 import cloudloop as cl
 from cloudloop.backends import open_backend
@@ -46,12 +45,10 @@ def reports(x):
 def test_progress_shows_in_the_worker_heartbeat(make_executor, url):
     ex = make_executor(workers=1, heartbeat=0.2)
     job = ex.map_job(reports, [1])
-    store = open_backend(url).store
+    backend = open_backend(url)
 
     def progressed():
-        for key in store.list("workers/"):
-            blob = store.get_or_none(key)
-            rec = json.loads(blob) if blob else {}
+        for rec in worker_records(backend):
             if rec.get("job") == job.id and (rec.get("progress") or 0) > 0.2:
                 return rec
         return None

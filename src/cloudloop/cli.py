@@ -340,11 +340,26 @@ def cmd_worker(args) -> int:
         "stop_at": args.stop_at,
     }
     opts = worker_options(profile.worker, **{k: v for k, v in given.items() if v is not None})
-    if args.exit_when_orphaned:
+    if args.exit_when_orphaned or args.parent_pid is not None:
         opts = opts.replace(exit_when_orphaned=True)
-    backend = open_backend(args.backend or profile.backend)
-    Worker(backend, opts).run()
+    _private_process()
+    # the URL may hold a password: it comes from $CLOUDLOOP_BACKEND (never a command
+    # line, which any user can read in `ps`) and is not passed on to the tasks
+    url = args.backend or os.environ.pop("CLOUDLOOP_BACKEND", None) or profile.backend
+    backend = open_backend(url)
+    Worker(backend, opts, parent_pid=args.parent_pid).run()
     return 0
+
+
+def _private_process() -> None:
+    """Other processes of this user (the tasks included) cannot read this one's
+    memory or environment through /proc (``PR_SET_DUMPABLE`` 0)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
 
 
 def cmd_dashboard(args) -> int:
@@ -495,6 +510,7 @@ def _parser() -> argparse.ArgumentParser:
         "--stop-at", type=float, help="unix time to leave by (set by the ec2 provider for max_cost)"
     )
     w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     w.set_defaults(fn=cmd_worker)
     d = common(sub.add_parser("dashboard", help="serve a live web dashboard of the jobs"))

@@ -8,7 +8,6 @@ any client); ``local`` starts detached worker processes on this machine
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -65,12 +64,19 @@ def _ssh_down(profile: Profile) -> int:
 
 
 def _heartbeats(backend) -> list[dict]:
-    out = []
-    for key in backend.store.list("workers/"):
-        blob = backend.store.get_or_none(key)
-        if blob:
-            out.append(json.loads(blob))
-    return out
+    from .heartbeat import worker_records
+
+    return [r.as_dict() for r in worker_records(backend)]
+
+
+def _is_local_worker(pid: int) -> bool:
+    """The process is a ``cloudloop worker`` (a record's pid is checked before it is signalled)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"cloudloop" in b" ".join(argv) and b"worker" in argv
 
 
 def cmd_aws_init(args) -> int:
@@ -85,12 +91,17 @@ def cmd_up(args) -> int:
         return _ssh_up(profile, args.n)
     if profile.provider == "local":
         n = args.n or os.cpu_count() or 1
-        url = open_backend(profile.backend).url
-        cmd = worker_command(url, profile.worker)
+        backend = open_backend(profile.backend)
+        cmd = worker_command(profile.worker)
+        env = {
+            **os.environ,
+            "CLOUDLOOP_BACKEND": backend.connect_url,
+            "CLOUDLOOP_PROVIDER": "local",
+        }
         for _ in range(n):
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        print(f"started {n} local workers for {url} (`cloudloop down` stops them)")
+                             stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
+        print(f"started {n} local workers for {backend.url} (`cloudloop down` stops them)")
         return 0
     cluster = _cluster(profile)
     if args.n:
@@ -165,9 +176,9 @@ def cmd_down(args) -> int:
         backend = open_backend(profile.backend)
         host, n = socket.gethostname(), 0
         for w in _heartbeats(backend):
-            if w.get("host") == host:
+            if w.get("host") == host and _is_local_worker(w["pid"]):
                 try:
-                    os.kill(int(w["pid"]), signal.SIGTERM)
+                    os.kill(w["pid"], signal.SIGTERM)
                     n += 1
                 except (ProcessLookupError, PermissionError):
                     pass
@@ -210,7 +221,7 @@ def cmd_instance_ended(args) -> int:
         raise CloudloopError(f"cannot read this instance's id from {args.metadata_url}: {e}") from e
     if not iid:
         raise CloudloopError(f"{args.metadata_url} gave no instance id: not an EC2 instance?")
-    n = Ledger(open_backend(args.backend).store, args.cluster).close([iid], by="instance")
+    n = Ledger(open_backend(args.backend), args.cluster).close([iid], by="instance")
     print(f"instance {iid}: {'closed its record' if n else 'no open record'} in cluster "
           f"{args.cluster!r}")  # fmt: skip
     return 0

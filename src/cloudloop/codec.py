@@ -1,14 +1,25 @@
 """All serialisation: pickling with diagnosis, signing, messages, outcomes.
 
 Every pickle that crosses the queue or the store is signed with the backend's
-key (HMAC-SHA256) and verified before it is unpickled::
+key (HMAC-SHA256) and verified before it is unpickled. A blob's signature
+covers its store key as well as its bytes, so a signed blob copied to another
+key (another job, another task, another kind of record) fails verification
+instead of being taken for what lives there::
 
-    signed blob  = b"CLS1" | hmac(32) | data
-    message body = b"CLM1" | hmac(32) | u32 header length | header JSON | payload
+    signed blob  = b"CLS2" | hmac(key, "blob" 0 name 0 data)(32) | data
+    message body = b"CLM2" | hmac(key, "message" 0 rest)(32) | rest
+    rest         = u32 header length | header JSON | payload
 
-The message header is JSON so a worker can say which job and tasks a corrupt
-message claimed to carry without unpickling anything; the payload is opaque
-pickled bytes that only the task runner unpickles.
+The message header is JSON so a worker can say which job and tasks a message
+claims to carry without unpickling anything; the payload is opaque pickled
+bytes that only the task runner unpickles.
+
+Plain data that a less trusted process hands over (the task runner's outcome
+rows, a result part's row lists) is read with :func:`loads_data`, an
+unpickler that refuses every class and function: only str, bytes, numbers,
+None, bool, tuples, lists, dicts and sets come back. Only the values a task
+returned (and its exception) are unpickled in full, by the client that
+submitted the task's code.
 """
 
 from __future__ import annotations
@@ -32,42 +43,72 @@ import cloudpickle
 from .errors import RemoteError, RemoteTraceback, SerializationError, TamperedError
 from .model import ErrorInfo, Outcome
 
-_BLOB = b"CLS1"
-_MSG = b"CLM1"
+_BLOB = b"CLS2"
+_MSG = b"CLM2"
+_OLD = (b"CLS1", b"CLM1")
 _MAC = 32
+_PEEK_MAX = 4096  # bytes of an unverified header looked at, for an error report
 
 
 # ---------------------------------------------------------------- signing
 
 
-def sign(key: bytes, data: bytes) -> bytes:
-    """Wrap ``data`` with an HMAC so :func:`verify` can detect tampering."""
-    return _BLOB + hmac.digest(key, data, "sha256") + data
+def _mac(key: bytes, domain: bytes, name: str, data: bytes) -> bytes:
+    h = hmac.new(key, domain + b"\0" + name.encode() + b"\0", "sha256")
+    h.update(data)
+    return h.digest()
 
 
-def verify(key: bytes, blob: bytes, what: str = "blob") -> bytes:
-    """Return the data inside a :func:`sign` envelope, or raise TamperedError."""
+def sign(key: bytes, data: bytes, name: str) -> bytes:
+    """Wrap ``data`` stored under ``name`` so :func:`verify` can detect tampering."""
+    return _BLOB + _mac(key, b"blob", name, data) + data
+
+
+def verify(key: bytes, blob: bytes, name: str, what: str | None = None) -> bytes:
+    """The data inside a :func:`sign` envelope made for ``name``, or TamperedError."""
+    what = what or name
+    if blob[:4] in _OLD:
+        raise TamperedError(
+            f"{what} was written by an older cloudloop (its signature does not cover "
+            "its name); re-run the job with this version"
+        )
     if len(blob) < 4 + _MAC or blob[:4] != _BLOB:
         raise TamperedError(f"{what} is not a signed cloudloop blob (wrong header)")
     mac, data = blob[4 : 4 + _MAC], blob[4 + _MAC :]
-    if not hmac.compare_digest(mac, hmac.digest(key, data, "sha256")):
+    if not hmac.compare_digest(mac, _mac(key, b"blob", name, data)):
         raise TamperedError(
-            f"{what} failed its signature check: it was modified or signed with "
-            "another key (a different backend's secret); refusing to unpickle it"
+            f"{what} failed its signature check: it was modified, copied from another "
+            "key, or signed with another backend's secret; refusing to use it"
         )
     return data
+
+
+def encode_record(key: bytes, name: str, obj: Any) -> bytes:
+    """A small JSON record stored under ``name``, signed."""
+    return sign(key, encode_json(obj), name)
+
+
+def decode_record(key: bytes, blob: bytes, name: str, what: str | None = None) -> Any:
+    """The JSON record :func:`encode_record` stored under ``name`` (TamperedError if not)."""
+    data = verify(key, blob, name, what)
+    try:
+        return json.loads(data)
+    except ValueError as e:  # signed but unreadable: a bug, not tampering
+        raise TamperedError(f"{what or name} is not JSON: {e}") from None
 
 
 def encode_message(key: bytes, header: dict[str, Any], payload: bytes = b"") -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     body = struct.pack(">I", len(head)) + head + payload
-    return _MSG + hmac.digest(key, body, "sha256") + body
+    return _MSG + _mac(key, b"message", "", body) + body
 
 
 def peek_header(body: bytes) -> dict[str, Any] | None:
-    """The claimed header of a message, unverified (for error reports only)."""
+    """The claimed header of a message, unverified: for error reports only, never acted on."""
     try:
         (n,) = struct.unpack(">I", body[4 + _MAC : 8 + _MAC])
+        if n > _PEEK_MAX:
+            return None
         header = json.loads(body[8 + _MAC : 8 + _MAC + n])
         return header if isinstance(header, dict) else None
     except Exception:
@@ -76,21 +117,43 @@ def peek_header(body: bytes) -> dict[str, Any] | None:
 
 def decode_message(key: bytes, body: bytes) -> tuple[dict[str, Any], bytes]:
     """Verify a message and return its header and payload."""
+    if body[:4] in _OLD:
+        raise TamperedError("queue message was written by an older cloudloop; it was not run")
     if len(body) < 8 + _MAC or body[:4] != _MSG:
         raise TamperedError("queue message is not a cloudloop message (wrong header)")
     mac, rest = body[4 : 4 + _MAC], body[4 + _MAC :]
-    if not hmac.compare_digest(mac, hmac.digest(key, rest, "sha256")):
+    if not hmac.compare_digest(mac, _mac(key, b"message", "", rest)):
         raise TamperedError("queue message failed its signature check; it was not run")
     (n,) = struct.unpack(">I", rest[:4])
     try:
         header = json.loads(rest[4 : 4 + n])
     except ValueError as e:  # signed but unreadable: a bug, not tampering
         raise TamperedError(f"queue message header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise TamperedError("queue message header is not a JSON object")
     return header, rest[4 + n :]
 
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:24]
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise TamperedError(
+            f"refusing to load {module}.{name}: only plain data (str, bytes, numbers, "
+            "lists, tuples, dicts) is accepted here"
+        )
+
+
+def loads_data(data: bytes) -> Any:
+    """Unpickle plain data only: any class, function or global is refused (TamperedError)."""
+    try:
+        return _DataUnpickler(io.BytesIO(data)).load()
+    except TamperedError:
+        raise
+    except Exception as e:
+        raise TamperedError(f"unreadable data ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------- pickling
@@ -330,23 +393,71 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
 
 
 def pack_rows(rows: list[tuple]) -> bytes:
-    """Outcome rows ``(index, attempt, value, error, started, ended, cancelled)`` as bytes."""
+    """Outcome rows ``(index, attempt, value, error, started, ended, cancelled)`` as bytes.
+
+    ``error`` is None or ``ErrorInfo.to_wire()``: rows are plain data, so a
+    worker can read the rows its task runner sends with :func:`loads_data`.
+    """
     return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_part(key: bytes, worker: str, host: str, blobs: list[bytes]) -> bytes:
-    """A result part: blobs of packed rows (as the runner sent them), signed."""
-    return sign(key, pickle.dumps((1, worker, host, blobs), protocol=pickle.HIGHEST_PROTOCOL))
+def encode_part(key: bytes, name: str, worker: str, host: str, blobs: list[bytes]) -> bytes:
+    """A result part stored under ``name``: blobs of packed rows (as the runner sent them)."""
+    body = pickle.dumps((1, worker, host, blobs), protocol=pickle.HIGHEST_PROTOCOL)
+    return sign(key, body, name)
 
 
-def part_rows(key: bytes, blob: bytes, what: str = "result part") -> tuple[str, str, list[tuple]]:
-    _, worker, host, blobs = pickle.loads(verify(key, blob, what))
-    return worker, host, [row for b in blobs for row in pickle.loads(b)]
+def part_rows(
+    key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
+) -> tuple[str, str, list[tuple]]:
+    """(worker, host, rows) of a result part, each row checked; ``span``: the
+    (lo, hi) its key claims, which every row's index must lie in."""
+    data = verify(key, blob, name, f"result part {name}")
+    part = loads_data(data)
+    if not (isinstance(part, tuple) and len(part) == 4 and part[0] == 1):
+        raise TamperedError(f"result part {name} has an unknown layout")
+    _, worker, host, blobs = part
+    if not (isinstance(worker, str) and isinstance(host, str) and isinstance(blobs, list)):
+        raise TamperedError(f"result part {name} has an unknown layout")
+    rows = []
+    for b in blobs:
+        chunk = loads_data(b) if isinstance(b, bytes) else None
+        if not isinstance(chunk, list):
+            raise TamperedError(f"result part {name} holds a malformed batch")
+        for row in chunk:
+            rows.append(check_row(row, span, name))
+    return worker, host, rows
 
 
-def decode_part(key: bytes, blob: bytes, what: str = "result part") -> list[Outcome]:
-    worker, host, rows = part_rows(key, blob, what)
-    return [Outcome(i, a, v, e, s, t, worker, host, c) for i, a, v, e, s, t, c in rows]
+def check_row(row: Any, span: tuple[int, int] | None, where: str) -> tuple:
+    """``row`` if it is a well-formed outcome row (inside ``span``), else TamperedError."""
+    ok = isinstance(row, tuple) and len(row) == 7
+    if ok:
+        i, a, v, e, s, t, c = row
+        ok = (
+            type(i) is int
+            and type(a) is int
+            and a >= 0
+            and (v is None or isinstance(v, bytes))
+            and (e is None or ErrorInfo.valid_wire(e))
+            and isinstance(s, (int, float))
+            and isinstance(t, (int, float))
+            and isinstance(c, bool)
+            and (span is None or span[0] <= i <= span[1])
+        )
+    if not ok:
+        raise TamperedError(f"{where} holds a malformed outcome row")
+    return row
+
+
+def decode_part(
+    key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
+) -> list[Outcome]:
+    worker, host, rows = part_rows(key, blob, name, span)
+    return [
+        Outcome(i, a, v, None if e is None else ErrorInfo.from_wire(e), s, t, worker, host, c)
+        for i, a, v, e, s, t, c in rows
+    ]
 
 
 def encode_json(obj: Any) -> bytes:

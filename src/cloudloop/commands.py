@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .errors import CommandFailed, ConfigError
 
 STDOUT_KEEP = 1 << 20
@@ -1053,7 +1054,13 @@ def run_command(
         t.start()
     rc = proc.wait()
     for t in pumps:
-        t.join()
+        t.join(timeout=1.0)
+    if any(t.is_alive() for t in pumps):
+        # the command left a process behind that holds its output open (`cmd &`):
+        # the task is over, so it is ended (the runner is its subreaper)
+        procs.end_leftovers()
+        for t in pumps:
+            t.join()
     stdout = b"".join(out).decode(errors="replace")
     if rc != 0:
         tail = b"".join(err).decode(errors="replace")

@@ -1,7 +1,8 @@
 """Profiles and settings: where a job runs is decided here, never in the loop.
 
 ``cloudloop.toml`` (looked up in ``$CLOUDLOOP_CONFIG``, then the current
-directory and its parents, then ``~/.config/cloudloop/``)::
+directory and its parents up to the home directory or the repository root,
+then ``~/.config/cloudloop/``; see :func:`find_config_file`)::
 
     default_profile = "local"          # optional
 
@@ -19,6 +20,8 @@ file store under ``./.cloudloop`` with one local worker per core.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions, WorkerOptions
+
+log = logging.getLogger("cloudloop")
 
 try:
     import tomllib
@@ -53,49 +58,127 @@ _UNITS_B = {
 
 
 def parse_duration(value: Any, what: str = "duration") -> float | None:
-    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``, ``"2d"`` (None stays None)."""
-    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        return None if value is None else float(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value).lower())
-    if not m or m.group(2) not in _UNITS_S:
-        raise ConfigError(f"{what} {value!r} is not a duration; use e.g. 30, '30s', '10m', '2h'")
-    return float(m.group(1)) * _UNITS_S[m.group(2)]
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``, ``"2d"`` (None stays None).
+
+    Any finite number >= 0; whether zero makes sense is the caller's to say.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value).lower())
+        if not m or m.group(2) not in _UNITS_S:
+            raise ConfigError(
+                f"{what} {value!r} is not a duration; use e.g. 30, '30s', '10m', '2h'"
+            )
+        seconds = float(m.group(1)) * _UNITS_S[m.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{what} must be a duration >= 0 such as 30 or '10m', not {value!r}")
+    return seconds
 
 
 def parse_size(value: Any, what: str = "size") -> int | None:
     """Bytes from ``1024``, ``"512MB"``, ``"2GiB"``, ``"64M"`` (None stays None)."""
-    if value is None or isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value).lower())
-    if not m or m.group(2) not in _UNITS_B:
-        raise ConfigError(f"{what} {value!r} is not a size; use e.g. '512MB', '2GiB', 10**9")
-    return int(float(m.group(1)) * _UNITS_B[m.group(2)])
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{what} must be a size such as '512MB', not {value!r}")
+        size = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value).lower())
+        if not m or m.group(2) not in _UNITS_B:
+            raise ConfigError(f"{what} {value!r} is not a size; use e.g. '512MB', '2GiB', 10**9")
+        size = int(float(m.group(1)) * _UNITS_B[m.group(2)])
+    if size <= 0:
+        raise ConfigError(f"{what} must be more than 0 bytes, not {value!r}")
+    return size
+
+
+def _whole(value: Any, what: str, least: int) -> int:
+    if type(value) is not int or value < least:
+        raise ConfigError(f"{what} must be a whole number >= {least}, not {value!r}")
+    return value
+
+
+def check_workers(value: Any, what: str = "workers") -> int | None:
+    """A worker count: None (the default) or a whole number >= 0 (0: start none)."""
+    return None if value is None else _whole(value, what, 0)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _job_value(k: str, v: Any) -> Any:
+    if k == "timeout":
+        v = parse_duration(v, "timeout")
+        if v == 0:
+            raise ConfigError("timeout must be more than 0 s (None: no limit)")
+        return v
+    if k == "memory":
+        return parse_size(v, "memory")
+    if k == "retries":
+        return _whole(v, k, 0)
+    if k == "max_deliveries":
+        return _whole(v, k, 1)
+    if k == "chunksize":
+        return None if v is None else _whole(v, k, 1)
+    if k == "seed":
+        return None if v is None else _whole(v, k, 0)
+    if k == "seed_globals":
+        if not isinstance(v, bool):
+            raise ConfigError(f"seed_globals must be true or false, not {v!r}")
+        return v
+    if k == "name":
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"name must be text, not {v!r}")
+        return v
+    if k == "env":
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ConfigError(f"env must be a table of NAME = value, not {v!r}")
+        bad = [a for a in v if not isinstance(a, str) or not _ENV_NAME.match(a)]
+        if bad:
+            raise ConfigError(f"env: {bad[0]!r} is not an environment variable name")
+        return {a: str(b) for a, b in v.items()}
+    return v
 
 
 def job_options(base: JobOptions | None = None, **values: Any) -> JobOptions:
-    """Build JobOptions from user values, converting units and checking names."""
+    """Build JobOptions from user values, converting units and checking each one."""
     unknown = set(values) - JOB_OPTION_NAMES
     if unknown:
         raise ConfigError(
             f"unknown job option(s) {sorted(unknown)}; known: {sorted(JOB_OPTION_NAMES)}"
         )
-    changes: dict[str, Any] = {}
-    for k, v in values.items():
-        if k == "timeout":
-            v = parse_duration(v, "timeout")
-        elif k == "memory":
-            v = parse_size(v, "memory")
-        elif k in ("retries", "max_deliveries"):
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{k} must be a whole number >= 0, not {v!r}")
-        elif k == "chunksize" and v is not None and (not isinstance(v, int) or v < 1):
-            raise ConfigError(f"chunksize must be a whole number >= 1, not {v!r}")
-        elif k == "seed_globals" and not isinstance(v, bool):
-            raise ConfigError(f"seed_globals must be true or false, not {v!r}")
-        elif k == "env":
-            v = {str(a): str(b) for a, b in (v or {}).items()}
-        changes[k] = v
+    changes = {k: _job_value(k, v) for k, v in values.items()}
     return (base or JobOptions()).replace(**changes)
+
+
+_MORE_THAN_ZERO = ("lease", "heartbeat", "flush", "split_after")
+
+
+def _worker_value(k: str, v: Any) -> Any:
+    if k == "exit_when_orphaned":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{k} must be true or false, not {v!r}")
+        return v
+    if k == "metadata_url":
+        if v is not None and not (isinstance(v, str) and v.startswith(("http://", "https://"))):
+            raise ConfigError(f"metadata_url must be an http:// URL, not {v!r}")
+        return v
+    if k == "stop_at":
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        ):
+            raise ConfigError(f"stop_at must be a unix time, not {v!r}")
+        return v
+    seconds = parse_duration(v, k)
+    if k in _MORE_THAN_ZERO and seconds == 0:
+        raise ConfigError(f"{k} must be more than 0 s, not {v!r}")
+    return seconds
 
 
 def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOptions:
@@ -104,9 +187,12 @@ def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOp
         raise ConfigError(
             f"unknown worker option(s) {sorted(unknown)}; known: {sorted(WORKER_OPTION_NAMES)}"
         )
-    as_is = ("exit_when_orphaned", "metadata_url", "stop_at")
-    changes = {k: (v if k in as_is else parse_duration(v, k)) for k, v in values.items()}
-    return (base or WorkerOptions()).replace(**changes)
+    out = (base or WorkerOptions()).replace(**{k: _worker_value(k, v) for k, v in values.items()})
+    if out.lease < 1.0:
+        raise ConfigError(
+            f"lease must be at least 1 s (a worker extends it every third of it), not {out.lease:g}"
+        )
+    return out
 
 
 def default_backend() -> str:
@@ -132,18 +218,62 @@ class Profile:
 
 
 def find_config_file(start: Path | None = None) -> Path | None:
+    """The ``cloudloop.toml`` to read, or None.
+
+    ``$CLOUDLOOP_CONFIG`` if set; else the nearest one from the working
+    directory up to the home directory or the repository root (a directory
+    holding ``.git``), whichever comes first, looking only in directories of
+    this user that nobody else can write to (never ``/tmp`` or another user's
+    directory, where anyone could leave a file naming a backend); else
+    ``~/.config/cloudloop/cloudloop.toml``. A file that others can write to is
+    refused: it decides what runs where.
+    """
     env = os.environ.get("CLOUDLOOP_CONFIG")
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
             raise ConfigError(f"CLOUDLOOP_CONFIG={env} does not name a file")
-        return path
+        return _checked(path)
+    home = Path.home().resolve()
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
+        if not _private_to_us(d):
+            if (d / "cloudloop.toml").is_file():
+                log.warning(
+                    "ignoring %s: %s is not a directory only you can write to",
+                    d / "cloudloop.toml",
+                    d,
+                )
+            break
         if (d / "cloudloop.toml").is_file():
-            return d / "cloudloop.toml"
-    home = Path.home() / ".config" / "cloudloop" / "cloudloop.toml"
-    return home if home.is_file() else None
+            return _checked(d / "cloudloop.toml")
+        if d == home or (d / ".git").exists():
+            break
+    path = home / ".config" / "cloudloop" / "cloudloop.toml"
+    return _checked(path) if path.is_file() else None
+
+
+def _private_to_us(d: Path) -> bool:
+    try:
+        st = d.stat()
+    except OSError:
+        return False
+    return st.st_uid in (os.getuid(), 0) and not st.st_mode & 0o022
+
+
+def _checked(path: Path) -> Path:
+    st = path.stat()
+    if st.st_uid not in (os.getuid(), 0):
+        raise ConfigError(
+            f"{path} belongs to another user (uid {st.st_uid}); cloudloop reads only "
+            "your own cloudloop.toml: move it, or set CLOUDLOOP_CONFIG to your file"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"{path} can be changed by other users (mode {st.st_mode & 0o777:o}), and it "
+            f"decides what runs where; run: chmod go-w {path}"
+        )
+    return path
 
 
 def _read_config(path: Path | None) -> dict[str, Any]:
@@ -157,20 +287,26 @@ def _read_config(path: Path | None) -> dict[str, Any]:
 
 
 def _profile_from_table(name: str, table: dict[str, Any], source: str) -> Profile:
+    if not isinstance(table, dict):
+        raise ConfigError(f"profile {name!r} in {source} must be a table ([profiles.{name}])")
     table = dict(table)
     backend = table.pop("backend", None) or default_backend()
     provider = table.pop("provider", "local")
     workers = table.pop("workers", None)
-    if workers is not None and (not isinstance(workers, int) or workers < 0):
-        raise ConfigError(f"profile {name!r} in {source}: workers must be a whole number >= 0")
+    for what, value in (("backend", backend), ("provider", provider)):
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"profile {name!r} in {source}: {what} must be text "
+                f'(e.g. backend = "sqlite:///path"), not {value!r}'
+            )
     job = {k: table.pop(k) for k in list(table) if k in JOB_OPTION_NAMES}
     wrk = {k: table.pop(k) for k in list(table) if k in WORKER_OPTION_NAMES}
     try:
         return Profile(
             name=name,
-            backend=str(backend),
-            provider=str(provider),
-            workers=workers,
+            backend=backend,
+            provider=provider,
+            workers=check_workers(workers),
             job=job_options(**job),
             worker=worker_options(**wrk),
             provider_options=table,

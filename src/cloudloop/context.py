@@ -33,29 +33,22 @@ def derive_seed(job_seed: int, index: int) -> int:
 
 @dataclass
 class TaskContext:
+    """What the runner knows about the running task. It holds no key and no
+    store: ``call(op, *args)`` asks the worker to store or fetch on the task's
+    behalf (the worker signs, and only under this task's own keys)."""
+
     job_id: str
     index: int
     attempt: int
     job_seed: int
-    key: bytes
-    store_factory: Callable[[], Any]  # -> Store, opened lazily
+    call: Callable[..., Any]
     report_progress: Callable[[float, str], None]
     is_preempted: Callable[[], bool] = lambda: False
     checkpointed: bool = False
-    _store: Any = None
 
     @property
     def seed(self) -> int:
         return derive_seed(self.job_seed, self.index)
-
-    @property
-    def store(self):
-        if self._store is None:
-            self._store = self.store_factory()
-        return self._store
-
-    def checkpoint_key(self) -> str:
-        return f"jobs/{self.job_id}/checkpoints/{self.index:010d}"
 
 
 _current: TaskContext | None = None
@@ -90,14 +83,14 @@ def task_rng():
 def checkpoint(state: Any) -> None:
     """Save ``state`` so a later attempt of this task can :func:`restore` it.
 
-    Written to the job's store (signed), so it survives the worker: after a
-    preemption, crash or timeout, the next attempt, on any machine, resumes.
+    Written to the job's store (signed by the worker), so it survives the
+    worker: after a preemption, crash or timeout, the next attempt, on any
+    machine, resumes.
     """
     ctx = _current
     if ctx is None:
         return
-    blob = codec.sign(ctx.key, codec.dumps(state, "checkpoint state"))
-    ctx.store.put(ctx.checkpoint_key(), blob)
+    ctx.call("checkpoint", codec.dumps(state, "checkpoint state"))
     ctx.checkpointed = True
 
 
@@ -106,10 +99,8 @@ def restore(default: Any = None) -> Any:
     ctx = _current
     if ctx is None:
         return default
-    blob = ctx.store.get_or_none(ctx.checkpoint_key())
-    if blob is None:
-        return default
-    return codec.loads(codec.verify(ctx.key, blob, f"checkpoint of task {ctx.index}"))
+    data = ctx.call("restore")
+    return default if data is None else codec.loads(data)
 
 
 def progress(fraction: float, message: str = "") -> None:

@@ -6,6 +6,9 @@
      │    ├── ConnectionFailed  cannot reach the service
      │    └── LeaseLost         ack/extend with a token someone else now holds
      ├── SerializationError     a function, argument or result cannot be pickled
+     │                          (also a pickle.PicklingError and a TypeError)
+     ├── UnreadableResult       a result reached the client but cannot be unpickled here
+     ├── InitializerFailed      an Executor's initializer raised: the executor is broken
      ├── TamperedError          a signed blob or message failed its HMAC check
      ├── JobNotFound
      ├── JobCancelled
@@ -21,9 +24,19 @@
 A user exception raised inside a task is re-raised on the client with its own
 type, and a :class:`RemoteTraceback` as ``__cause__`` (like
 ``concurrent.futures.process``).
+
+Where ``concurrent.futures`` has a name for the same failure, ours is also
+that exception, so code written for ``ProcessPoolExecutor`` keeps catching
+it: ``SerializationError`` is a ``pickle.PicklingError``; ``TaskCrashed``,
+``WorkerLost`` and ``UnreadableResult`` are ``BrokenProcessPool``s (though
+with cloudloop only that one future fails: the executor goes on), and so is
+``InitializerFailed`` (which, as in the stdlib, does break the executor).
 """
 
 from __future__ import annotations
+
+import pickle
+from concurrent.futures.process import BrokenProcessPool
 
 
 class CloudloopError(Exception):
@@ -50,8 +63,31 @@ class LeaseLost(BackendError):
     """
 
 
-class SerializationError(CloudloopError, TypeError):
-    """A function, argument or result cannot be serialised."""
+class SerializationError(CloudloopError, TypeError, pickle.PicklingError):
+    """A function, argument or result cannot be serialised.
+
+    A ``pickle.PicklingError`` (what ``concurrent.futures`` raises for the
+    same mistake) and a ``TypeError`` (what ``pickle`` raises for most of them).
+    """
+
+
+class UnreadableResult(CloudloopError, BrokenProcessPool):
+    """A task's result (or the exception it raised) reached the client but cannot
+    be unpickled here: its class is missing on this side, or unpickling it
+    raised. The error unpickling raised is the ``__cause__``; the task's outcome
+    is still in the store (``cl.attach(job).outcomes()``) for a client that can
+    read it. ``ProcessPoolExecutor`` raises ``BrokenProcessPool`` in this case,
+    hence the base; here only this future fails.
+    """
+
+
+class InitializerFailed(CloudloopError, BrokenProcessPool):
+    """The ``initializer`` of an ``Executor`` raised in a worker's task process.
+
+    As with the stdlib's executors, the executor is then broken: its pending
+    futures fail with this error and ``submit()`` raises it. The initializer's
+    own exception is the ``__cause__`` (on the client: its remote traceback).
+    """
 
 
 class TamperedError(CloudloopError):
@@ -84,11 +120,15 @@ class MemoryLimitExceeded(TaskFailure, MemoryError):
     """A task's processes used more memory than its limit and were killed."""
 
 
-class TaskCrashed(TaskFailure):
-    """The process running a task died (a signal, ``os._exit``, the OOM killer)."""
+class TaskCrashed(TaskFailure, BrokenProcessPool):
+    """The process running a task died (a signal, ``os._exit``, the OOM killer).
+
+    A ``BrokenProcessPool``, as ``ProcessPoolExecutor`` says when a worker dies;
+    here the worker lives on and only this task failed.
+    """
 
 
-class WorkerLost(TaskFailure):
+class WorkerLost(TaskFailure, BrokenProcessPool):
     """The worker running a task vanished too many times; the task is dead-lettered."""
 
 

@@ -46,9 +46,14 @@ class _Future(cf.Future):
         self._session, self._index = session, index
 
     def cancel(self) -> bool:
-        if super().cancel():
-            self._session.cancel_task(self._index)
-            return True
+        with self._condition:
+            if self._state != cf._base.PENDING:
+                return super().cancel()
+        if self._session.cancel_task(self._index):
+            return super().cancel()
+        with self._condition:  # a worker has it: too late, as the stdlib says
+            if self._state == cf._base.PENDING:
+                self._state = cf._base.RUNNING
         return False
 
 
@@ -84,8 +89,12 @@ class _Session(threading.Thread):
             self.cond.notify()
         return fut
 
-    def cancel_task(self, index: int) -> None:
-        self.backend.store.put(keys.cancel_task(self.writer.id, index), b"")
+    def cancel_task(self, index: int) -> bool:
+        """Claim the task for cancellation; False if a worker claimed it first."""
+        name = keys.claim(self.writer.id, index)
+        if self.backend.put_signed(name, b"cancel", if_absent=True):
+            return True
+        return self.backend.get_signed(name) == b"cancel"
 
     def pending(self) -> list[_Future]:
         with self.cond:
@@ -193,7 +202,7 @@ class Executor(cf.Executor):
             provider = get_provider(
                 self._profile.provider, self._profile.provider_options, self._profile.name
             )
-            self._pool = provider.start(self.backend.url, workers, self._worker_options)
+            self._pool = provider.start(self.backend.connect_url, workers, self._worker_options)
 
     # ---------------------------------------------------------------- stdlib API
 

@@ -4,7 +4,10 @@ Every third of the lease it extends the message being run and those waiting
 for their ack; every couple of seconds it checks the running job's
 cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
 (host, pid, provider, current job and task, the task's ``cl.progress``, tasks
-done, memory) so ``status``, the dashboard and clients can see every worker.
+done, memory, and any trouble it is in) so ``status``, the dashboard and
+clients can see every worker. Records are signed by the worker; readers go
+through :func:`worker_records`, which verifies and validates each one, so a
+forged or malformed record is never shown or counted.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import time
 from typing import Any
 
 from . import __version__, codec, keys
-from .errors import LeaseLost
+from .errors import LeaseLost, TamperedError
+from .model import WorkerRecord
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -44,6 +48,12 @@ class Heartbeat(threading.Thread):
         tick = max(0.2, min(1.0, w.options.lease / 6))
         while not self._stop_event.wait(tick):
             chunk = w.current
+            if time.monotonic() - extended > w.options.lease and chunk is not None:
+                # frozen (SIGSTOP, a stalled VM) past the lease: someone else may hold the
+                # message now, whatever an extend answers (SQS "extends" expired leases)
+                if not chunk.lost:
+                    log.warning("lease on message %s may have expired while frozen", chunk.lease.id)
+                chunk.lost = True
             if time.monotonic() - extended > w.options.lease / 3:
                 held = w.committer.held()
                 if chunk is not None and not chunk.lost:
@@ -93,9 +103,40 @@ class Heartbeat(threading.Thread):
             "failures": w.failures,
             "rss": w.runner.rss() if w.runner.alive else 0,
             "load": os.getloadavg()[0],
+            "error": w.trouble(),
             **w.machine,
         }
         try:
-            w.store.put(keys.worker(w.id), codec.encode_json(record))
+            w.backend.put_record(keys.worker(w.id), record)
         except Exception as e:
             log.warning("could not write heartbeat: %s", e)
+
+
+def worker_records(backend: Any, prune_after: float | None = None) -> list[WorkerRecord]:
+    """Every worker's latest heartbeat record, verified and validated.
+
+    A record that fails its signature or its checks is skipped (logged once
+    per key). With ``prune_after``, records older than that many seconds (a
+    worker that died long ago) are deleted as they are found.
+    """
+    out = []
+    store, now = backend.store, time.time()
+    for key in store.list(keys.WORKERS):
+        blob = store.get_or_none(key)
+        if blob is None:
+            continue
+        try:
+            rec = WorkerRecord.from_dict(codec.decode_record(backend.key, blob, key))
+        except (TamperedError, ValueError) as e:
+            if key not in _warned:
+                _warned.add(key)
+                log.warning("ignoring worker record %s: %s", key, e)
+            continue
+        if prune_after is not None and now - rec.last_seen > prune_after:
+            store.delete(key)
+            continue
+        out.append(rec)
+    return out
+
+
+_warned: set[str] = set()

@@ -12,17 +12,20 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any
 
 from . import codec, keys
 from .backends import Backend
 from .display import job_html, progress_display
-from .errors import JobCancelled, JobNotFound, RemoteTraceback
+from .errors import JobCancelled, JobNotFound, RemoteTraceback, TamperedError, UnreadableResult
+from .heartbeat import worker_records
 from .model import JobManifest, JobState, JobStatus, Outcome
 
 log = logging.getLogger("cloudloop")
@@ -60,16 +63,31 @@ class _Parts:
 
     def __init__(self) -> None:
         self.parts: dict[str, tuple[int, int, int]] = {}
+        self.junk: set[str] = set()
         self._merged: list[tuple[int, int]] = []
         self.done = 0
 
     def refresh(self, store, job_id: str) -> bool:
         listed = store.list(keys.results_prefix(job_id))
-        if len(listed) == len(self.parts):
+        if len(listed) == len(self.parts) + len(self.junk):
             return False
         for key in listed:
-            if key not in self.parts:
-                self.parts[key] = keys.parse_result(key)
+            if key not in self.parts and key not in self.junk:
+                try:
+                    self.parts[key] = keys.parse_result(key)
+                except ValueError:  # not a part's name: nothing a worker wrote
+                    self.junk.add(key)
+                    log.warning("ignoring %s: not a result part", key)
+        self._merge()
+        return True
+
+    def drop(self, key: str) -> None:
+        """A part that failed verification: it counts for nothing from now on."""
+        if self.parts.pop(key, None) is not None:
+            self.junk.add(key)
+            self._merge()
+
+    def _merge(self) -> None:
         merged: list[list[int]] = []
         for lo, hi, _ in sorted(self.parts.values()):
             if merged and lo <= merged[-1][1] + 1:
@@ -78,7 +96,6 @@ class _Parts:
                 merged.append([lo, hi])
         self._merged = [(a, b) for a, b in merged]
         self.done = sum(b - a + 1 for a, b in self._merged)
-        return True
 
     def covers(self, index: int) -> bool:
         i = bisect.bisect_right(self._merged, (index, float("inf"))) - 1
@@ -113,14 +130,16 @@ class Job:
     @property
     def manifest(self) -> JobManifest:
         if self._manifest is None:
-            blob = self.backend.store.get_or_none(keys.manifest(self.id))
-            if blob is None:
+            data = self.backend.get_signed(keys.manifest(self.id), f"manifest of job {self.id}")
+            if data is None:
                 raise JobNotFound(
                     f"job {self.id!r} is not on backend {self.backend.url}; "
                     "`cloudloop status` lists the jobs there"
                 )
-            data = codec.verify(self.backend.key, blob, f"manifest of job {self.id}")
-            self._manifest = JobManifest.from_dict(json.loads(data))
+            try:
+                self._manifest = JobManifest.from_dict(json.loads(data))
+            except (TypeError, KeyError, ValueError) as e:
+                raise TamperedError(f"manifest of job {self.id} is malformed: {e}") from None
         return self._manifest
 
     @property
@@ -140,11 +159,9 @@ class Job:
         store = self.backend.store
         self._parts.refresh(store, self.id)
         if self._total is None:
-            blob = store.get_or_none(keys.sealed(self.id))
-            if blob is not None:
-                self._total = int(codec.decode_json(blob)["tasks"])
+            self._total = self._sealed_total()
         if not self._cancelled:
-            self._cancelled = store.exists(keys.cancelled(self.id))
+            self._cancelled = self._marked(keys.cancelled(self.id)) is not None
         for key in self._parts.failing():
             if key not in self._read_failing:
                 self._read_failing.add(key)
@@ -161,31 +178,44 @@ class Job:
                 )
                 self._failed[index] = not ok
 
+    def _sealed_total(self) -> int | None:
+        rec = self._marked(keys.sealed(self.id))
+        if rec is None:
+            return None
+        tasks = rec.get("tasks") if isinstance(rec, dict) else None
+        if type(tasks) is not int or tasks < 0:
+            raise TamperedError(f"the sealed record of job {self.id} is malformed: {rec!r:.80}")
+        return tasks
+
+    def _marked(self, name: str) -> Any:
+        """A signed marker record (None if absent; a forged one is ignored, with a warning)."""
+        try:
+            return self.backend.get_record(name)
+        except TamperedError as e:
+            log.warning("ignoring %s: %s", name, e)
+            return None
+
     def _read(self, key: str) -> list[Outcome]:
-        blob = self.backend.store.get(key)
-        return codec.decode_part(self.backend.key, blob, f"result part {key}")
+        """The outcomes of one result part, verified (a key not listed before is parsed here)."""
+        span = self._parts.parts.get(key) or keys.parse_result(key)
+        blob = self.backend.store.get_or_none(key)
+        if blob is None:  # removed since it was listed
+            self._parts.drop(key)
+            return []
+        try:
+            return codec.decode_part(self.backend.key, blob, key, span[:2])
+        except TamperedError as e:  # not written by a worker of this backend: worth nothing
+            log.warning("ignoring %s: %s", key, e)
+            self._parts.drop(key)
+            return []
 
     def workers(self) -> list[dict[str, Any]]:
-        """Heartbeat records of workers seen in the last 30 s (cached ~2 s)."""
+        """Heartbeat records of workers seen in the last 30 s (cached ~2 s), verified."""
         at, cached = self._workers
         if time.monotonic() - at > (self.backend.workers_cache if cached else 0.5):
-            out = []
-            store = self.backend.store
-            for key in store.list("workers/"):
-                blob = store.get_or_none(key)
-                if blob is None:
-                    continue
-                try:
-                    rec = codec.decode_json(blob)
-                except ValueError:
-                    continue
-                age = time.time() - rec.get("last_seen", 0)
-                if age < max(_HEARTBEAT_FRESH, 3 * rec.get("every", 0)):
-                    out.append(rec)
-                elif age > _HEARTBEAT_STALE:  # a worker that died a day ago
-                    store.delete(key)
-            self._workers = (time.monotonic(), out)
-            cached = out
+            recs = worker_records(self.backend, prune_after=_HEARTBEAT_STALE)
+            cached = [r.as_dict() for r in recs if r.live()]
+            self._workers = (time.monotonic(), cached)
         return cached
 
     def status(self) -> JobStatus:
@@ -216,25 +246,51 @@ class Job:
         eta = (
             (total - done) / rate if total is not None and rate > 0 and not state.finished else None
         )
+        problems = tuple(f"worker {w['id']}: {w['error']}" for w in live if w.get("error"))
         return JobStatus(
             self.id, manifest.name, state, total, done, failed, running, len(live),
-            manifest.created, elapsed, rate, eta,
+            manifest.created, elapsed, rate, eta, problems,
         )  # fmt: skip
+
+    def problems(self) -> list[str]:
+        """What is keeping this job from finishing, in words: workers' troubles (a store
+        that refuses writes) and messages of this job that were dead-lettered.
+
+        A dead-lettered message that failed verification is not believed: what it
+        claims (its job and tasks) is only reported here, so the user can re-run
+        those tasks; no task is failed because of it.
+        """
+        out = list(self.status().problems)
+        for name in self.backend.store.list(keys.DEADLETTER):
+            if name.endswith(".why"):
+                continue
+            claimed = codec.peek_header(self.backend.store.get_or_none(name) or b"") or {}
+            if claimed.get("job") != self.id:
+                continue
+            runs = claimed.get("runs")
+            tasks = (
+                ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:20])
+                if isinstance(runs, list) and all(_pair(r) for r in runs[:20])
+                else "?"
+            )
+            try:
+                why = (self.backend.get_record(name + ".why") or {}).get("why", "")
+            except TamperedError:
+                why = "(its reason record failed verification)"
+            out.append(f"a queue message for tasks {tasks} was dead-lettered ({name}): {why}")
+        return out
 
     def _finish_time(self, observed: bool) -> float:
         """When the job finished: recorded by the first client to see it finish."""
-        store = self.backend.store
-        blob = store.get_or_none(keys.job_prefix(self.id) + "finished")
-        if blob is not None:
-            return float(codec.decode_json(blob)["at"])
+        rec = self._marked(keys.finished(self.id))
+        if isinstance(rec, dict) and isinstance(rec.get("at"), (int, float)):
+            return float(rec["at"])
         if observed:  # this handle watched it run: now is within one poll of the end
             at = time.time()
         else:  # it finished unwatched: the last task's end time, from the results
             ends = [o.ended for k in self._parts.parts for o in self._read(k) if o.ended]
             at = max(ends) if ends else time.time()
-        store.put(
-            keys.job_prefix(self.id) + "finished", codec.encode_json({"at": at}), if_absent=True
-        )
+        self.backend.put_record(keys.finished(self.id), {"at": at}, if_absent=True)
         return at
 
     def done(self) -> bool:
@@ -272,13 +328,8 @@ class Job:
                     time.monotonic(),
                     self.backend.poll_interval,
                 )
-            elif not warned and st.workers == 0 and time.monotonic() - stalled_since > 30:
-                warned = True
-                log.warning(
-                    "job %s: no worker has been seen for 30 s; start some with "
-                    "`cloudloop worker --backend %s` (or use Executor(workers=N))",
-                    self.id, self.backend.url,
-                )  # fmt: skip
+            elif not warned and time.monotonic() - stalled_since > 30:
+                warned = self._warn_stalled(st)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} not finished after {timeout} s: {st}")
             time.sleep(
@@ -286,9 +337,29 @@ class Job:
             )
             pause = min(pause * 1.5, self.backend.poll_max)
 
+    def _warn_stalled(self, st: JobStatus) -> bool:
+        """Nothing finished for 30 s: say why, if anything says so. True once said."""
+        problems = self.problems()
+        if st.workers == 0:
+            probe = f"control/probe/client-{os.getpid()}"
+            try:
+                self.backend.store.put(probe, b"probe")
+                self.backend.store.delete(probe)
+            except Exception as e:
+                problems.append(f"the store refuses writes: {type(e).__name__}: {e}")
+        for p in problems:
+            log.warning("job %s: %s", self.id, p)
+        if st.workers == 0:
+            log.warning(
+                "job %s: no worker has been seen for 30 s; start some with "
+                "`cloudloop worker --backend %s` (or use Executor(workers=N))",
+                self.id, self.backend.url,
+            )  # fmt: skip
+        return bool(problems) or st.workers == 0
+
     def cancel(self) -> None:
         """Stop the job: queued tasks are dropped, running ones are killed."""
-        self.backend.store.put(keys.cancelled(self.id), codec.encode_json({"at": time.time()}))
+        self.backend.put_record(keys.cancelled(self.id), {"at": time.time()})
         self._cancelled = True
 
     # ---------------------------------------------------------------- results
@@ -326,13 +397,12 @@ class Job:
             while nxt in pending:
                 o = pending.pop(nxt)
                 nxt += 1
-                if o.ok:
-                    yield codec.loads(o.value)
-                else:
-                    exc = self._exception(o)
-                    if not return_exceptions:
-                        raise exc
-                    yield exc
+                ok, value = read_outcome(o, self.id)
+                if not ok and not return_exceptions:
+                    raise value
+                box = [value]  # hold no reference to what was yielded (as the stdlib's map)
+                del value
+                yield box.pop()
                 pause = self.backend.poll_interval
             if total is not None and nxt >= total:
                 return
@@ -355,15 +425,12 @@ class Job:
                 pending[nxt] = Outcome(nxt, 0, cancelled=True)
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"result {nxt} of job {self.id} not ready in time")
+                raise FuturesTimeout(f"result {nxt} of job {self.id} not ready in time")
             time.sleep(pause)
             pause = min(pause * 1.5, self.backend.poll_max)
 
     def _exception(self, o: Outcome) -> BaseException:
-        if o.cancelled:
-            return CancelledError(f"task {o.index} of job {self.id} was cancelled")
-        assert o.error is not None
-        return codec.rebuild_exception(o.error)
+        return read_outcome(o, self.id)[1]
 
     def outputs(self, index: int | None = None):
         """Files the tasks wrote in their output directories (see :mod:`cloudloop.outputs`)."""
@@ -379,7 +446,7 @@ class Job:
                 out.append(
                     FailedTask(
                         index,
-                        codec.rebuild_exception(o.error),
+                        self._exception(o),
                         o.error.traceback,
                         o.attempt,
                         self.logs(index, attempt=o.attempt),
@@ -398,16 +465,16 @@ class Job:
                 if key in keys_seen:
                     continue
                 keys_seen.add(key)
-            lo, hi = keys.parse_logs(key)
+            try:
+                lo, hi = keys.parse_logs(key)
+            except ValueError:
+                continue
             if index is not None and not lo <= index <= hi:
                 continue
-            blob = store.get_or_none(key)
-            if blob is None:
-                continue
-            for i, segments in codec.decode_json(blob).items():
-                if index is None or int(i) == index:
+            for i, segments in read_log_part(self.backend, key, (lo, hi)).items():
+                if index is None or i == index:
                     for attempt, part, text in segments:
-                        yield int(i), attempt, part, text
+                        yield i, attempt, part, text
 
     def logs(self, index: int, attempt: int | None = None) -> str:
         """Everything task ``index`` printed (all attempts, or one)."""
@@ -433,13 +500,99 @@ class Job:
                 sys.stderr.write(f"[task {i}] {line}\n")
 
 
+def _pair(r: Any) -> bool:
+    return isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)
+
+
+def read_outcome(o: Outcome, job_id: str) -> tuple[bool, Any]:
+    """``(True, value)`` or ``(False, exception)`` for one outcome; never raises.
+
+    A value or an exception that cannot be unpickled here (its class is missing
+    on this client, or unpickling it raises, even ``SystemExit``) gives an
+    :class:`UnreadableResult` with the unpickling error as its cause, so a
+    future or a results list always gets an answer.
+    """
+    if o.cancelled:
+        return False, CancelledError(f"task {o.index} of job {job_id} was cancelled")
+    try:
+        if o.ok:
+            return True, codec.loads(o.value)
+        if o.error is None:
+            raise ValueError("the outcome holds neither a value nor an error")
+        return False, codec.rebuild_exception(o.error)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        return False, _unreadable(o, job_id, e)
+
+
+def _unreadable(o: Outcome, job_id: str, e: BaseException) -> UnreadableResult:
+    if o.ok:
+        what = "result"
+    else:
+        err = o.error
+        what = "exception" + (f" ({err.type_name}: {err.message[:200]})" if err else "")
+    hint = (
+        "its class must be importable here too (the same packages and modules as the workers)"
+        if isinstance(e, (ImportError, AttributeError))
+        else "unpickling it raised"
+    )
+    out = UnreadableResult(
+        f"the {what} of task {o.index} of job {job_id} cannot be unpickled on this client: "
+        f"{hint}: {type(e).__name__}: {e}"
+    )
+    out.__cause__ = e
+    return out
+
+
+def read_log_part(
+    backend: Backend, key: str, span: tuple[int, int]
+) -> dict[int, list[tuple[int, int, str]]]:
+    """One log part: {task index: [(attempt, part, text)]}, verified and checked.
+
+    A part that is missing, forged or malformed reads as one segment per task
+    of its span saying so (the rest of the log stays readable).
+    """
+    try:
+        rec = backend.get_record(key, f"log part {key}")
+        if rec is None:
+            return {}
+        return _check_log_part(rec, span, key)
+    except (TamperedError, ValueError) as e:
+        log.warning("skipping %s: %s", key, e)
+        note = f"[cloudloop: a part of this log could not be read and was left out: {e}]\n"
+        lo, hi = span
+        return {i: [(0, 0, note)] for i in range(lo, min(hi, lo + 1000) + 1)}
+
+
+def _check_log_part(rec: Any, span: tuple[int, int], key: str) -> dict:
+    if not isinstance(rec, dict):
+        raise ValueError(f"log part {key} is not a JSON object")
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for i, segments in rec.items():
+        index = int(i)
+        if not span[0] <= index <= span[1] or not isinstance(segments, list):
+            raise ValueError(f"log part {key} holds task {index} outside its span")
+        for seg in segments:
+            if not (isinstance(seg, list) and len(seg) == 3 and isinstance(seg[2], str)):
+                raise ValueError(f"log part {key} holds a malformed segment")
+            out.setdefault(index, []).append((int(seg[0]), int(seg[1]), seg[2]))
+    return out
+
+
 def list_jobs(backend: Backend) -> list[Job]:
-    """Every job on a backend, oldest first."""
-    return [Job(backend, k.rsplit("/", 1)[1]) for k in backend.store.list("index/")]
+    """Every job on a backend, oldest first (index entries that are not job ids are skipped)."""
+    out = []
+    for k in backend.store.list(keys.INDEX):
+        try:
+            out.append(Job(backend, keys.check_job_id(k.rsplit("/", 1)[1])))
+        except JobNotFound:
+            log.warning("ignoring %s: not a job id", k)
+    return out
 
 
 def attach_job(backend: Backend, job_id: str) -> Job:
-    job = Job(backend, job_id)
+    job = Job(backend, keys.check_job_id(job_id))
     job.manifest  # noqa: B018 - raises JobNotFound early
     return job
 

@@ -8,12 +8,16 @@ bounded. Every blob is verified against the backend's key before use.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
-from . import codec, keys
+from . import keys
 from .backends import Backend
+from .errors import TamperedError
 from .model import JobManifest
+
+log = logging.getLogger("cloudloop.worker")
 
 _MAX_CACHED = 256
 
@@ -32,7 +36,7 @@ class JobData:
     """Reads job metadata from a backend's store for a worker."""
 
     def __init__(self, backend: Backend, scratch: Path):
-        self.store, self.key, self.scratch = backend.store, backend.key, scratch
+        self.backend, self.store, self.scratch = backend, backend.store, scratch
         self.check_interval = backend.check_interval
         self.jobs: dict[str, JobInfo] = {}
         self.fns: dict[str, bytes] = {}
@@ -43,11 +47,14 @@ class JobData:
         if info is None:
             if len(self.jobs) >= _MAX_CACHED:
                 del self.jobs[next(iter(self.jobs))]
-            blob = self.store.get_or_none(keys.manifest(job_id))
-            if blob is None:
+            data = self.backend.get_signed(keys.manifest(job_id), f"manifest of job {job_id}")
+            if data is None:
                 return None
-            data = codec.verify(self.key, blob, f"manifest of job {job_id}")
-            info = self.jobs[job_id] = JobInfo(JobManifest.from_dict(json.loads(data)))
+            try:
+                manifest = JobManifest.from_dict(json.loads(data))
+            except (TypeError, KeyError, ValueError) as e:
+                raise TamperedError(f"manifest of job {job_id} is malformed: {e}") from None
+            info = self.jobs[job_id] = JobInfo(manifest)
         return info
 
     def is_cancelled(self, job: JobInfo, force: bool = False) -> bool:
@@ -55,15 +62,22 @@ class JobData:
         every = self.check_interval
         if not job.cancelled and (force or time.monotonic() - job.cancel_checked > every):
             job.cancel_checked = time.monotonic()
-            job.cancelled = self.store.exists(keys.cancelled(job.manifest.id))
+            name = keys.cancelled(job.manifest.id)
+            try:
+                job.cancelled = self.backend.get_record(name) is not None
+            except TamperedError as e:  # a forged marker cancels nothing
+                log.warning("ignoring %s: %s", name, e)
         return job.cancelled
 
     def done(self, job_id: str, todo: dict[int, int]) -> list[int]:
         """Which of ``todo`` already have a stored result."""
         out = []
         for key in self.store.list(keys.results_prefix(job_id)):
-            lo, hi, _ = keys.parse_result(key)
-            out.extend(i for i in range(lo, hi + 1) if i in todo)
+            try:
+                lo, hi, _ = keys.parse_result(key)
+            except ValueError:
+                continue  # not a result part: a reader verifies the parts it reads
+            out.extend(i for i in todo if lo <= i <= hi)
         return out
 
     def fn(self, job_id: str, ref: str) -> bytes:
@@ -71,8 +85,10 @@ class JobData:
         if ref not in self.fns:
             if len(self.fns) >= _MAX_CACHED:
                 del self.fns[next(iter(self.fns))]
-            blob = self.store.get(keys.fn(job_id, ref))
-            self.fns[ref] = codec.verify(self.key, blob, f"function {ref} of job {job_id}")
+            blob = self.backend.get_signed(keys.fn(job_id, ref), f"function {ref} of job {job_id}")
+            if blob is None:
+                raise TamperedError(f"function {ref} of job {job_id} is missing from the store")
+            self.fns[ref] = blob
         return self.fns[ref]
 
     def files(self, job: JobInfo) -> dict[str, str]:
@@ -80,8 +96,19 @@ class JobData:
         if not job.files and job.manifest.files:
             d = self.scratch / "files" / job.manifest.id
             for name in job.manifest.files:
-                data = codec.verify(self.key, self.store.get(keys.file(job.manifest.id, name)))
+                data = self.backend.get_signed(keys.file(job.manifest.id, name))
+                if data is None:
+                    raise TamperedError(f"file {name!r} of job {job.manifest.id} is missing")
                 (d / name).parent.mkdir(parents=True, exist_ok=True)
                 (d / name).write_bytes(data)
                 job.files[name] = str(d / name)
         return job.files
+
+
+def paused(backend: Backend) -> bool:
+    """``cloudloop pause`` is in force (a verified flag; a forged one pauses nothing)."""
+    try:
+        return backend.get_record(keys.PAUSED) is not None
+    except TamperedError as e:
+        log.warning("ignoring %s: %s", keys.PAUSED, e)
+        return False

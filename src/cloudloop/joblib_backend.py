@@ -62,8 +62,7 @@ class _Shared:
             ctx = context.current()
             if ctx is None:
                 raise RuntimeError("a shared joblib argument can only be loaded inside a task")
-            blob = ctx.store.get(self.key)
-            value = codec.loads(codec.verify(ctx.key, blob, f"shared argument {self.key}"))
+            value = codec.loads(ctx.call("shared", self.key))
             if len(_loaded) >= 8:  # a long-lived worker serves many jobs
                 del _loaded[next(iter(_loaded))]
             _loaded[self.key] = value
@@ -240,7 +239,7 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         ex = self._executor
         blob = codec.dumps(value, "a large argument of a joblib call")
         key = keys.shared(ex.session_job().id, codec.digest(blob))
-        ex.backend.store.put(key, codec.sign(ex.backend.key, blob), if_absent=True)
+        ex.backend.put_signed(key, blob, if_absent=True)
         ref = self._shared[id(value)] = (value, _Shared(key))
         return ref[1]
 

@@ -2,45 +2,96 @@
 
 ::
 
-    index/<job>                                  JSON {name, created}: lists jobs cheaply
+    index/<job>                                  signed JSON {name, created, kind}: lists jobs cheaply
     jobs/<job>/manifest                          signed JSON JobManifest
     jobs/<job>/fn/<ref>                          signed cloudpickle of a function (ref = its digest)
     jobs/<job>/files/<name>                      signed file shipped to command tasks
     jobs/<job>/inputs/<chunk>                    signed chunk payload (too big for a message, or split)
-    jobs/<job>/sealed                            JSON {tasks, chunks}: submission finished
-    jobs/<job>/cancelled                         the job was cancelled
-    jobs/<job>/cancel/<index>                    one task was cancelled (Future.cancel)
-    jobs/<job>/results/<lo>-<hi>-<nfail>-<nonce> signed pickled [Outcome] for tasks lo..hi
-    jobs/<job>/logs/<lo>-<hi>-<nonce>            JSON {index: [[attempt, part, text], ...]}
+    jobs/<job>/sealed                            signed JSON {tasks, chunks}: submission finished
+    jobs/<job>/cancelled                         signed JSON {at}: the job was cancelled
+    jobs/<job>/finished                          signed JSON {at}: when it finished (first seen)
+    jobs/<job>/claims/<index>                    signed "run" or "cancel", created once (if
+                                                 absent): a worker about to run a task of an
+                                                 Executor's submit() job, or the client
+                                                 cancelling it; whoever comes first wins
+    jobs/<job>/results/<lo>-<hi>-<nfail>-<nonce> signed outcome rows for tasks lo..hi
+    jobs/<job>/logs/<lo>-<hi>-<nonce>            signed JSON {index: [[attempt, part, text], ...]}
     jobs/<job>/checkpoints/<index>               signed pickle from cl.checkpoint()
     jobs/<job>/outputs/<index>/<name>            signed file the task wrote in its output dir
     jobs/<job>/shared/<digest>                   signed pickle of a large argument many tasks
                                                  share (joblib batches), stored once
-    jobs/<job>/starts/<index>/<worker>-<nonce>   a re-delivered task was started (poison detection)
-    workers/<worker>                             JSON heartbeat
+    jobs/<job>/starts/<index>/<worker>-<nonce>   signed: a re-delivered task was started
+                                                 (poison detection)
+    workers/<worker>                             signed JSON heartbeat
     control/paused                               workers take no new work while it exists
     clusters/<name>/instances/<id>               JSON ledger of an instance's price and life
     deadletter/<time>-<message>-<nonce>          raw bytes of a message that failed verification
+                                                 or kept breaking its workers (never acted on)
+    deadletter/<time>-<message>-<nonce>.why      signed JSON {at, why, worker}: the reason
 
 Indices are zero-padded to 10 digits so keys sort in task order. A result
 part's name says which tasks it holds and how many failed, so progress is
-known from a listing alone, without reading a byte of results.
+known from a listing alone, without reading a byte of results. Every blob a
+client or worker acts on is signed for its own key name (see
+:mod:`cloudloop.codec`), so none can be copied from one place to another.
+
+Names that come from outside (a job id typed on the command line, a worker's
+host name) are checked here before they become part of a key.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
+from urllib.parse import quote, unquote
+
+from .errors import JobNotFound
 
 W = 10
 PAUSED = "control/paused"
+INDEX = "index/"
+WORKERS = "workers/"
+DEADLETTER = "deadletter/"
 
 
 def nonce() -> str:
     return secrets.token_hex(4)
 
 
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_PART = re.compile(r"[^A-Za-z0-9_.=+@-]+")
+
+
+def check_job_id(job: str) -> str:
+    """``job`` if it can be a job id, else JobNotFound saying what one looks like."""
+    if not isinstance(job, str) or not _JOB_ID.match(job) or ".." in job:
+        shown = repr(job)[:80]
+        raise JobNotFound(
+            f"{shown} is not a job id (ids look like 20261123-140827-b49288); "
+            "`cloudloop status` lists the jobs"
+        )
+    return job
+
+
+def safe_name(text: str, limit: int = 64) -> str:
+    """``text`` made usable inside a key: other characters become '_'."""
+    return _NAME_PART.sub("_", text)[:limit].strip(".") or "_"
+
+
 def job_prefix(job: str) -> str:
     return f"jobs/{job}/"
+
+
+def finished(job: str) -> str:
+    return f"jobs/{job}/finished"
+
+
+def claim(job: str, index: int) -> str:
+    return f"jobs/{job}/claims/{index:0{W}d}"
+
+
+def claims_prefix(job: str) -> str:
+    return f"jobs/{job}/claims/"
 
 
 def index_entry(job: str) -> str:
@@ -71,14 +122,6 @@ def cancelled(job: str) -> str:
     return f"jobs/{job}/cancelled"
 
 
-def cancel_task(job: str, index: int) -> str:
-    return f"jobs/{job}/cancel/{index:0{W}d}"
-
-
-def cancel_prefix(job: str) -> str:
-    return f"jobs/{job}/cancel/"
-
-
 def results_prefix(job: str) -> str:
     return f"jobs/{job}/results/"
 
@@ -88,9 +131,12 @@ def result(job: str, lo: int, hi: int, nfail: int) -> str:
 
 
 def parse_result(key: str) -> tuple[int, int, int]:
-    """(lo, hi, failures) from a result part key."""
+    """(lo, hi, failures) from a result part key (ValueError if it is not one)."""
     lo, hi, nfail, _ = key.rsplit("/", 1)[1].split("-")
-    return int(lo), int(hi), int(nfail)
+    span = int(lo), int(hi), int(nfail)
+    if not 0 <= span[0] <= span[1] or span[2] < 0:
+        raise ValueError(f"{key!r} is not a result part key")
+    return span
 
 
 def logs_prefix(job: str) -> str:
@@ -102,7 +148,10 @@ def logs(job: str, lo: int, hi: int) -> str:
 
 
 def parse_logs(key: str) -> tuple[int, int]:
+    """(lo, hi) from a log part key (ValueError if it is not one)."""
     lo, hi, _ = key.rsplit("/", 1)[1].split("-")
+    if not 0 <= int(lo) <= int(hi):
+        raise ValueError(f"{key!r} is not a log part key")
     return int(lo), int(hi)
 
 
@@ -111,7 +160,9 @@ def checkpoint(job: str, index: int) -> str:
 
 
 def output(job: str, index: int, name: str) -> str:
-    return f"jobs/{job}/outputs/{index:0{W}d}/{name}"
+    """The key of an output file; ``name`` (a relative path, any characters) is
+    percent-encoded part by part, so ``my results.csv`` or ``.hidden`` are fine."""
+    return f"jobs/{job}/outputs/{index:0{W}d}/" + "/".join(map(_encode_part, name.split("/")))
 
 
 def outputs_prefix(job: str, index: int | None = None) -> str:
@@ -121,7 +172,14 @@ def outputs_prefix(job: str, index: int | None = None) -> str:
 def parse_output(key: str) -> tuple[int, str]:
     """(task index, file name) from an output key."""
     index, name = key.split("/outputs/", 1)[1].split("/", 1)
-    return int(index), name
+    return int(index), "/".join(unquote(p) for p in name.split("/"))
+
+
+def _encode_part(part: str) -> str:
+    if part in ("", ".", ".."):
+        raise ValueError(f"{part!r} cannot be part of a file name")
+    text = quote(part, safe="_=+@-.")
+    return "%2E" + text[1:] if text.startswith(".") else text
 
 
 def shared(job: str, digest: str) -> str:

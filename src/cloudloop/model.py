@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +147,78 @@ class JobManifest:
         return cls(**data)
 
 
+MAX_MESSAGE_TASKS = 10_000_000  # tasks one queue message may name (a chunk)
+_REF = re.compile(r"^[0-9a-f]{1,64}$")
+_JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """The JSON header of a task message: which job, which tasks, where their input is.
+
+    ``runs`` lists the message's tasks as inclusive ranges; ``lo`` is the index
+    of the payload's first task (its tasks are ``lo .. hi`` in order), so a
+    message split off a chunk names a subset of the payload it points to.
+    """
+
+    job: str
+    chunk: int
+    lo: int
+    hi: int
+    runs: tuple[tuple[int, int], ...]
+    fns: tuple[str, ...] = ()
+    nested: bool = False
+    spill: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": 1, "job": self.job, "chunk": self.chunk, "lo": self.lo, "hi": self.hi,
+            "runs": [list(r) for r in self.runs], "fns": list(self.fns), "nested": self.nested,
+        }  # fmt: skip
+        if self.spill is not None:
+            out["spill"] = self.spill
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> MessageHeader:
+        """Check every field (ValueError naming the first wrong one)."""
+        if not isinstance(d, dict) or d.get("v") != 1:
+            raise ValueError("not a version-1 message header")
+        job, chunk, lo, hi = d.get("job"), d.get("chunk"), d.get("lo"), d.get("hi")
+        if not isinstance(job, str) or not _JOB.match(job):
+            raise ValueError(f"job id {str(job)[:80]!r} is not valid")
+        if not all(type(x) is int and x >= 0 for x in (chunk, lo, hi)) or hi < lo:
+            raise ValueError("chunk, lo and hi must be whole numbers with lo <= hi")
+        if hi - lo >= MAX_MESSAGE_TASKS:
+            raise ValueError(f"a message names at most {MAX_MESSAGE_TASKS} tasks")
+        raw = d.get("runs")
+        if not isinstance(raw, list) or not 0 < len(raw) <= 100_000:
+            raise ValueError("runs must be a list of [first, last] ranges")
+        runs = []
+        for r in raw:
+            if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
+                raise ValueError("runs must be a list of [first, last] ranges")
+            if not lo <= r[0] <= r[1] <= hi:
+                raise ValueError(f"run {r} lies outside the message's tasks {lo}..{hi}")
+            runs.append((r[0], r[1]))
+        fns = d.get("fns", [])
+        if not isinstance(fns, list) or len(fns) > 10_000:
+            raise ValueError("fns must be a list of function references")
+        if not all(isinstance(f, str) and _REF.match(f) for f in fns):
+            raise ValueError("a function reference is not valid")
+        nested, spill = d.get("nested", False), d.get("spill")
+        if not isinstance(nested, bool):
+            raise ValueError("nested must be true or false")
+        if spill is not None and (
+            not isinstance(spill, str) or not spill.startswith(f"jobs/{job}/inputs/")
+        ):
+            raise ValueError("spill must name an input of the message's own job")
+        return cls(job, chunk, lo, hi, tuple(runs), tuple(fns), nested, spill)
+
+    def tasks(self) -> list[int]:
+        return [i for a, b in self.runs for i in range(a, b + 1)]
+
+
 @dataclass
 class ErrorInfo:
     """A failure as stored: enough to re-raise it on the client.
@@ -160,6 +234,23 @@ class ErrorInfo:
     message: str
     traceback: str
     exc: bytes | None = None
+
+    def to_wire(self) -> tuple[str, str, str, bytes | None]:
+        """As plain data, for an outcome row."""
+        return (self.type_name, self.message, self.traceback, self.exc)
+
+    @staticmethod
+    def valid_wire(t: Any) -> bool:
+        return (
+            isinstance(t, tuple)
+            and len(t) == 4
+            and all(isinstance(x, str) for x in t[:3])
+            and (t[3] is None or isinstance(t[3], bytes))
+        )
+
+    @classmethod
+    def from_wire(cls, t: tuple) -> ErrorInfo:
+        return cls(*t)
 
 
 @dataclass(slots=True)
@@ -185,6 +276,78 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.cancelled
+
+
+_FRESH = 30.0  # a worker whose last heartbeat is older than this (or 3 periods) has left
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker's heartbeat record (``workers/<id>``), as every reader sees it.
+
+    Records come from other machines, so :meth:`from_dict` checks every field:
+    a wrong type is a ValueError, strings are cut to a bounded length, and
+    numbers must be finite. Only what passed goes on to a page or a terminal.
+    """
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    provider: str = ""
+    version: str = ""
+    backend: str = ""
+    started: float = 0.0
+    last_seen: float = 0.0
+    every: float = 0.0
+    state: str = ""
+    job: str | None = None
+    task: int | None = None
+    progress: float | None = None
+    message: str = ""
+    tasks_done: int = 0
+    failures: int = 0
+    rss: int = 0
+    load: float | None = None
+    instance: str | None = None
+    instance_type: str | None = None
+    market: str | None = None
+    error: str | None = None  # the worker's current trouble, in words (a failing store)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> WorkerRecord:
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ValueError("a worker record is a JSON object with a string 'id'")
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data or data[f.name] is None:
+                continue
+            out[f.name] = _field_value(f.name, f.type, data[f.name])
+        return cls(**out)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def live(self, now: float | None = None) -> bool:
+        """Seen recently (three heartbeat periods, at least 30 s)."""
+        age = (now or time.time()) - self.last_seen
+        return age < max(_FRESH, 3 * self.every)
+
+
+_TEXT_MAX = {"message": 400, "error": 1000}
+
+
+def _field_value(name: str, kind: str, value: Any) -> Any:
+    if "str" in kind:
+        if not isinstance(value, str):
+            raise ValueError(f"worker record field {name!r} must be text")
+        return value[: _TEXT_MAX.get(name, 200)]
+    if "int" in kind:
+        if type(value) is not int or not -(2**63) <= value < 2**63:
+            raise ValueError(f"worker record field {name!r} must be a whole number")
+        return value
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"worker record field {name!r} must be a finite number")
+    return float(value)
 
 
 class JobState(str, enum.Enum):
@@ -216,6 +379,7 @@ class JobStatus:
     elapsed: float
     rate: float  # tasks per second over the job so far
     eta: float | None  # seconds
+    problems: tuple[str, ...] = ()  # what workers say is going wrong, in words
 
     @property
     def pending(self) -> int | None:
@@ -224,10 +388,11 @@ class JobStatus:
     def __str__(self) -> str:
         total = "?" if self.total is None else str(self.total)
         eta = "" if self.eta is None else f", eta {format_seconds(self.eta)}"
+        trouble = "".join(f"\n  problem: {p}" for p in self.problems)
         return (
             f"{self.id} [{self.state.value}] {self.name}: {self.done}/{total} done, "
             f"{self.failed} failed, {self.running} running on {self.workers} workers, "
-            f"{format_seconds(self.elapsed)} elapsed{eta}"
+            f"{format_seconds(self.elapsed)} elapsed{eta}{trouble}"
         )
 
 

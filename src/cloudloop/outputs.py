@@ -49,14 +49,21 @@ def begin(path: Path, create: bool = False) -> Path:
     return path
 
 
-def upload(store: Any, key: bytes, job_id: str, index: int) -> list[str]:
-    """Runner hook: store every file under the task's output directory; their names."""
-    if _dir is None or not _dir.is_dir():
-        return []
+def current_dir() -> Path | None:
+    """Runner hook: the running task's output directory (None outside a task)."""
+    return _dir
+
+
+def upload(backend: Any, directory: Path, job_id: str, index: int) -> list[str]:
+    """Worker side: store every file under a task's output ``directory``
+    (signed under that task's keys); returns their names. Symbolic links are
+    not followed: a task's outputs are the files it wrote there."""
     names = []
-    for path in sorted(p for p in _dir.rglob("*") if p.is_file()):
-        name = path.relative_to(_dir).as_posix()
-        store.put(keys.output(job_id, index, name), codec.sign(key, path.read_bytes()))
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        name = path.relative_to(directory).as_posix()
+        backend.put_signed(keys.output(job_id, index, name), path.read_bytes())
         names.append(name)
     return names
 
@@ -82,7 +89,7 @@ class OutputFile:
         """Its bytes (signature checked)."""
         backend = self._job.backend
         what = f"output {self.name!r} of task {self.index}"
-        return codec.verify(backend.key, backend.store.get(self.key), what)
+        return codec.verify(backend.key, backend.store.get(self.key), self.key, what)
 
     def save(self, directory: str | os.PathLike = ".") -> Path:
         """Write it to ``directory/<index>/<name>``; returns that path."""

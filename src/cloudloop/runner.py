@@ -8,14 +8,30 @@
     run([(index, attempt)...]) ── ctl pipe ────►  for each task: status <- index, attempt, t0, log offset
                                                     seed random/numpy, call fn, retry user errors
     poll() ◄───────────────────── result pipe ──   outcomes, batched (every 20 ms and at batch end)
+    serve a call ◄──────────────── result pipe ──   cl.checkpoint / restore / output files / shared
+      reply ───────────────────────── ctl pipe ──►    arguments: the worker does the store call
     status() ◄──────────────────── mmap file ───   which task runs since when; its cl.progress()
-    rss(), kill() ── /proc, killpg ────────────►   timeout / memory / cancel kill the whole group
+    rss(), kill() ── /proc ────────────────────►   timeout / memory / cancel end every descendant
     log file ◄──────────────────── fds 1 and 2 ──  everything the task and its children print
 
-The child is reused across tasks (starting an interpreter per task would cost
-more than a tiny task), and replaced after it is killed or dies. Because its
+The child is reused across the tasks of one job (starting an interpreter per
+task would cost more than a tiny task), and replaced after it is killed or
+dies, and whenever the worker turns to another job, so nothing one job's code
+leaves behind in the interpreter can touch another job's tasks. Because its
 stdout and stderr are one ``O_APPEND`` file, output from subprocesses of a task
 is captured too; each task's log is the byte range written while it ran.
+
+The child never holds the backend's key or a connection to the store: what a
+task stores (checkpoints, output files) it asks the worker to store, over the
+pipes, and the worker signs it under that task's own keys. Everything the
+child sends is plain data, read with :func:`codec.loads_data`, so even a task
+that sets out to subvert its runner cannot run code in the worker.
+
+The child is a child subreaper (``PR_SET_CHILD_SUBREAPER``): processes a task
+starts and forgets (``setsid``, a daemonising server, ``cmd &``) are
+re-parented to it instead of to init, and it ends all of them when the task
+ends. When the worker kills the child (timeout, memory, cancellation), it
+first freezes and then kills every descendant, wherever it has moved to.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,8 +56,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from . import codec, commands, context, outputs
-from .errors import Preempted, SerializationError
+from . import codec, commands, context, outputs, procs
+from .errors import BackendError, Preempted, SerializationError, TamperedError
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
 _pack_rec = struct.Struct(_FMT).pack_into
@@ -48,6 +65,7 @@ _pack_seq = struct.Struct("<Q").pack_into
 _MSG_AT, _MSG_MAX, _SIZE = 64, 400, 512
 _PREEMPT_AT = 480  # one byte the worker sets when a spot interruption notice arrives
 _FLUSH_EVERY = 0.02
+log = logging.getLogger("cloudloop.worker")
 _seed_random = _random.Random.seed
 _global_random = random._inst  # type: ignore[attr-defined]
 
@@ -160,12 +178,17 @@ class RunnerProcess:
             raise RunnerDied(self.proc.poll() if self.proc else None) from None
 
     def recv(self, timeout: float) -> Any | None:
-        """The next message from the child, None on timeout; RunnerDied if it is gone."""
+        """The next message from the child (plain data only), None on timeout;
+        RunnerDied if it is gone or sent something that is not plain data."""
         try:
             if self._res.poll(timeout):
-                return pickle.loads(self._res.recv_bytes())
+                return codec.loads_data(self._res.recv_bytes())
         except (EOFError, OSError):
             pass
+        except TamperedError as e:
+            log.error("the task runner sent something other than plain data: %s", e)
+            self.kill()
+            raise RunnerDied(None) from e
         else:
             if self.proc is not None and self.proc.poll() is None:
                 return None
@@ -192,32 +215,27 @@ class RunnerProcess:
             f.seek(start)
             return f.read(end - start)
 
+    def reply(self, ok: bool, value: Any) -> None:
+        """Answer a call the child made (see :meth:`_Child.call_worker`)."""
+        self.send("reply", (ok, value))
+
     def rss(self) -> int:
-        """Resident memory of every process in the child's process group, in bytes."""
+        """Resident memory of the child and every descendant, in bytes."""
         proc = self.proc
         if proc is None:
             return 0
-        pgid, total, page = proc.pid, 0, os.sysconf("SC_PAGE_SIZE")
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                total += int(fields[21]) * page
-        return total
+        table = procs.proc_table()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return (
+            sum(table[p][1] for p in [proc.pid, *procs.descendants(proc.pid, table)] if p in table)
+            * page
+        )
 
     def kill(self) -> int | None:
-        """Kill the child's whole process group; returns its exit status."""
+        """Kill the child and every process it started (wherever it moved); its exit status."""
         if self.proc is None:
             return None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        procs.kill_tree(self.proc.pid)
         rc = self.proc.wait()
         self.close()
         return rc
@@ -228,10 +246,7 @@ class RunnerProcess:
                 conn.close()
         self._ctl = self._res = None  # type: ignore[assignment]
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            procs.kill_tree(self.proc.pid)
             self.proc.wait()
         self.proc = None
 
@@ -258,9 +273,12 @@ def _format_tb(exc: BaseException) -> str:
 class _Child:
     """State of the runner child: the current chunk and cached functions."""
 
-    def __init__(self, res: Connection, status: _StatusFile):
+    def __init__(self, res: Connection, ctl: Connection, status: _StatusFile):
         self.res = res
+        self.ctl = ctl
         self.status = status
+        self._call_lock = threading.Lock()
+        self._leftovers = procs.Leftovers()
         self.fns: dict[str, Any] = {}
         self.wants_rng: dict[str, bool] = {}
         self.job: dict[str, Any] = {}
@@ -292,8 +310,7 @@ class _Child:
             index=-1,
             attempt=0,
             job_seed=job["seed"],
-            key=job["key"],
-            store_factory=lambda: _open_store(job["backend"]),
+            call=self.call_worker,
             report_progress=self.progress,
             is_preempted=self.status.preempted,
         )
@@ -313,6 +330,21 @@ class _Child:
         except BaseException as e:
             self.tasks = []
             self.load_error = _explain_load_error(e)
+
+    def call_worker(self, op: str, *args: Any) -> Any:
+        """Ask the worker to do a store operation for the running task (it signs,
+        under this task's keys only); blocks until it answers."""
+        index = self.cur[0]
+        with self._call_lock:
+            msg = ("call", (op, index, args))
+            self.res.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            try:
+                kind, (ok, value) = pickle.loads(self.ctl.recv_bytes())
+            except (EOFError, OSError):
+                raise BackendError("the worker went away during a store call") from None
+        if kind != "reply" or not ok:
+            raise BackendError(f"cl.{op}: {value}")
+        return value
 
     def progress(self, fraction: float, message: str) -> None:
         index, attempt, started, off = self.cur
@@ -364,7 +396,7 @@ class _Child:
             if ok or attempt > retries:
                 break
             attempt += 1
-        value, error = (payload, None) if ok else (None, payload)
+        value, error = (payload, None) if ok else (None, payload.to_wire())
         self.rows.append((index, attempt, value, error, started, time.time(), False))
         self.indices.append(index)
         if segments or checkpointed or not ok:
@@ -392,7 +424,7 @@ class _Child:
                 if self.wants_rng[fn_ref] and "rng" not in kwargs:
                     kwargs = {**kwargs, "rng": context.task_rng()}
                 value = self.fns[fn_ref](*args, **kwargs)
-                outputs.upload(ctx.store, ctx.key, ctx.job_id, index)  # cl.output_dir()
+                self.upload_outputs()  # cl.output_dir()
             try:
                 return (
                     True,
@@ -411,6 +443,17 @@ class _Child:
         finally:
             context._set(None)
             outputs.end()
+            if self._leftovers.any():
+                n = procs.end_leftovers()
+                sys.stderr.write(
+                    f"cloudloop: task {index} left {n} process(es) running; they were ended\n"
+                )
+
+    def upload_outputs(self) -> None:
+        """Hand the task's output directory, if it made one, to the worker to store."""
+        d = outputs.current_dir()
+        if d is not None and d.is_dir() and any(d.iterdir()):
+            self.call_worker("outputs", str(d))
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
@@ -432,7 +475,7 @@ class _Child:
                 **cmd.env,
             }
             done = commands.run_command(cmd.script, workdir, env, cmd.shown)
-            outputs.upload(self.ctx.store, self.ctx.key, job["id"], index)  # out/
+            self.upload_outputs()  # out/
             return done
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
@@ -470,17 +513,6 @@ def _accepts_rng(fn: Any) -> bool:
         return False
 
 
-_stores: dict[str, Any] = {}
-
-
-def _open_store(url: str):
-    if url not in _stores:
-        from .backends import open_backend
-
-        _stores[url] = open_backend(url).store
-    return _stores[url]
-
-
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -509,8 +541,9 @@ def main(argv: list[str]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    procs.become_subreaper()
     ctl = Connection(ctl_fd, writable=False)
-    child = _Child(Connection(res_fd, readable=False), _StatusFile(shm))
+    child = _Child(Connection(res_fd, readable=False), ctl, _StatusFile(shm))
     while True:
         try:
             kind, data = pickle.loads(ctl.recv_bytes())

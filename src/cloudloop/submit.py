@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, codec, keys
 from .backends import Backend
 from .errors import SerializationError
-from .model import JobManifest, JobOptions
+from .model import JobManifest, JobOptions, MessageHeader
 
 _SEND_BATCH = 64  # messages per queue.put
 _SEND_BYTES = 4 << 20
@@ -95,13 +95,11 @@ class JobWriter:
             files=tuple(sorted(files or {})),
             session=session,
         )
-        store = backend.store
         for name, data in (files or {}).items():
-            store.put(keys.file(job_id, name), codec.sign(backend.key, data))
-        body = json.dumps(manifest.to_dict()).encode()
-        store.put(keys.manifest(job_id), codec.sign(backend.key, body))
+            backend.put_signed(keys.file(job_id, name), data)
+        backend.put_signed(keys.manifest(job_id), json.dumps(manifest.to_dict()).encode())
         index = {"name": manifest.name, "created": manifest.created, "kind": kind}
-        store.put(keys.index_entry(job_id), codec.encode_json(index))
+        backend.put_record(keys.index_entry(job_id), index)
         return cls(backend, manifest)
 
     @property
@@ -119,7 +117,7 @@ class JobWriter:
         name = getattr(fn, "__qualname__", type(fn).__name__)
         blob = codec.dumps(fn, f"function {name!r}")
         ref = codec.digest(blob)
-        self.backend.store.put(keys.fn(self.id, ref), codec.sign(self.key, blob), if_absent=True)
+        self.backend.put_signed(keys.fn(self.id, ref), blob, if_absent=True)
         self._refs[id(fn)] = (fn, ref)
         return ref
 
@@ -133,21 +131,15 @@ class JobWriter:
         self._send(lo, len(packed), codec.dumps(packed, "tasks"), sorted(refs), nested=True)
 
     def _send(self, lo: int, n: int, payload: bytes, refs: list[str], nested: bool) -> None:
-        header = {
-            "v": 1,
-            "job": self.id,
-            "chunk": self.chunks,
-            "lo": lo,
-            "hi": lo + n - 1,
-            "runs": [[lo, lo + n - 1]],
-            "fns": refs,
-            "nested": nested,
-        }
+        spill = None
         if len(payload) + _HEADER_ROOM > self.backend.queue.max_message_bytes:
-            header["spill"] = keys.inputs(self.id, self.chunks)
-            self.backend.store.put(header["spill"], codec.sign(self.key, payload))
+            spill = keys.inputs(self.id, self.chunks)
+            self.backend.put_signed(spill, payload)
             payload = b""
-        body = codec.encode_message(self.key, header, payload)
+        header = MessageHeader(
+            self.id, self.chunks, lo, lo + n - 1, ((lo, lo + n - 1),), tuple(refs), nested, spill
+        )
+        body = codec.encode_message(self.key, header.to_dict(), payload)
         self.chunks += 1
         self.tasks += n
         self._pending.append(body)
@@ -163,8 +155,8 @@ class JobWriter:
     def seal(self) -> None:
         """Mark submission finished: the job has ``self.tasks`` tasks."""
         self.flush()
-        data = codec.encode_json({"tasks": self.tasks, "chunks": self.chunks, "at": time.time()})
-        self.backend.store.put(keys.sealed(self.id), data)
+        record = {"tasks": self.tasks, "chunks": self.chunks, "at": time.time()}
+        self.backend.put_record(keys.sealed(self.id), record)
 
     def write_items(self, fn: Any, items: Iterable[tuple], sizes: Iterator[int]) -> None:
         """Stream ``fn(*args)`` for each args tuple, ``next(sizes)`` per message."""

@@ -148,7 +148,7 @@ def test_many_processes_never_get_the_same_message(backend):
     backend.queue.put([str(i).encode() for i in range(n)])
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_consume, args=(backend.url, out, n)) for _ in range(4)]
+    procs = [ctx.Process(target=_consume, args=(backend.connect_url, out, n)) for _ in range(4)]
     for p in procs:
         p.start()
     got = [x for _ in procs for x in out.get(timeout=120)]

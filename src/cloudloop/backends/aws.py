@@ -44,9 +44,9 @@ from botocore.exceptions import (
     NoRegionError,
 )
 
-from ..errors import BackendError, ConfigError, ConnectionFailed
+from ..errors import BackendError, ConfigError, ConnectionFailed, LeaseLost
 from ..model import Lease, QueueStats
-from .base import Backend, Queue, Store, check_key
+from .base import Backend, Queue, Store, check_key, secret_from_env
 
 _DLQ_AFTER = 100
 _SQS_MAX_WAIT = 20
@@ -55,6 +55,27 @@ _SQS_MAX_WAIT = 20
 def error_code(e: ClientError) -> str:
     """The AWS error code of a ClientError (e.g. ``NoSuchKey``)."""
     return e.response.get("Error", {}).get("Code", "")
+
+
+_GONE_CODES = {
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+}
+
+
+def _gone(failure: dict[str, Any]) -> bool:
+    """A batch entry failed because its message is gone or no longer leased by us.
+
+    moto answers ``ReceiptHandleIsInvalid``; LocalStack (and, users report, SQS
+    itself) ``InvalidParameterValue`` with "Message does not exist or is not
+    available for visibility timeout change".
+    """
+    code, message = failure.get("Code", ""), str(failure.get("Message", "")).lower()
+    return code in _GONE_CODES or (
+        code == "InvalidParameterValue"
+        and ("does not exist" in message or "not available" in message)
+    )
 
 
 class SqsQueue(Queue):
@@ -122,21 +143,32 @@ class SqsQueue(Queue):
             for m in resp.get("Messages", [])
         ]
 
-    def _batch(self, op: str, leases: Sequence[Lease], **extra: Any) -> None:
+    def _batch(self, op: str, leases: Sequence[Lease], **extra: Any) -> list[str]:
+        """Run a batch call; returns the ids of messages that are gone (deleted, or
+        their receipt handle is no longer current), whatever code the service uses."""
+        gone: list[str] = []
         for s in range(0, len(leases), 10):
             part = leases[s : s + 10]
             entries = [
                 {"Id": str(i), "ReceiptHandle": x.token, **extra} for i, x in enumerate(part)
             ]
             resp = getattr(self.sqs, op)(QueueUrl=self.url, Entries=entries)
-            failed = [
-                f for f in resp.get("Failed", []) if f.get("Code") != "ReceiptHandleIsInvalid"
-            ]
+            failed = []
+            for f in resp.get("Failed", []):
+                if _gone(f):
+                    gone.append(part[int(f["Id"])].id)
+                else:
+                    failed.append(f)
             if failed:
                 raise BackendError(f"SQS {op} failed: {failed[0].get('Message')}")
+        return gone
 
     def extend(self, leases: Sequence[Lease], lease_s: float) -> None:
-        self._batch("change_message_visibility_batch", leases, VisibilityTimeout=math.ceil(lease_s))
+        gone = self._batch(
+            "change_message_visibility_batch", leases, VisibilityTimeout=math.ceil(lease_s)
+        )
+        if gone:  # a success proves nothing on SQS; a refusal does prove the lease is gone
+            raise LeaseLost(f"extend failed for message(s) {gone}: they are no longer held")
 
     def ack(self, leases: Sequence[Lease]) -> None:
         self._batch("delete_message_batch", leases)
@@ -354,9 +386,9 @@ def ensure_bucket(s3: Any, bucket: str, region: str | None) -> None:
 
 
 def _secret(store: S3Store) -> bytes:
-    env = os.environ.get("CLOUDLOOP_SECRET")
-    if env:
-        return bytes.fromhex(env)
+    outside = secret_from_env()
+    if outside is not None:
+        return outside
     key = store.prefix + ".secret.key"
     try:
         return store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()

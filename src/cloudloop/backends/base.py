@@ -15,20 +15,30 @@ contract tests branch on them instead of on backend names.
 from __future__ import annotations
 
 import abc
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode
 
+from .. import codec
 from ..errors import ConfigError
 from ..model import Lease, QueueStats
 
-_KEY = re.compile(r"^[A-Za-z0-9_.=+@-]+(/[A-Za-z0-9_.=+@-]+)*$")
+_KEY = re.compile(r"^[A-Za-z0-9_.=+@%-]+(/[A-Za-z0-9_.=+@%-]+)*$")
 
 
 def check_key(key: str) -> str:
-    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
-        raise ValueError(f"invalid store key {key!r}: use 'a/b/c' with [A-Za-z0-9_.=+@-] parts")
+    if (
+        not isinstance(key, str)
+        or len(key) > 1000
+        or not _KEY.match(key)
+        or any(part in (".", "..") for part in key.split("/"))
+    ):
+        raise ValueError(
+            f"invalid store key {key!r:.120}: use 'a/b/c' with [A-Za-z0-9_.=+@%-] parts"
+        )
     return key
 
 
@@ -135,7 +145,11 @@ class Backend:
     """A queue, a store and the key that signs what passes through them.
 
     Attributes:
-        url: the URL it was opened from (passed to workers verbatim).
+        url: the URL it was opened from, with any password replaced by ``***``:
+            safe to print, log, store in a record or show on a page.
+        connect_url: the URL as given, secrets included: only for opening the
+            backend again (a worker gets it through its environment, never
+            its command line).
         poll_interval: how often clients poll the store for results (backing
             off to ``poll_max`` while nothing changes).
         flush_interval: how often workers should flush partial results.
@@ -155,10 +169,31 @@ class Backend:
     workers_cache: float = 2.0
 
     def __init__(self, url: str, queue: Queue, store: Store, key: bytes):
-        self.url = url
+        self.connect_url = url
+        self.url = redact_url(url)
         self.queue = queue
         self.store = store
         self.key = key
+
+    # ------------------------------------------------------------ signed store access
+
+    def put_signed(self, name: str, data: bytes, if_absent: bool = False) -> bool:
+        """Store ``data`` under ``name``, signed for that name (see :mod:`cloudloop.codec`)."""
+        return self.store.put(name, codec.sign(self.key, data, name), if_absent=if_absent)
+
+    def get_signed(self, name: str, what: str | None = None) -> bytes | None:
+        """The verified data under ``name``; None if absent, TamperedError if forged."""
+        blob = self.store.get_or_none(name)
+        return None if blob is None else codec.verify(self.key, blob, name, what)
+
+    def put_record(self, name: str, obj: Any, if_absent: bool = False) -> bool:
+        """A small JSON record under ``name``, signed."""
+        return self.store.put(name, codec.encode_record(self.key, name, obj), if_absent=if_absent)
+
+    def get_record(self, name: str, what: str | None = None) -> Any:
+        """The verified JSON record under ``name``; None if absent, TamperedError if forged."""
+        blob = self.store.get_or_none(name)
+        return None if blob is None else codec.decode_record(self.key, blob, name, what)
 
     def close(self) -> None:
         self.queue.close()
@@ -172,6 +207,77 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+_SECRET_QUERY = re.compile(r"pass|secret|token|key|auth|credential|signature", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***``: the password of its user
+    info (``redis://:PW@host``, ``redis://user:PW@host``) and the value of any
+    query parameter whose name says it is one (``?password=``, ``?token=``)."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, sep, path = rest.partition("/")
+    if "@" in netloc:
+        info, host = netloc.rsplit("@", 1)
+        user = info.split(":", 1)[0] if ":" in info else ""
+        netloc = f"{user}:***@{host}" if ":" in info else f"***@{host}"
+    if "?" in path:
+        path, query = path.split("?", 1)
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True)
+        except ValueError:
+            pairs = [("query", "***")]
+        if any(_SECRET_QUERY.search(k) for k, _ in pairs):
+            pairs = [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs]
+            query = urlencode(pairs, safe="/:*")
+        path = f"{path}?{query}"
+    return f"{scheme}://{netloc}{sep}{path}"
+
+
+def secret_from_env() -> bytes | None:
+    """The signing key when it is kept outside the store.
+
+    ``CLOUDLOOP_SECRET`` holds it as hex, or ``CLOUDLOOP_SECRET_FILE`` names
+    a file (private to its owner) holding it as hex or as raw bytes. Either
+    way it must be at least 16 bytes. None: use the key in the backend.
+    """
+    text = os.environ.get("CLOUDLOOP_SECRET")
+    source = "CLOUDLOOP_SECRET"
+    if not text:
+        path = os.environ.get("CLOUDLOOP_SECRET_FILE")
+        if not path:
+            return None
+        source = f"CLOUDLOOP_SECRET_FILE={path}"
+        try:
+            st = os.stat(path)
+            if st.st_mode & 0o077:
+                raise ConfigError(
+                    f"{source}: the key file can be read by other users "
+                    f"(mode {st.st_mode & 0o777:o}); run: chmod 600 {path}"
+                )
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read the key file ({e.strerror})") from None
+        try:
+            text = raw.decode("ascii").strip()
+            key = bytes.fromhex(text)
+        except (UnicodeDecodeError, ValueError):
+            key = raw
+    else:
+        try:
+            key = bytes.fromhex(text.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{source} must be the key as hex (e.g. from `python -c 'import secrets; "
+                "print(secrets.token_hex(32))'`)"
+            ) from None
+    if len(key) < 16:
+        raise ConfigError(f"{source}: the key must be at least 16 bytes, not {len(key)}")
+    return key
 
 
 def scheme_of(url: str) -> str:

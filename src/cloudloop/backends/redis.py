@@ -38,7 +38,6 @@ the memory for every job's inputs, results and logs.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import threading
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ from redis.retry import Retry
 
 from ..errors import BackendError, ConfigError, ConnectionFailed, LeaseLost
 from ..model import Lease, QueueStats
-from .base import Backend, Queue, Store, check_key
+from .base import Backend, Queue, Store, check_key, redact_url, secret_from_env
 
 GROUP = "workers"
 EXPIRY_MS = 30 * 86400 * 1000  # idle time at which every lease has expired
@@ -325,7 +324,7 @@ class RedisBackend(Backend):
 
 def _masked(url: str) -> str:
     """The URL without its password (for error messages)."""
-    return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+    return redact_url(url)
 
 
 def parse_redis_url(url: str) -> dict[str, Any]:
@@ -401,9 +400,9 @@ _secret_lock = threading.Lock()
 
 
 def _secret(client: redis.Redis, prefix: str) -> bytes:
-    env = os.environ.get("CLOUDLOOP_SECRET")
-    if env:
-        return bytes.fromhex(env)
+    outside = secret_from_env()
+    if outside is not None:
+        return outside
     with _secret_lock:
         client.set(f"{prefix}:secret", secrets.token_bytes(32), nx=True)
         return bytes(client.get(f"{prefix}:secret"))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..errors import BackendError, ConfigError, LeaseLost
 from ..model import Lease, QueueStats
-from .base import Backend, Queue, Store, check_key
+from .base import Backend, Queue, Store, check_key, secret_from_env
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -67,6 +67,8 @@ class SqliteQueue(Queue):
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():  # sqlite would make it (and its -wal, -shm) world-readable
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = sqlite3.connect(
             str(self.path), timeout=60, isolation_level=None, check_same_thread=False
         )
@@ -206,19 +208,24 @@ class FileStore(Store):
     def __init__(self, root: Path, fsync: bool = True):
         self.root = root
         self.fsync = fsync
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except BaseException:  # a full disk: leave no half-written file behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         try:
             if if_absent:
                 try:
@@ -295,6 +302,9 @@ class FileStore(Store):
 
 
 def _secret(path: Path) -> bytes:
+    outside = secret_from_env()
+    if outside is not None:
+        return outside
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -312,6 +322,15 @@ def _secret(path: Path) -> bytes:
     finally:
         os.unlink(tmp)
     return path.read_bytes()
+
+
+def _private_dir(root: Path) -> None:
+    """The backend's directory, made (or kept) readable by its owner only: it holds
+    the key, every job's inputs, results and logs."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = root.stat()
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(root, 0o700)
 
 
 def sqlite_dir(url: str) -> Path:
@@ -332,7 +351,7 @@ def open_sqlite(url: str) -> SqliteBackend:
     """Open (creating if needed) the SQLite backend in the URL's directory."""
     root = sqlite_dir(url)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        _private_dir(root)
         key = _secret(root / "secret.key")
         queue = SqliteQueue(root / "queue.db")
     except OSError as e:

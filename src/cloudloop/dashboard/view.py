@@ -21,8 +21,10 @@ renders it, and :mod:`cloudloop.report` embeds it in a static file.
 
 Nothing here is trusted to be well-formed markup or even of the right type:
 heartbeat records come from other machines, and task output, exception text
-and job names are whatever the user's code produced. Each worker record is cut
-down to the fields the page shows, each of its type (:func:`_worker_row`), and
+and job names are whatever the user's code produced. Records and log parts are
+read through their verifying readers (:func:`~cloudloop.heartbeat.worker_records`,
+:func:`~cloudloop.job.read_log_part`); each worker record is then cut down to
+the fields the page shows, each of its type (:func:`_worker_row`), and
 :func:`page_json` never emits NaN or Infinity (which ``JSON.parse`` rejects).
 Escaping is the page's job: ``app.js`` inserts every value as text.
 """
@@ -35,10 +37,11 @@ import threading
 import time
 from typing import Any
 
-from .. import codec, keys
+from .. import keys
 from ..backends import Backend
 from ..errors import CloudloopError
-from ..job import Job, _better
+from ..heartbeat import worker_records
+from ..job import Job, _better, read_log_part
 from ..model import JobStatus, Outcome
 from ..providers import prices
 
@@ -129,12 +132,9 @@ class JobView:
         for key, (lo, hi) in list(self._log_keys.items()):
             if not lo <= index <= hi:
                 continue
-            blob = store.get_or_none(key)
             self._log_keys[key] = (-1, -1)  # read: never again
-            if blob is None:
-                continue
-            for i, segments in codec.decode_json(blob).items():
-                self._log_segments.setdefault(int(i), []).extend((a, p, t) for a, p, t in segments)
+            for i, segments in read_log_part(self.view.backend, key, (lo, hi)).items():
+                self._log_segments.setdefault(i, []).extend(segments)
             # segments for other tasks in this key are kept too: they were paid for
         segs = sorted(self._log_segments.get(index, []))
         attempts = {a for a, _, _ in segs}
@@ -422,16 +422,9 @@ class DashboardView:
     def workers(self) -> list[dict[str, Any]]:
         """Every worker's latest heartbeat record as :func:`_worker_row` (``live``: seen lately)."""
         if self._every("workers", self.job_every):
-            store, now, rows = self.backend.store, time.time(), []
-            for key in store.list("workers/"):
-                blob = store.get_or_none(key)
-                try:
-                    row = _worker_row(codec.decode_json(blob), now) if blob else None
-                except ValueError:
-                    row = None
-                if row is not None:
-                    rows.append(row)
-            self._workers = rows
+            now = time.time()  # records are verified there, and cut to what a page shows here
+            rows = (_worker_row(r.as_dict(), now) for r in worker_records(self.backend))
+            self._workers = [r for r in rows if r is not None]
             self.worker_reads += 1
         return self._workers
 
@@ -487,12 +480,9 @@ class DashboardView:
                 rec = self._ledger.get(key)
                 if rec is not None and rec.get("ended"):
                     continue  # an ended instance's record no longer changes
-                blob = store.get_or_none(key)
-                try:
-                    if blob:
-                        self._ledger[key] = codec.decode_json(blob)
-                except ValueError:
-                    pass
+                rec = prices.read_ledger_record(self.backend, key)  # verified and checked
+                if rec is not None:
+                    self._ledger[key] = rec
         return list(self._ledger.values())
 
     def job_cost(self, st: JobStatus) -> float | None:

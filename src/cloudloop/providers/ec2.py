@@ -26,9 +26,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from .. import __version__, codec, keys
+from .. import __version__, keys
 from ..backends.aws import aws_errors, clients, error_code, open_aws, parse_aws_url
+from ..backends.base import secret_from_env
 from ..errors import ConfigError
+from ..jobdata import paused
 from ..model import WorkerOptions
 from . import ec2_setup as setup
 from . import prices
@@ -324,7 +326,7 @@ class Cluster:
 
     @property
     def bill(self) -> prices.Ledger:
-        return prices.Ledger(self.backend.store, self.settings.cluster)
+        return prices.Ledger(self.backend, self.settings.cluster)
 
     def _record(self, inst: dict[str, Any]) -> None:
         price = prices.hourly(
@@ -384,10 +386,10 @@ class Cluster:
         return keys.PAUSED
 
     def paused(self) -> bool:
-        return self.backend.store.exists(self._flag())
+        return paused(self.backend)
 
     def pause(self) -> None:
-        self.backend.store.put(self._flag(), codec.encode_json({"at": time.time()}))
+        self.backend.put_record(self._flag(), {"at": time.time()})
 
     def resume(self) -> None:
         self.backend.store.delete(self._flag())
@@ -507,6 +509,13 @@ class Ec2Provider(Provider):
     def cluster(self, backend_url: str, worker: WorkerOptions) -> Cluster:
         if not backend_url.startswith("aws://"):
             raise ConfigError(f"the ec2 provider needs an aws:// backend, not {backend_url!r}")
+        if secret_from_env() is not None:
+            # instances read the key from the bucket (their role allows it); a key kept
+            # elsewhere would not reach them, and they would sign with another one
+            raise ConfigError(
+                "CLOUDLOOP_SECRET / CLOUDLOOP_SECRET_FILE is set, but the ec2 provider's "
+                "instances read the key from the bucket: unset it for ec2 profiles"
+            )
         return Cluster(backend_url, self.settings, worker, self.profile)
 
     def start(self, backend_url: str, n: int, worker: WorkerOptions) -> Ec2Pool:

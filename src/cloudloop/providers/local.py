@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,19 +31,38 @@ _CRASH_LOOP = 5  # consecutive deaths within _QUICK seconds of start
 _QUICK = 3.0
 
 
-def worker_command(backend_url: str, worker: WorkerOptions) -> list[str]:
-    cmd = [sys.executable, "-m", "cloudloop", "worker", "--backend", backend_url]
+def worker_command(worker: WorkerOptions) -> list[str]:
+    """``cloudloop worker`` with these settings; the backend URL travels in the
+    environment (``CLOUDLOOP_BACKEND``), never on a command line ``ps`` shows."""
+    cmd = [sys.executable, "-m", "cloudloop", "worker"]
     cmd += ["--lease", str(worker.lease)]
     if worker.heartbeat:
         cmd += ["--heartbeat", str(worker.heartbeat)]
     cmd += ["--split-after", str(worker.split_after)]
     if worker.idle_exit is not None:
         cmd += ["--idle-exit", str(worker.idle_exit)]
-    if worker.exit_when_orphaned:
-        cmd.append("--exit-when-orphaned")
     if worker.metadata_url:
         cmd += ["--metadata-url", worker.metadata_url, "--preempt-grace", str(worker.preempt_grace)]
     return cmd
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (made if missing). In a
+    shared directory such as /tmp, a name someone else made first (or a symbolic
+    link) is refused rather than used: worker logs hold the tasks' output."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(
+            f"{path} exists but is not a directory of yours; remove it, or set TMPDIR "
+            "to a private directory"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 class LocalPool(WorkerPool):
@@ -67,7 +87,8 @@ class LocalPool(WorkerPool):
 
     def _spawn(self) -> subprocess.Popen:
         path = self.log_dir / f"worker-{os.getpid()}-{time.time_ns()}.log"
-        with open(path, "ab") as logf:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        with open(fd, "ab") as logf:
             p = subprocess.Popen(
                 self.cmd,
                 stdin=subprocess.DEVNULL,
@@ -148,12 +169,12 @@ class LocalProvider(Provider):
             )
 
     def start(self, backend_url: str, n: int, worker: WorkerOptions) -> LocalPool:
-        log_dir = Path(tempfile.gettempdir()) / f"cloudloop-{os.getuid()}" / "workers"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        cmd = worker_command(backend_url, worker.replace(exit_when_orphaned=True))
+        log_dir = private_dir(Path(tempfile.gettempdir()) / f"cloudloop-{os.getuid()}") / "workers"
+        log_dir.mkdir(mode=0o700, exist_ok=True)
+        cmd = worker_command(worker) + ["--parent-pid", str(os.getpid())]
         if "python" in self.options:
             cmd[0] = str(self.options["python"])
-        env = {**os.environ, "CLOUDLOOP_PROVIDER": "local"}
+        env = {**os.environ, "CLOUDLOOP_PROVIDER": "local", "CLOUDLOOP_BACKEND": backend_url}
         # n workers each running numerical code with a thread per core would
         # oversubscribe the machine; share the cores unless the user chose.
         threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))

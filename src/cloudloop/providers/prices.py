@@ -10,9 +10,14 @@ overrides both.
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import time
 from typing import Any
+
+from ..errors import TamperedError
+
+log = logging.getLogger("cloudloop.ec2")
 
 ON_DEMAND: dict[str, float] = {
     "t3.medium": 0.0416, "t3.large": 0.0832, "t3.xlarge": 0.1664,
@@ -93,39 +98,69 @@ def cost(
 class Ledger:
     """One cluster's bill, kept in the store so every client sees the same.
 
-    ``clusters/<cluster>/instances/<id>`` holds ``{id, type, zone, market,
-    price, launched, ended, ended_by}``. The client that launches an instance
-    opens its record; the instance closes it as it shuts down (``ended_by``
-    "instance"), or a client that finds it gone from EC2 does ("client").
+    ``clusters/<cluster>/instances/<id>`` holds a signed ``{id, type, zone,
+    market, price, launched, ended, ended_by}``. The client that launches an
+    instance opens its record; the instance closes it as it shuts down
+    (``ended_by`` "instance"), or a client that finds it gone from EC2 does
+    ("client"). Records are signed: the bill decides when ``max_cost`` stops
+    the cluster, so one rewritten in the store (a price of 0) is not believed.
     """
 
-    def __init__(self, store: Any, cluster: str):
-        self.store, self.cluster = store, cluster
+    def __init__(self, backend: Any, cluster: str):
+        self.backend, self.cluster = backend, cluster
 
     def key(self, iid: str) -> str:
         return f"clusters/{self.cluster}/instances/{iid}"
 
     def open(self, inst: dict[str, Any], price: float) -> None:
         rec = {**inst, "price": price, "launched": time.time(), "ended": None}
-        self.store.put(self.key(inst["id"]), json.dumps(rec).encode())
+        self.backend.put_record(self.key(inst["id"]), rec)
 
     def records(self) -> list[dict[str, Any]]:
         out = []
-        for key in self.store.list(f"clusters/{self.cluster}/instances/"):
-            blob = self.store.get_or_none(key)
-            if blob:
-                out.append(json.loads(blob))
+        for key in self.backend.store.list(f"clusters/{self.cluster}/instances/"):
+            rec = self._read(key)
+            if rec is not None:
+                out.append(rec)
         return out
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        return read_ledger_record(self.backend, key)
 
     def close(self, ids: list[str], by: str = "client") -> int:
         """Mark instances ended now (once); returns how many were open."""
         n = 0
         for iid in ids:
-            blob = self.store.get_or_none(self.key(iid))
-            if blob:
-                rec = json.loads(blob)
-                if not rec.get("ended"):
-                    rec["ended"], rec["ended_by"] = time.time(), by
-                    self.store.put(self.key(iid), json.dumps(rec).encode())
-                    n += 1
+            rec = self._read(self.key(iid))
+            if rec is not None and not rec.get("ended"):
+                rec["ended"], rec["ended_by"] = time.time(), by
+                self.backend.put_record(self.key(iid), rec)
+                n += 1
         return n
+
+
+def read_ledger_record(backend: Any, key: str) -> dict[str, Any] | None:
+    """One instance's bill record, verified and checked (None: absent or not believed)."""
+    try:
+        rec = backend.get_record(key)
+    except TamperedError as e:
+        log.warning("ignoring %s: %s", key, e)
+        return None
+    if rec is None:
+        return None
+    ok = (
+        isinstance(rec, dict)
+        and isinstance(rec.get("id"), str)
+        and isinstance(rec.get("type"), str)
+        and _number(rec.get("price"))
+        and _number(rec.get("launched"))
+        and (rec.get("ended") is None or _number(rec.get("ended")))
+    )
+    if not ok:
+        log.warning("ignoring %s: not an instance record", key)
+        return None
+    return rec
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0

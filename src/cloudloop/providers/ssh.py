@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import io
-import json
+import logging
 import math
 import platform
 import re
@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError
+from ..backends.base import secret_from_env
+from ..errors import ConfigError, TamperedError
 from ..model import WorkerOptions
 from . import wheelhouse
 from .base import Provider, WorkerPool
@@ -65,7 +66,9 @@ except Exception as e:
     print(type(e).__name__ + ": " + str(e))
     sys.exit(1)
 """
+log = logging.getLogger("cloudloop.ssh")
 _SPEC = re.compile(r"^([^\s*]+)(?:\*(\d+))?$")
+_ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,252}$")  # never an option (-o...)
 _EXTRAS = {"redis": ("redis",), "rediss": ("redis",), "aws": ("aws",)}
 
 
@@ -367,7 +370,7 @@ fi
     # ---------------------------------------------------------------- start / stop
 
     def _start_script(self, alias: str, n: int, tag: str) -> str:
-        args = worker_command("X", self.worker)[6:]
+        args = worker_command(self.worker)[4:]
         args = [a for a in args if a != "--exit-when-orphaned"]
         argv = " ".join(shlex.quote(a) for a in args)
         run = f'"$D/run/{self.profile}/{tag}"'
@@ -376,7 +379,10 @@ fi
 D={self.hosts.dir}
 mkdir -p {run} "$D/logs"
 umask 077
-cat > {run}/backend
+IFS= read -r url
+IFS= read -r secret || true
+printf '%s' "$url" > {run}/backend
+if [ -n "$secret" ]; then printf '%s' "$secret" > {run}/secret; export CLOUDLOOP_SECRET_FILE={run}/secret; fi
 : > {run}/empty.toml
 cd "$D"
 export CLOUDLOOP_CONFIG={run}/empty.toml CLOUDLOOP_PROFILE=
@@ -436,8 +442,11 @@ echo "killed=$(echo $alive | wc -w)"
         if info.get("venv") != "ready":
             note = f" (cloudloop {__version__} installed {self._install(spec.alias, info.get('pyfull', ''))})"
         count = n if n is not None else spec.workers or max(1, int(info.get("cores") or 1))
-        out = _kv(self.hosts.run(spec.alias, self._start_script(spec.alias, count, tag),
-                                 self.url.encode()))  # fmt: skip
+        # the URL (it may hold a password) and a key kept outside the store travel on
+        # stdin into files only this user can read, never on a command line
+        outside = secret_from_env()
+        stdin = f"{self.url}\n{outside.hex() if outside else ''}\n".encode()
+        out = _kv(self.hosts.run(spec.alias, self._start_script(spec.alias, count, tag), stdin))
         if "backend_error" in out:
             raise HostFailed(f"cannot use the backend from there: {out['backend_error'].strip()}")
         pids = [int(p) for p in out.get("pids", "").split()]
@@ -446,7 +455,7 @@ echo "killed=$(echo $alive | wc -w)"
         report = HostReport(spec.alias, len(pids), pids, note)
         record = {"host": spec.alias, "tag": tag, "pids": pids, "workers": len(pids),
                   "started": time.time(), "by": socket.gethostname()}  # fmt: skip
-        self.backend.store.put(self._record_prefix(spec.alias) + tag, json.dumps(record).encode())
+        self.backend.put_record(self._record_prefix(spec.alias) + tag, record)
         return report
 
     def up(self, total: int | None = None, tag: str | None = None) -> list[HostReport]:
@@ -470,9 +479,9 @@ echo "killed=$(echo $alive | wc -w)"
         for key in self.backend.store.list(self._record_prefix()):
             alias, rec_tag = key.rsplit("/", 2)[-2:]
             if tag is None or rec_tag == tag:
-                blob = self.backend.store.get_or_none(key)
-                real = json.loads(blob)["host"] if blob else alias
-                records.setdefault(real, []).append(key)
+                real = self._recorded_host(key, alias)
+                if real is not None:
+                    records.setdefault(real, []).append(key)
         targets = aliases if aliases is not None else [h.alias for h in self.s.hosts]
         targets = list(dict.fromkeys([*targets, *records]))
         got = self.hosts.each(targets, lambda a: _kv(self.hosts.run(a, self._stop_script(tag),
@@ -489,6 +498,22 @@ echo "killed=$(echo $alive | wc -w)"
             extra = f" ({killed} did not stop in 10 s and were killed)" if killed else ""
             lines.append(f"{alias}: stopped {r.get('stopped', 0)} worker(s){extra}")
         return lines
+
+    def _recorded_host(self, key: str, alias: str) -> str | None:
+        """The host a start record names, if the record verifies and names a host
+        this profile could have started workers on (a record decides where `down`
+        connects: a forged one must not send it anywhere)."""
+        try:
+            rec = self.backend.get_record(key)
+        except TamperedError as e:
+            log.warning("ignoring %s: %s", key, e)
+            return None
+        host = rec.get("host") if isinstance(rec, dict) else alias
+        known = {h.alias for h in self.s.hosts}
+        if isinstance(host, str) and (host in known or _ALIAS.match(host)):
+            return host
+        log.warning("ignoring %s: it names no usable host", key)
+        return None
 
     def alive(self, tag: str, aliases: list[str]) -> int:
         script = f"""D={self.hosts.dir}

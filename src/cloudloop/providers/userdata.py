@@ -42,7 +42,7 @@ def render(b: Bootstrap) -> str:
     pip = " ".join(q(x) for x in (*b.pip_args, spec, *b.requirements))
     w = b.worker
     args = [
-        "worker", "--backend", b.backend, "--lease", f"{w.lease:g}",
+        "worker", "--lease", f"{w.lease:g}",
         "--idle-exit", f"{(w.idle_exit or 120):g}", "--preempt-grace", f"{w.preempt_grace:g}",
     ]  # fmt: skip
     if w.heartbeat:
@@ -57,7 +57,8 @@ def render(b: Bootstrap) -> str:
             f'"$HOME_DIR/venv/bin/cloudloop" instance-ended --backend {q(b.backend)} '
             f'--cluster {q(b.cluster)} --metadata-url "$META" || true\n'
         )
-    exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(b.env.items()))
+    env = {**b.env, "CLOUDLOOP_BACKEND": b.backend}  # the workers' backend: never on a command line
+    exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(env.items()))
     return f"""#!/bin/bash
 # cloudloop {b.version} worker bootstrap. No credentials here: the instance
 # profile grants this machine the job queue and its bucket prefix only.

@@ -1,0 +1,522 @@
+"""Running one leased chunk: sub-batches in the task runner, outcomes, logs, splits.
+
+::
+
+    _Chunk(todo) ─► sub-batch (sized to ~0.2 s of work) ─► RunnerProcess ─► outcome rows
+         │              │ submit() jobs: each task claimed first (a cancel claim wins)
+         │              │ a redelivered chunk: one task at a time, with a start marker
+         │              ├─ "call" from the task (checkpoint, restore, outputs, shared
+         │              │   arguments) ─► done here, signed under that task's keys only
+         │              ├─ timeout / memory / cancel / stop ─► kill the task's process tree
+         │              └─ runner died ─► TaskCrashed, or a retry (``retries``)
+         ├─ rows, logs ─► committer (write-behind), flushed every flush_interval
+         └─ running > split_after, queue empty ─► the unstarted tail re-queued
+
+Everything the runner sends is plain data, checked before it is believed: rows
+must be well formed and for tasks of the running batch, each once; calls may
+only touch the running tasks' own keys. A runner that breaks this is killed
+and its batch fails (:class:`TaskCrashed`).
+
+:class:`ChunkRunner` is a mixin of :class:`cloudloop.worker.Worker`: it uses
+the worker's runner, backend, committer, options and counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from . import codec, keys, outputs
+from .errors import (
+    JobCancelled,
+    MemoryLimitExceeded,
+    TamperedError,
+    TaskCrashed,
+    TaskTimeout,
+    WorkerLost,
+)
+from .jobdata import JobInfo
+from .model import Lease, MessageHeader
+from .runner import RunnerDied
+
+log = logging.getLogger("cloudloop.worker")
+
+_BATCH_TARGET = 0.2  # seconds of work per sub-batch sent to the runner
+_LIVE_LOG_EVERY = 2.0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def describe_death(index: int, rc: int | None) -> Exception:
+    if rc is not None and rc < 0:
+        sig = signal.Signals(-rc)
+        if sig == signal.SIGKILL:
+            return TaskCrashed(
+                f"task {index}'s process was killed by SIGKILL, most likely by the kernel's "
+                "out-of-memory killer (the machine ran out of memory). Give the job a "
+                "memory= limit to get a clear error, or use machines with more memory."
+            )
+        desc = signal.strsignal(sig) or sig.name
+        return TaskCrashed(
+            f"task {index}'s process died with {sig.name} ({desc}), usually a crash in "
+            "native code (a C extension, ctypes, a corrupt model file)."
+        )
+    return TaskCrashed(
+        f"task {index}'s process exited with status {rc} before returning "
+        "(os._exit(), or a native library calling exit())."
+    )
+
+
+@dataclass
+class _Chunk:
+    lease: Lease
+    header: MessageHeader
+    job: JobInfo
+    todo: dict[int, int]  # index -> attempt to run next
+    payload: bytes
+    careful: bool
+    t0: float = field(default_factory=time.monotonic)
+    blobs: list[bytes] = field(default_factory=list)  # packed outcome rows not yet stored
+    indices: list[int] = field(default_factory=list)  # the tasks in blobs
+    nfail: int = 0
+    logs: dict[int, list] = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)
+    streamed: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    last_flush: float = field(default_factory=time.monotonic)
+    split_probed: float = -math.inf
+    last_stream: float = field(default_factory=time.monotonic)
+    busy: float = 0.0
+    ran: int = 0
+    idle_deaths: int = 0
+    lost: bool = False
+    running: frozenset[int] = frozenset()  # the sub-batch the runner has now
+    stop_reason: Exception | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.manifest.id
+
+
+class ChunkRunner:
+    """How a worker runs a chunk (see the module docstring); mixed into Worker."""
+
+    def _load(self, chunk: _Chunk) -> None:
+        h, m = chunk.header, chunk.job.manifest
+        payload = chunk.payload
+        if not payload and h.spill:
+            payload = self.backend.get_signed(h.spill, "chunk input")
+            if payload is None:
+                raise TamperedError(f"chunk input {h.spill} is missing from the store")
+            chunk.payload = payload
+        self.runner.send(
+            "load",
+            {
+                "lo": h.lo,
+                "nested": h.nested,
+                "payload": payload,
+                "fns": {ref: self.data.fn(m.id, ref) for ref in h.fns},
+                "job": {
+                    "id": m.id,
+                    "seed": m.seed,
+                    "kind": m.kind,
+                    "command": m.command,
+                    "retries": m.options.retries,
+                    "seed_globals": m.options.seed_globals,
+                    "env": m.options.env,
+                    "workroot": str(self.scratch / "work"),
+                    "files": self.data.files(chunk.job),
+                },
+            },
+        )
+        self.runner_job = m.id
+
+    def _ensure_runner(self, chunk: _Chunk) -> None:
+        if not self.runner.alive:
+            self.runner.close()
+            self.runner.start()
+            self._load(chunk)
+
+    def _run_chunk(self, chunk: _Chunk) -> None:
+        if self.runner.alive and self.runner_job != chunk.job_id:
+            self.runner.close()  # a fresh interpreter for every job: nothing carries over
+        if self.runner.alive:
+            self._load(chunk)
+        mean = self.mean.get(chunk.job_id)
+        batch = 1 if mean is None else max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
+        while chunk.todo and chunk.stop_reason is None and self.preempted_at is None:
+            self._ensure_runner(chunk)
+            if chunk.careful:
+                sub = self._careful_next(chunk)
+                if sub is None:
+                    continue
+            else:
+                sub = list(islice(chunk.todo, batch))
+            if chunk.job.manifest.session:
+                sub = self._claim(chunk, sub)
+                if not sub:
+                    continue
+            t = time.monotonic()
+            ran_before = chunk.ran
+            self._run_batch(chunk, sub)
+            if chunk.ran > ran_before:
+                mean = self.mean[chunk.job_id] = chunk.busy / chunk.ran
+                batch = max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
+            chunk.busy += 0 if chunk.ran > ran_before else time.monotonic() - t
+            if chunk.careful or time.monotonic() - chunk.last_flush > self.backend.flush_interval:
+                self._flush(chunk)
+            if not chunk.careful:
+                self._maybe_split(chunk, batch)
+        if chunk.stop_reason is not None and not isinstance(chunk.stop_reason, InterruptedError):
+            self._fail_all(chunk, chunk.stop_reason)
+
+    def _claim(self, chunk: _Chunk, sub: list[int]) -> list[int]:
+        """Tasks of an Executor's submit() job are claimed one by one before they run:
+        a claim already made by ``Future.cancel()`` means the task is cancelled."""
+        out = []
+        for i in sub:
+            name = keys.claim(chunk.job_id, i)
+            if not self.backend.put_signed(name, b"run", if_absent=True):
+                try:
+                    was = self.backend.get_signed(name)
+                except TamperedError:
+                    was = None  # a forged claim cancels nothing
+                if was == b"cancel":
+                    del chunk.todo[i]
+                    self._add_rows(chunk, [(i, 0, None, None, 0.0, 0.0, True)])
+                    continue
+            out.append(i)
+        return out
+
+    def _careful_next(self, chunk: _Chunk) -> list[int] | None:
+        i = next(iter(chunk.todo))
+        n = self._starts(chunk.job_id, i)
+        limit = chunk.job.manifest.options.max_deliveries
+        if n >= limit:
+            err = WorkerLost(
+                f"task {i} was started {n + 1} times and each time its worker vanished "
+                "before it finished (no result, no heartbeat): dead-lettered instead of "
+                "retried forever. It probably exhausts the machine's memory or crashes "
+                "the worker; run it alone to debug."
+            )
+            self._record_error(chunk, i, chunk.todo.pop(i), err)
+            return None
+        self.backend.put_signed(keys.start(chunk.job_id, i, self.id), b"")
+        return [i]
+
+    def _starts(self, job_id: str, index: int) -> int:
+        """How many workers started this task before (verified start markers only)."""
+        n = 0
+        for key in self.store.list(keys.starts_prefix(job_id, index)):
+            try:
+                n += self.backend.get_signed(key) is not None
+            except TamperedError:
+                log.warning("ignoring %s: not a start marker a worker wrote", key)
+        return n
+
+    def _run_batch(self, chunk: _Chunk, sub: list[int]) -> None:
+        t0 = time.monotonic()
+        chunk.running = frozenset(sub)
+        try:
+            self.runner.send("run", [(i, chunk.todo[i]) for i in sub])
+            while True:
+                msg = self.runner.recv(0.05)
+                if msg is not None:
+                    kind, data = _message(msg)
+                    if kind == "end":
+                        return
+                    if kind == "call":
+                        self._serve(chunk, *data)
+                        continue
+                    chunk.ran += self._accept(chunk, *data)
+                    chunk.busy += time.monotonic() - t0
+                    t0 = time.monotonic()
+                self._watch(chunk)
+        except RunnerDied as died:
+            cause = died.__cause__
+            self._on_death(
+                chunk, died.returncode, cause.reason if isinstance(cause, _Killed) else None
+            )
+        except TamperedError as e:  # the task runner broke its protocol: end it
+            self.runner.kill()
+            chunk.stop_reason = TaskCrashed(f"the task process was killed: {e}")
+        finally:
+            chunk.running = frozenset()
+
+    def _serve(self, chunk: _Chunk, op: Any, index: Any, args: Any) -> None:
+        """Do a store call for the running task, under its own keys only."""
+        job = chunk.job_id
+        try:
+            if index not in chunk.running or not isinstance(args, tuple):
+                raise ValueError("not a call for a task of the running batch")
+            if op == "checkpoint" and len(args) == 1 and isinstance(args[0], bytes):
+                self.backend.put_signed(keys.checkpoint(job, index), args[0])
+                value: Any = None
+            elif op == "restore" and not args:
+                value = self.backend.get_signed(keys.checkpoint(job, index))
+            elif op == "outputs" and len(args) == 1 and isinstance(args[0], str):
+                value = outputs.upload(self.backend, self._task_dir(args[0]), job, index)
+            elif op == "shared" and len(args) == 1 and isinstance(args[0], str):
+                if not args[0].startswith(keys.shared(job, "")):
+                    raise ValueError("a shared argument of another job")
+                value = self.backend.get_signed(args[0])
+                if value is None:
+                    raise KeyError(f"shared argument {args[0]} is missing from the store")
+            else:
+                raise ValueError(f"unknown call {str(op)[:40]!r}")
+        except Exception as e:
+            self.runner.reply(False, _said(e))
+        else:
+            self.runner.reply(True, value)
+
+    def _task_dir(self, path: str) -> Path:
+        root = (self.scratch / "work").resolve()
+        p = Path(path).resolve()
+        if root not in p.parents:
+            raise ValueError("an output directory outside the task's working area")
+        return p
+
+    def _watch(self, chunk: _Chunk) -> None:
+        st = self.runner.status()
+        opts = chunk.job.manifest.options
+        reason: Exception | None = None
+        if self.stopping.is_set():
+            reason = chunk.stop_reason = InterruptedError("worker stopping")
+        elif (
+            self.preempted_at and time.monotonic() - self.preempted_at > self.options.preempt_grace
+        ):
+            reason = chunk.stop_reason = InterruptedError("machine preempted")
+        elif chunk.job.cancelled:
+            reason = chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
+        elif st.index >= 0:
+            ran = time.time() - st.started
+            if opts.timeout is not None and ran > opts.timeout:
+                reason = TaskTimeout(
+                    f"task {st.index} ran for {ran:.1f} s, over its timeout of "
+                    f"{opts.timeout:g} s; it and every process it started were killed"
+                )
+            elif opts.memory is not None and time.monotonic() - self._mem_checked > 0.1:
+                self._mem_checked = time.monotonic()
+                rss = self.runner.rss()
+                if rss > opts.memory:
+                    reason = MemoryLimitExceeded(
+                        f"task {st.index} used {_fmt_bytes(rss)} (its processes together), "
+                        f"over its memory limit of {_fmt_bytes(opts.memory)}; it was killed. "
+                        "Raise memory= or make the task hold less at once."
+                    )
+            if reason is None and ran > _LIVE_LOG_EVERY:
+                self._stream_log(chunk, st.index, st.attempt, st.log_offset)
+        if reason is not None:
+            self.runner.kill()
+            raise RunnerDied(None) from _Killed(reason)
+        if time.monotonic() - chunk.last_flush > max(self.backend.flush_interval, 1.0):
+            self._flush(chunk)
+
+    def _on_death(self, chunk: _Chunk, rc: int | None, killed: Exception | None) -> None:
+        st = self.runner.status()
+        self.runner.close()
+        if st.index < 0 or st.index not in chunk.todo:
+            if killed is None:
+                chunk.idle_deaths += 1
+                if chunk.idle_deaths >= 3:
+                    chunk.stop_reason = TaskCrashed(
+                        f"the task process died outside any task three times (last status {rc})"
+                    )
+            return
+        i, attempt = st.index, st.attempt
+        if isinstance(killed, (InterruptedError, JobCancelled)):
+            return  # stop_reason is set; the task is released or cancelled, not failed
+        err = killed or describe_death(i, rc)
+        segment = (attempt, st.log_offset, self.runner.log_size())
+        self._add_logs(chunk, i, [segment])
+        if attempt <= chunk.job.manifest.options.retries:
+            chunk.todo[i] = attempt + 1
+            return
+        del chunk.todo[i]
+        self._record_error(chunk, i, attempt, err, started=st.started)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def _accept(self, chunk: _Chunk, packed: Any, indices: Any, side: Any) -> int:
+        """Take a batch of outcomes from the runner, checked: plain rows, for tasks it
+        was asked to run, each once."""
+        where = f"outcomes from the task runner of job {chunk.job_id}"
+        rows = codec.loads_data(packed) if isinstance(packed, bytes) else None
+        if not isinstance(rows, list) or not isinstance(side, list):
+            raise TamperedError(f"{where} are malformed")
+        got = [codec.check_row(r, None, where)[0] for r in rows]
+        if got != indices or len(set(got)) != len(got) or not chunk.running.issuperset(got):
+            raise TamperedError(f"{where} name tasks it was not given")
+        for i in got:
+            chunk.todo.pop(i, None)
+        chunk.blobs.append(packed)
+        chunk.indices.extend(got)
+        for entry in side:
+            index, segments, checkpointed, failed = _side_entry(entry, chunk.running, where)
+            self._add_logs(chunk, index, segments)
+            if checkpointed and not failed:
+                chunk.checkpoints.append(index)
+            chunk.nfail += failed
+            self.failures += failed
+        self.tasks_done += len(got)
+        return len(got)
+
+    def _add_rows(self, chunk: _Chunk, rows: list[tuple]) -> None:
+        chunk.blobs.append(codec.pack_rows(rows))
+        chunk.indices.extend(r[0] for r in rows)
+        failed = sum(1 for r in rows if r[3] is not None)
+        chunk.nfail += failed
+        self.failures += failed
+        self.tasks_done += len(rows)
+
+    def _record_error(self, chunk: _Chunk, index: int, attempt: int, err: Exception, **kw) -> None:
+        info = codec.error_info(err, f"{type(err).__name__}: {err}\n").to_wire()
+        now = time.time()
+        self._add_rows(chunk, [(index, attempt, None, info, kw.get("started", now), now, False)])
+
+    def _fail_all(self, chunk: _Chunk, err: Exception) -> None:
+        if isinstance(err, JobCancelled):
+            self._add_rows(
+                chunk, [(i, a, None, None, 0.0, 0.0, True) for i, a in chunk.todo.items()]
+            )
+        else:
+            for i, attempt in list(chunk.todo.items()):
+                self._record_error(chunk, i, attempt, err)
+        chunk.todo.clear()
+
+    def _add_logs(self, chunk: _Chunk, index: int, segments: list) -> None:
+        for attempt, start, end in segments:
+            sent, part = chunk.streamed.pop((index, attempt), (start, 0))
+            data = self.runner.read_log(max(start, sent), end)
+            if data:
+                text = data.decode(errors="replace")
+                chunk.logs.setdefault(index, []).append([attempt, part, text])
+
+    def _stream_log(self, chunk: _Chunk, index: int, attempt: int, offset: int) -> None:
+        if index not in chunk.todo:
+            # the status record can still name a task whose outcome (and its whole
+            # log) was already taken: streaming it again would duplicate the log
+            return
+        sent, part = chunk.streamed.get((index, attempt), (offset, 0))
+        size = self.runner.log_size()
+        if size > sent and time.monotonic() - chunk.last_stream > _LIVE_LOG_EVERY:
+            text = self.runner.read_log(sent, size).decode(errors="replace")
+            chunk.streamed[(index, attempt)] = (size, part + 1)
+            record = {index: [[attempt, part, text]]}
+            self.backend.put_record(keys.logs(chunk.job_id, index, index), record)
+            chunk.last_stream = time.monotonic()
+
+    def _flush(self, chunk: _Chunk) -> None:
+        """Hand the chunk's finished outcomes and logs to the committer."""
+        if chunk.indices or chunk.logs or chunk.checkpoints:
+            self.committer.flush(
+                chunk.job_id, chunk.blobs, chunk.indices, chunk.nfail, chunk.logs,
+                chunk.checkpoints, wait=chunk.careful,
+            )  # fmt: skip
+            chunk.blobs, chunk.indices, chunk.logs, chunk.checkpoints = [], [], {}, []
+            chunk.nfail = 0
+        chunk.last_flush = time.monotonic()
+
+    def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
+        opts = self.options
+        if time.monotonic() - chunk.t0 < opts.split_after or len(chunk.todo) <= keep + 1:
+            return
+        mean = chunk.busy / max(chunk.ran, 1)
+        tail = list(chunk.todo)[keep:]
+        if len(tail) * mean < opts.split_after:
+            return
+        now = time.monotonic()  # asking the queue is a billed call on SQS: not every task
+        if now - chunk.split_probed < max(opts.split_after, self.backend.check_interval):
+            return
+        chunk.split_probed = now
+        if self.queue.stats().visible > 0:
+            return
+        h = chunk.header
+        spill = h.spill or keys.inputs(chunk.job_id, h.chunk)
+        if not h.spill:
+            self.backend.put_signed(spill, chunk.payload, if_absent=True)
+        per = max(1, math.ceil(opts.split_after / max(mean, 1e-6)), math.ceil(len(tail) / 64))
+        bodies = []
+        for s in range(0, len(tail), per):
+            piece = tail[s : s + per]
+            header = MessageHeader(
+                h.job, h.chunk, h.lo, h.hi, _ranges(piece), h.fns, h.nested, spill
+            )
+            bodies.append(codec.encode_message(self.key, header.to_dict()))
+        self.queue.put(bodies)
+        for i in tail:
+            del chunk.todo[i]
+        chunk.t0 = time.monotonic()
+        log.info(
+            "chunk %s of job %s: handed %d tasks back as %d messages",
+            h.chunk, chunk.job_id, len(tail), len(bodies),
+        )  # fmt: skip
+
+    def _forget_starts(self, chunk: _Chunk) -> None:
+        if chunk.careful:
+            for i in chunk.todo:
+                for key in self.store.list(keys.starts_prefix(chunk.job_id, i)):
+                    if key.rsplit("/", 1)[1].startswith(self.id + "-"):
+                        self.store.delete(key)
+
+
+def _said(e: BaseException) -> str:
+    """An error in one line, bounded."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+def _message(msg: Any) -> tuple[str, Any]:
+    if not (isinstance(msg, tuple) and len(msg) == 2 and msg[0] in ("end", "call", "outcomes")):
+        raise TamperedError("the task runner sent a message of an unknown kind")
+    kind, data = msg
+    if kind != "end" and not (isinstance(data, tuple) and len(data) == 3):
+        raise TamperedError(f"the task runner sent a malformed {kind!r} message")
+    return kind, data
+
+
+def _side_entry(entry: Any, running: frozenset[int], where: str) -> tuple:
+    ok = isinstance(entry, tuple) and len(entry) == 4 and entry[0] in running
+    if ok:
+        index, segments, checkpointed, failed = entry
+        ok = (
+            isinstance(segments, list)
+            and all(
+                isinstance(s, tuple) and len(s) == 3 and all(type(x) is int for x in s)
+                for s in segments
+            )
+            and isinstance(checkpointed, bool)
+            and isinstance(failed, bool)
+        )
+    if not ok:
+        raise TamperedError(f"{where} carry a malformed log or status entry")
+    return entry
+
+
+def _ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return tuple((a, b) for a, b in out)
+
+
+class _Killed(Exception):
+    """Why the worker killed the runner (chained onto RunnerDied)."""
+
+    def __init__(self, reason: Exception):
+        super().__init__(reason)
+        self.reason = reason
