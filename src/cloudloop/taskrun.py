@@ -140,7 +140,7 @@ class ChunkRunner:
                 },
             },
         )
-        self.runner_job = m.id
+        self.runner_job = _trust_domain(chunk.job)
 
     def _ensure_runner(self, chunk: _Chunk) -> None:
         if not self.runner.alive:
@@ -149,8 +149,10 @@ class ChunkRunner:
             self._load(chunk)
 
     def _run_chunk(self, chunk: _Chunk) -> None:
-        if self.runner.alive and self.runner_job != chunk.job_id:
-            self.runner.close()  # a fresh interpreter for every job: nothing carries over
+        if self.runner.alive and self.runner_job != _trust_domain(chunk.job):
+            # a fresh interpreter for every submitting client: nothing one client's
+            # code leaves behind reaches another's tasks
+            self.runner.close()
         if self.runner.alive:
             self._load(chunk)
         mean = self.mean.get(chunk.job_id)
@@ -469,6 +471,13 @@ class ChunkRunner:
                 for key in self.store.list(keys.starts_prefix(chunk.job_id, i)):
                     if key.rsplit("/", 1)[1].startswith(self.id + "-"):
                         self.store.delete(key)
+
+
+def _trust_domain(job: JobInfo) -> str:
+    """Jobs that may share a task runner: those submitted by the same client process
+    (its signed manifest says which), whose code trusts itself anyway. Reusing the
+    runner saves an interpreter start (~0.2 s) for every job a loop submits."""
+    return job.manifest.client
 
 
 def _said(e: BaseException) -> str:
