@@ -13,7 +13,6 @@ from collections import Counter
 
 import pytest
 
-from cloudloop import codec
 from cloudloop.backends import open_backend
 from cloudloop.cli import main as cli_main
 from cloudloop.dashboard import DashboardView
@@ -85,7 +84,7 @@ def test_jobs_list_shows_cluster_cost_from_the_ledger(url, finished_job):
     st = finished_job.status()
     record = {"id": "i-0abc", "type": "c7a.large", "zone": "eu-west-1a", "market": "spot",
               "price": 36.0, "launched": st.created - 100, "ended": None}  # fmt: skip
-    backend.store.put("clusters/aws/instances/i-0abc", codec.encode_json(record))
+    backend.put_record("clusters/aws/instances/i-0abc", record)  # signed, as the cluster does
     row = DashboardView(backend).jobs()[0]
     # $36/h over the job's elapsed seconds: the job's share of the cluster's bill
     assert row["cost"] == pytest.approx(36.0 * st.elapsed / 3600, rel=0.05)

@@ -493,5 +493,5 @@ class DashboardView:
         until = st.created + st.elapsed if st.state.finished else None
         try:
             return prices.cost(recs, since=st.created, until=until)[0]
-        except (KeyError, TypeError, ValueError):  # a ledger record is plain, unsigned JSON
+        except (KeyError, TypeError, ValueError):  # a bill the page cannot price shows none
             return None
