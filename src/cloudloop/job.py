@@ -124,6 +124,8 @@ class Job:
         self._finished_at: float | None = None
         self._workers: tuple[float, list[dict]] = (0.0, [])
         self._seen_logs: set[str] = set()
+        self._verified: set[str] = set()  # result parts read and verified
+        self._suspect: dict[str, str] = {}  # what failed verification, in words
 
     # ---------------------------------------------------------------- identity
 
@@ -188,12 +190,21 @@ class Job:
         return tasks
 
     def _marked(self, name: str) -> Any:
-        """A signed marker record (None if absent; a forged one is ignored, with a warning)."""
+        """A signed marker record (None if absent; a forged one is ignored, said once
+        in the log and kept among :attr:`JobStatus.problems`)."""
         try:
             return self.backend.get_record(name)
         except TamperedError as e:
-            log.warning("ignoring %s: %s", name, e)
+            if name not in self._suspect:
+                log.warning("ignoring %s: %s", name, e)
+                self._suspect[name] = f"{name} was not written by this backend's clients: {e}"
             return None
+
+    def _verify_parts(self) -> None:
+        """Read every result part not read yet (a forged one is dropped, see _read)."""
+        for key in list(self._parts.parts):
+            if key not in self._verified:
+                self._read(key)
 
     def _read(self, key: str) -> list[Outcome]:
         """The outcomes of one result part, verified (a key not listed before is parsed here)."""
@@ -203,11 +214,14 @@ class Job:
             self._parts.drop(key)
             return []
         try:
-            return codec.decode_part(self.backend.key, blob, key, span[:2])
+            out = codec.decode_part(self.backend.key, blob, key, span[:2])
         except TamperedError as e:  # not written by a worker of this backend: worth nothing
             log.warning("ignoring %s: %s", key, e)
+            self._suspect[key] = f"{key} was not written by this backend's workers: {e}"
             self._parts.drop(key)
             return []
+        self._verified.add(key)
+        return out
 
     def workers(self) -> list[dict[str, Any]]:
         """Heartbeat records of workers seen in the last 30 s (cached ~2 s), verified."""
@@ -222,6 +236,8 @@ class Job:
         """A snapshot of the job's progress (reads a listing, not the results)."""
         manifest = self.manifest
         self._refresh()
+        if self._total is not None and self._parts.done >= self._total:
+            self._verify_parts()  # before it is called finished: names alone can be forged
         done, total = self._parts.done, self._total
         failed = sum(self._failed.values())
         live = self.workers()
@@ -246,7 +262,9 @@ class Job:
         eta = (
             (total - done) / rate if total is not None and rate > 0 and not state.finished else None
         )
-        problems = tuple(f"worker {w['id']}: {w['error']}" for w in live if w.get("error"))
+        problems = tuple(self._suspect.values()) + tuple(
+            f"worker {w['id']}: {w['error']}" for w in live if w.get("error")
+        )
         return JobStatus(
             self.id, manifest.name, state, total, done, failed, running, len(live),
             manifest.created, elapsed, rate, eta, problems,
@@ -288,7 +306,7 @@ class Job:
         if observed:  # this handle watched it run: now is within one poll of the end
             at = time.time()
         else:  # it finished unwatched: the last task's end time, from the results
-            ends = [o.ended for k in self._parts.parts for o in self._read(k) if o.ended]
+            ends = [o.ended for k in list(self._parts.parts) for o in self._read(k) if o.ended]
             at = max(ends) if ends else time.time()
         self.backend.put_record(keys.finished(self.id), {"at": at}, if_absent=True)
         return at

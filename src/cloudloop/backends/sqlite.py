@@ -215,7 +215,7 @@ class FileStore(Store):
 
     def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
         path = self._path(key)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _mkdirs(self.root, path.parent)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         try:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
@@ -322,6 +322,20 @@ def _secret(path: Path) -> bytes:
     finally:
         os.unlink(tmp)
     return path.read_bytes()
+
+
+def _mkdirs(root: Path, d: Path) -> None:
+    """``d`` and every missing directory between ``root`` and it, each mode 0700
+    (``mkdir(parents=True)`` would give the intermediate ones the umask's mode)."""
+    if d.is_dir():
+        return
+    missing = []
+    while d != root and not d.exists():
+        missing.append(d)
+        d = d.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
 
 
 def _private_dir(root: Path) -> None:
