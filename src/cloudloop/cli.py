@@ -69,22 +69,10 @@ def _ship(words: tuple[str, ...], patterns: list[str]) -> dict[str, bytes]:
     anything else is shipped only when --files names it. Two files for one
     name in the task directory are an error.
     """
-    import re
-
-    from .backends.base import check_key
-
     here = os.path.realpath(os.getcwd())
     chosen: dict[str, str] = {}  # name in the task's directory -> local path
 
     def add(target: str, source: str) -> None:
-        try:
-            check_key(target)  # it travels through the store under this name
-        except ValueError:
-            fixed = re.sub(r"[^A-Za-z0-9_.=+@%/-]", "_", target)
-            raise CloudloopError(
-                f"cannot ship {source!r}: a shipped file's name may use only letters, digits "
-                f"and _.=+@%- (no spaces); rename it, e.g. to {fixed!r}"
-            ) from None
         had = chosen.setdefault(target, source)
         if os.path.realpath(had) != os.path.realpath(source):
             raise CloudloopError(

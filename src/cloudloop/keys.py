@@ -107,7 +107,8 @@ def fn(job: str, ref: str) -> str:
 
 
 def file(job: str, name: str) -> str:
-    return f"jobs/{job}/files/{name}"
+    """A shipped file's key; ``name`` is a relative path, encoded as output names are."""
+    return f"jobs/{job}/files/" + "/".join(map(_encode_part, name.split("/")))
 
 
 def inputs(job: str, chunk: int) -> str:

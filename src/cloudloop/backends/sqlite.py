@@ -28,6 +28,8 @@ Safe for many worker processes on one machine (not over NFS).
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import secrets
 import sqlite3
@@ -39,6 +41,8 @@ from pathlib import Path
 from ..errors import BackendError, ConfigError, LeaseLost
 from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, secret_from_env
+
+log = logging.getLogger("cloudloop")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -53,6 +57,32 @@ CREATE INDEX IF NOT EXISTS messages_visible ON messages(visible_at);
 """
 
 
+def _unusable(path: Path, e: Exception) -> BackendError:
+    if not path.parent.is_dir():
+        return BackendError(
+            f"the backend directory {path.parent} no longer exists (was it deleted while "
+            "jobs ran?); their queued tasks and results are gone"
+        )
+    return BackendError(
+        f"the queue {path} cannot be used ({e}): it is damaged or not an SQLite database. "
+        f"Results, logs and outputs already in {path.parent / 'store'} can still be read "
+        f"(cloudloop status / results); to queue work again, move {path.name} aside"
+    )
+
+
+def _queue_errors(method):
+    """A damaged or vanished queue.db is a BackendError saying so, not sqlite's words."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise _unusable(self.path, e) from None
+
+    return wrapper
+
+
 class SqliteQueue(Queue):
     """A lease queue in one SQLite file."""
 
@@ -64,7 +94,13 @@ class SqliteQueue(Queue):
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._durable = True
-        self._conn = self._connect()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = self._connect()
+        except sqlite3.DatabaseError as e:
+            # the store may be fine: status, results and logs still read it; every
+            # queue operation says what is wrong (see _unusable)
+            log.error("%s", _unusable(path, e))
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():  # sqlite would make it (and its -wal, -shm) world-readable
@@ -100,11 +136,12 @@ class SqliteQueue(Queue):
         conn.execute("COMMIT")
 
     def _db(self) -> sqlite3.Connection:
-        if os.getpid() != self._pid:  # forked: never share a connection across processes
+        if os.getpid() != self._pid or self._conn is None:  # forked: never share a connection
             self._pid = os.getpid()
             self._conn = self._connect()
         return self._conn
 
+    @_queue_errors
     def put(self, bodies: Sequence[bytes]) -> list[str]:
         now = time.time()
         with self._lock, self._write(durable=True) as db:
@@ -143,6 +180,7 @@ class SqliteQueue(Queue):
                     return leases
         return []
 
+    @_queue_errors
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
         return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.02)
 
@@ -158,6 +196,7 @@ class SqliteQueue(Queue):
                 "was leased again or deleted"
             )
 
+    @_queue_errors
     def extend(self, leases: Sequence[Lease], lease_s: float) -> None:
         until = time.time() + lease_s
         self._match(
@@ -167,6 +206,7 @@ class SqliteQueue(Queue):
             "extend",
         )
 
+    @_queue_errors
     def ack(self, leases: Sequence[Lease]) -> None:
         self._match(
             "DELETE FROM messages WHERE id = ? AND token = ?",
@@ -175,6 +215,7 @@ class SqliteQueue(Queue):
             "ack",
         )
 
+    @_queue_errors
     def release(self, leases: Sequence[Lease]) -> None:
         now = time.time()
         with self._lock, self._write() as db:
@@ -184,6 +225,7 @@ class SqliteQueue(Queue):
                     (now, int(x.id), x.token),
                 )
 
+    @_queue_errors
     def stats(self) -> QueueStats:
         with self._lock:
             visible, leased = (
@@ -199,7 +241,8 @@ class SqliteQueue(Queue):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
 
 class FileStore(Store):
@@ -266,6 +309,11 @@ class FileStore(Store):
                 out.append(key)
 
     def list(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            raise BackendError(
+                f"the store directory {self.root} no longer exists (was the backend "
+                "directory deleted while jobs ran?)"
+            )
         head, _, name = prefix.rpartition("/")
         base = self.root / head if head else self.root
         out: list[str] = []
