@@ -80,3 +80,57 @@ def test_missing_credentials_are_explained(moto_endpoint, monkeypatch, tmp_path)
 def test_unreachable_endpoint_is_a_connection_error(moto_endpoint):
     with pytest.raises(cl.CloudloopError, match="cannot reach AWS|cannot use"):
         open_backend("aws://some-bucket/x?region=us-east-1&endpoint=http://127.0.0.1:9")
+
+
+class _FakeSqs:
+    """An SQS client answering batch calls the way a given service does for a message
+    that is gone (deleted by the worker that took it over)."""
+
+    def __init__(self, code: str, message: str):
+        self.code, self.message = code, message
+
+    def get_queue_attributes(self, **kw):
+        return {"Attributes": {"MaximumMessageSize": "1048576"}}
+
+    def _fail(self, QueueUrl, Entries):
+        failed = [{"Id": e["Id"], "Code": self.code, "Message": self.message, "SenderFault": True}
+                  for e in Entries]  # fmt: skip
+        return {"Successful": [], "Failed": failed}
+
+    change_message_visibility_batch = delete_message_batch = _fail
+
+
+GONE = [
+    ("moto", "ReceiptHandleIsInvalid", "The input receipt handle is invalid."),
+    (
+        "localstack",
+        "InvalidParameterValue",
+        "Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist or is "
+        "not available for visibility timeout change.",
+    ),  # fmt: skip
+    ("sqs-not-inflight", "AWS.SimpleQueueService.MessageNotInflight", "Message not inflight"),
+]
+
+
+@pytest.mark.parametrize("service,code,message", GONE, ids=[g[0] for g in GONE])
+def test_a_gone_message_is_gone_whatever_the_service_calls_it(service, code, message):
+    from cloudloop.backends.aws import SqsQueue
+    from cloudloop.errors import LeaseLost
+    from cloudloop.model import Lease
+
+    q = SqsQueue(_FakeSqs(code, message), "https://sqs/q")
+    lease = Lease("m1", "handle", b"", 2)
+    q.release([lease])  # handing back a message that is gone: done, not an error
+    q.ack([lease])
+    with pytest.raises(LeaseLost):  # extending it proves the lease is gone
+        q.extend([lease], 30)
+
+
+def test_other_batch_failures_are_errors():
+    from cloudloop.backends.aws import SqsQueue
+    from cloudloop.errors import BackendError
+    from cloudloop.model import Lease
+
+    q = SqsQueue(_FakeSqs("InvalidParameterValue", "VisibilityTimeout is out of range"), "u")
+    with pytest.raises(BackendError, match="out of range"):
+        q.release([Lease("m1", "handle", b"", 1)])
