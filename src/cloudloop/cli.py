@@ -334,9 +334,26 @@ def cmd_worker(args) -> int:
     # the URL may hold a password: it comes from $CLOUDLOOP_BACKEND (never a command
     # line, which any user can read in `ps`) and is not passed on to the tasks
     url = args.backend or os.environ.pop("CLOUDLOOP_BACKEND", None) or profile.backend
-    backend = open_backend(url)
-    Worker(backend, opts, parent_pid=args.parent_pid).run()
+    Worker(_open_patiently(url), opts, parent_pid=args.parent_pid).run()
     return 0
+
+
+def _open_patiently(url: str, patience: float = 120.0):
+    """Open the backend, riding out a service that is not reachable yet (an instance
+    that boots before its network is up, a Redis restarting); a wrong URL or missing
+    credentials fail at once."""
+    from .errors import ConnectionFailed
+
+    deadline, pause = time.monotonic() + patience, 1.0
+    while True:
+        try:
+            return open_backend(url)
+        except ConnectionFailed as e:
+            if time.monotonic() + pause > deadline:
+                raise
+            logging.getLogger("cloudloop.worker").warning("%s (retrying in %.0f s)", e, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 15.0)
 
 
 def _private_process() -> None:
