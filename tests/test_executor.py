@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import inspect
+import io
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
+from helpers import pid_alive, wait_for
 
 import cloudloop as cl
-from cloudloop.errors import RemoteTraceback
+from cloudloop import keys
+from cloudloop.errors import (
+    CloudloopError,
+    RemoteTraceback,
+    SerializationError,
+    TamperedError,
+    UnreadableResult,
+)
+from cloudloop.job import list_jobs
 
 
 def add(x, y=0):
@@ -333,3 +352,386 @@ def test_main_style_cached_function_is_shipped(make_executor):
 
     ex = make_executor()
     assert list(ex.map(use, range(3))) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the concurrent.futures contract
+
+FUTURE_REPR = r"<Future at 0x[0-9a-f]+ state={}>"
+
+
+def test_future_is_running_once_a_worker_claims_it_and_cancel_then_fails(make_executor):
+    ex = make_executor(workers=1)
+    fut = ex.submit(slow_square, 3, 1.5)
+    assert re.fullmatch(FUTURE_REPR.format("(pending|running)"), repr(fut))
+    wait_for(fut.running, what="the future to be RUNNING")
+    assert re.fullmatch(FUTURE_REPR.format("running"), repr(fut))
+    assert not fut.cancel()
+    assert fut.running() and not fut.cancelled()
+    assert fut.result(timeout=60) == 9
+    assert re.fullmatch(FUTURE_REPR.format("finished returned int"), repr(fut))
+
+
+def test_the_claim_decides_a_cancel_racing_a_worker_and_forged_claims_count_for_nothing(
+    make_executor,
+):
+    ex = make_executor(workers=0)  # no worker: the test plays the worker's side of the claim
+    job = ex.session_job().id
+    claimed, free, forged = (ex.submit(add, i) for i in range(3))
+    ex.backend.put_signed(keys.claim(job, 0), b"run", if_absent=True)  # a worker got there first
+    ex.backend.store.put(keys.claim(job, 2), b"run")  # not signed: no worker wrote it
+    wait_for(claimed.running, what="the claimed future to be RUNNING")
+    assert not claimed.cancel() and claimed.running()
+    assert free.cancel() and free.cancelled()
+    assert ex.backend.get_signed(keys.claim(job, 1)) == b"cancel"  # no worker may run it now
+    time.sleep(3 * ex.backend.poll_interval + 0.2)
+    assert not forged.running()  # the session ignores what it cannot verify
+    with pytest.raises(TamperedError):
+        ex.backend.get_signed(keys.claim(job, 2))
+    assert not forged.cancel()  # ... and workers run the task anyway: too late to cancel
+    done, _ = cf.wait([free], timeout=5)  # a cancelled future wakes wait() at once
+    assert done == {free}
+
+
+def test_cancelled_futures_wake_as_completed_at_once(make_executor):
+    ex = make_executor(workers=0)
+    fs = [ex.submit(add, i) for i in range(3)]
+    assert all(f.cancel() for f in fs)
+    assert set(cf.as_completed(fs, timeout=5)) == set(fs)
+
+
+class ExitOnClient:
+    """Pickles anywhere; unpickling it outside a worker raises SystemExit."""
+
+    def __reduce__(self):
+        return _exit_outside_workers, ()
+
+
+def _exit_outside_workers():
+    if "CLOUDLOOP_PROVIDER" not in os.environ:  # set for the workers a provider starts
+        raise SystemExit(3)
+    return ExitOnClient()
+
+
+class HostileError(Exception):
+    """An exception that rebuilds on the worker but raises SystemExit on the client."""
+
+    def __reduce__(self):
+        return _hostile_error, (str(self),)
+
+
+def _hostile_error(message):
+    if "CLOUDLOOP_PROVIDER" not in os.environ:
+        raise SystemExit(4)
+    return HostileError(message)
+
+
+def return_exit_on_client(_=None):
+    return ExitOnClient()
+
+
+def raise_hostile_error():
+    raise HostileError("boom")
+
+
+WORKER_ONLY_MODULE = """
+class Thing:
+    pass
+"""
+
+
+def return_worker_only_thing(directory):
+    sys.path.insert(0, directory)
+    import worker_only_things
+
+    return worker_only_things.Thing()
+
+
+def test_a_result_that_cannot_be_unpickled_here_completes_its_future(make_executor, tmp_path):
+    ex = make_executor()
+    exits = ex.submit(return_exit_on_client)
+    err = exits.exception(timeout=60)
+    assert isinstance(err, UnreadableResult) and isinstance(err, CloudloopError)
+    assert isinstance(err, cf.process.BrokenProcessPool)  # what ProcessPoolExecutor raises
+    assert isinstance(err.__cause__, SystemExit) and "task 0" in str(err)
+    hostile = ex.submit(raise_hostile_error).exception(timeout=60)
+    assert isinstance(hostile, UnreadableResult) and isinstance(hostile.__cause__, SystemExit)
+    assert "HostileError: boom" in str(hostile)
+    only_there = tmp_path / "worker-only"
+    only_there.mkdir()
+    (only_there / "worker_only_things.py").write_text(WORKER_ONLY_MODULE)
+    missing = ex.submit(return_worker_only_thing, str(only_there)).exception(timeout=60)
+    assert isinstance(missing, UnreadableResult) and "importable" in str(missing)
+    assert isinstance(missing.__cause__, ImportError)
+    assert ex.submit(add, 1, 2).result(timeout=60) == 3  # the session thread lives on
+
+
+def test_results_that_cannot_be_unpickled_do_not_escape_map_or_results(make_executor):
+    ex = make_executor()
+    with pytest.raises(UnreadableResult):
+        list(ex.map(return_exit_on_client, range(2)))
+    job = ex.map_job(return_exit_on_client, range(2))
+    out = job.results(return_exceptions=True, timeout=60)
+    assert [type(x) for x in out] == [UnreadableResult, UnreadableResult]
+
+
+def test_a_done_callback_raising_system_exit_does_not_stop_the_session(make_executor):
+    ex = make_executor()
+    fut = ex.submit(add, 1)
+    fut.add_done_callback(lambda f: sys.exit("callback"))
+    assert fut.result(timeout=60) == 1
+    assert ex.submit(add, 2).result(timeout=60) == 2
+
+
+class Holder:
+    def method(self):
+        return "held"
+
+
+def test_no_stale_references(make_executor):
+    ex = make_executor()
+    obj = Holder()
+    collected = threading.Event()
+    ref = weakref.ref(obj, lambda _: collected.set())  # noqa: F841 - keeps the callback
+    fut = ex.submit(obj.method)
+    del obj
+    assert collected.wait(10), "the executor still holds the submitted bound method"
+    assert fut.result(timeout=60) == "held"
+
+
+def test_a_function_is_stored_once_per_job(make_executor):
+    ex = make_executor()
+    holder = Holder()
+    fs = [ex.submit(add, i) for i in range(10)] + [ex.submit(holder.method) for _ in range(10)]
+    cf.wait(fs, timeout=60)
+    fns = ex.backend.store.list(keys.job_prefix(ex.session_job().id) + "fn/")
+    assert len(fns) == 2
+
+
+def return_lock():
+    return threading.Lock()
+
+
+def test_pickling_errors_are_pickling_errors(make_executor):
+    ex = make_executor()
+    with pytest.raises(pickle.PicklingError) as info:  # refused at once, naming the culprit
+        ex.submit(add, threading.Lock())
+    assert isinstance(info.value, SerializationError) and isinstance(info.value, TypeError)
+    assert "argument" in str(info.value)
+    err = ex.submit(return_lock).exception(timeout=60)  # the worker could not pickle it
+    assert isinstance(err, pickle.PicklingError) and isinstance(err, SerializationError)
+
+
+def test_max_workers_is_checked_as_the_stdlib_does(url):
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            cl.Executor(backend=url, max_workers=bad)
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        cl.Executor(backend=url, max_workers="2")
+    with pytest.raises(ValueError, match="workers"):
+        cl.Executor(backend=url, workers=-1)
+    with pytest.raises(ValueError, match="not both"):
+        cl.Executor(backend=url, workers=1, max_workers=1)
+    with cl.Executor(backend=url, max_workers=1, lease=3) as ex:
+        assert ex.workers == 1 and ex.submit(add, 2, 3).result(timeout=60) == 5
+
+
+def test_map_checks_chunksize_and_times_out_with_the_futures_timeouterror(make_executor):
+    ex = make_executor()
+    with pytest.raises(ValueError, match="chunksize"):
+        ex.map(add, range(3), chunksize=0)
+    it = ex.map(slow_square, [0, 1, 2], [0, 0, 5], timeout=3)
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(cf.TimeoutError):
+        next(it)
+
+
+def test_map_iterator_holds_no_reference_to_what_it_yielded(make_executor):
+    ex = make_executor()
+    for obj in ex.map(_make_holder, range(3)):
+        wr = weakref.ref(obj)
+        del obj
+        assert wr() is None
+
+
+def _make_holder(_):
+    return Holder()
+
+
+def test_shutdown_without_waiting_cancels_what_has_not_started(make_executor):
+    ex = make_executor(workers=1)
+    running = ex.submit(slow_square, 2, 1.0)
+    wait_for(running.running, what="the first future to be RUNNING")
+    queued = [ex.submit(add, i) for i in range(5)]
+    t0 = time.monotonic()
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - t0 < 1.0
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(add, 1)
+    assert running.result(timeout=30) == 4
+    wait_for(lambda: ex._pool.alive() == 0, what="the workers to stop")
+
+
+def raise_runtime_error():
+    raise RuntimeError(123)  # some comment
+
+
+def test_remote_traceback_shows_the_task_source_line(make_executor):
+    ex = make_executor()  # what CPython's test_traceback checks, but for cl.RemoteTraceback
+    exc = ex.submit(raise_runtime_error).exception(timeout=60)
+    assert type(exc) is RuntimeError and exc.args == (123,)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "raise RuntimeError(123)  # some comment" in exc.__cause__.tb
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert "raise RuntimeError(123)  # some comment" in err.getvalue()
+
+
+class ExitAtUnpickle:
+    def __reduce__(self):
+        return sys.exit, (1,)
+
+
+def test_arguments_that_kill_their_unpickling_fail_only_their_task(make_executor):
+    ex = make_executor()  # ProcessPoolExecutor breaks the pool here (BrokenProcessPool)
+    assert isinstance(ex.submit(id, ExitAtUnpickle()).exception(timeout=60), SystemExit)
+    assert ex.submit(add, 4).result(timeout=60) == 4
+
+
+def shout(text):
+    print(text)
+    return len(text)
+
+
+def test_task_output_reaches_the_clients_stdout(make_executor, capsys):
+    ex = make_executor()
+    assert ex.submit(shout, "hello from a submitted task").result(timeout=60) == 27
+    assert list(ex.map(shout, ["hello from a mapped task"])) == [24]
+    time.sleep(3 * ex.backend.poll_interval)
+    out = capsys.readouterr().out
+    assert "hello from a submitted task" in out and "hello from a mapped task" in out
+    quiet = make_executor(relay_output=False)
+    assert quiet.submit(shout, "kept in the store").result(timeout=60) == 17
+    time.sleep(3 * quiet.backend.poll_interval)
+    assert "kept in the store" not in capsys.readouterr().out
+
+
+_STATUS = "uninitialised"
+
+
+def set_status(value):
+    global _STATUS
+    _STATUS = value
+
+
+def status_and_rng(_=None, rng=None):
+    return _STATUS, rng is not None
+
+
+def test_initializer_runs_before_the_tasks_of_each_process(make_executor):
+    ex = make_executor(initializer=set_status, initargs=("ready",))
+    assert ex.submit(status_and_rng).result(timeout=60) == ("ready", True)
+    assert list(ex.map(status_and_rng, [0])) == [("ready", True)]
+
+
+# ---------------------------------------------------------------- interpreter exit
+
+EXIT_SCRIPT = """
+import sys, time
+import cloudloop as cl
+
+def work(path):
+    time.sleep(0.5)
+    open(path, "w").write("ran")
+    print("task says hi")
+    return 1
+
+ex = cl.Executor(backend={url!r}, workers={workers}, lease=3, heartbeat=1)
+print("pids", *(ex._pool.pids if ex._pool else []), flush=True)
+ex.submit(work, {path!r})
+"""
+
+LATE_SUBMIT = """
+import atexit
+
+@atexit.register
+def too_late():
+    try:
+        ex.submit(print, "never")
+    except RuntimeError as e:
+        print("refused:", e)
+"""
+
+
+def _run_script(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_interpreter_exit_sends_waits_for_and_relays_submitted_tasks(url, tmp_path):
+    path = tmp_path / "ran"
+    out = _run_script(EXIT_SCRIPT.format(url=url, workers=1, path=str(path)))
+    assert out.returncode == 0, out.stderr
+    assert path.read_text() == "ran"  # exit waited for the future
+    assert "task says hi" in out.stdout  # ... and relayed its output
+    assert out.stderr == ""
+    pids = [int(p) for p in out.stdout.split("pids", 1)[1].split("\n", 1)[0].split()]
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, what="its workers to stop")
+
+
+def test_interpreter_exit_without_workers_queues_the_task_and_refuses_new_ones(url, tmp_path):
+    path = tmp_path / "ran-later"
+    code = textwrap.dedent(LATE_SUBMIT) + EXIT_SCRIPT.format(url=url, workers=0, path=str(path))
+    out = _run_script(code)
+    assert out.returncode == 0, out.stderr
+    assert "refused: cannot schedule new futures after interpreter shutdown" in out.stdout
+    backend = cl.Executor(backend=url, workers=0).backend
+    (job,) = list_jobs(backend)
+    assert backend.queue.stats().visible == 1  # sent before exit, for any worker to run
+    with cl.Executor(backend=url, workers=1, lease=3):
+        wait_for(path.exists, 60, what="a later worker to run the task")
+
+
+# ---------------------------------------------------------------- bad input leaves nothing
+
+
+def items_then_a_lock(n):
+    yield from range(n)
+    yield threading.Lock()
+
+
+def items_then_an_error(n):
+    yield from range(n)
+    raise KeyError("the generator failed")
+
+
+def test_a_failed_submission_cancels_and_removes_its_job(make_executor):
+    ex = make_executor(workers=0)
+    with pytest.raises(SerializationError, match="task 5000"):
+        ex.map_job(add, items_then_a_lock(5000))
+    with pytest.raises(KeyError, match="the generator failed"):
+        ex.map_job(add, items_then_an_error(300))
+    store = ex.backend.store
+    assert list_jobs(ex.backend) == []
+    leftovers = store.list("jobs/")
+    assert leftovers and all(k.endswith("/cancelled") for k in leftovers), leftovers
+    assert ex.backend.queue.stats().visible > 0  # sent before the bad item was reached
+    with cl.Executor(backend=ex.backend.url, workers=1, lease=3):  # workers drop them all
+        wait_for(lambda: ex.backend.queue.stats().visible == 0, 60, what="the queue to drain")
+    assert all(k.endswith("/cancelled") for k in store.list("jobs/"))  # nothing ran
+
+
+def test_an_unpicklable_function_creates_no_job(make_executor):
+    ex = make_executor(workers=0)
+    lock = threading.Lock()
+
+    def holds_a_lock(x):
+        return lock, x
+
+    with pytest.raises(SerializationError):
+        ex.map_job(holds_a_lock, [1, 2])
+    with pytest.raises(SerializationError):
+        ex.submit(holds_a_lock, 1)
+    with pytest.raises(SerializationError):
+        list(ex.map(holds_a_lock, [1]))
+    assert list_jobs(ex.backend) == [] and ex.backend.store.list("jobs/") == []

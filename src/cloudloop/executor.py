@@ -6,20 +6,62 @@
                                                                 │ _Session thread: every few ms
                                                                 ▼
                                           one queue message per batch of submits
+                          worker: claims/<i> = "run" (if absent) ─► runs task i ─► results/
+    Future ◄── RUNNING ◄── _Session thread lists claims/ (while a future is PENDING)
     Future ◄── set_result / set_exception ◄── _Session thread polls results/ of the session job
+    Future.cancel() ─► claims/<i> = "cancel" (if absent): True only if no worker claimed it
 
     map(fn, *its) / map_job(...) ─► JobWriter streams chunks ─► Job (results read in order)
 
 ``submit`` calls share one durable "session" job per executor; every
 ``map``/``map_job`` call is a job of its own. Workers come from the profile's
 provider (local processes by default) and are stopped by ``shutdown``.
+
+Where the ``concurrent.futures`` contract meets a durable job (CPython's own
+executor tests run against this class: ``tests/test_executor_cpython.py``):
+
+* RUNNING and ``cancel()``. A worker claims each task of a session job before
+  it runs it, by creating ``claims/<index>`` if it is absent; ``cancel()``
+  creates the same key as "cancel". Whoever creates it first wins, so
+  ``cancel()`` returns True exactly when no worker will run the task, and False
+  once one has it (the future is then RUNNING, as the stdlib's would be). The
+  session thread lists the claims while some future is still PENDING, no more
+  often than it polls results, and moves claimed futures to RUNNING; a claim
+  that fails verification is ignored.
+* Every future completes: with its value or exception, or, when either cannot
+  be unpickled on this client, with :class:`~cloudloop.errors.UnreadableResult`
+  (the unpickling error as cause). Nothing raised while reading results,
+  sending tasks or running done-callbacks stops the session thread; should it
+  stop anyway, every pending future gets the reason.
+* Interpreter exit joins executors as the stdlib's do (``threading._register_atexit``):
+  every buffered submit is sent and, if the executor started workers, exit
+  waits for the pending futures of ``submit()`` (relaying their output), then
+  stops those workers, which would otherwise be orphans. Durable jobs
+  (``map``, ``map_job``) are not waited for: their tasks are in the queue, the
+  workers finish them and then exit by themselves, and any client can
+  ``attach`` later. Without workers of its own (``workers=0``), exit only sends
+  what was buffered. ``submit()`` after exit began raises ``RuntimeError``.
+* Output: what tasks of ``submit()`` and ``map()`` print is written to this
+  process's stdout as it reaches the store, as a ``ProcessPoolExecutor``'s
+  children share the terminal (``relay_output=False``: only in the store).
+* ``initializer(*initargs)`` runs once in each process that runs the
+  executor's tasks, before the first of them; if it raises, the executor is
+  broken as the stdlib's: pending futures fail with ``InitializerFailed`` (a
+  ``BrokenProcessPool``) and ``submit()`` raises it.
+* An argument that cannot be pickled is refused by ``submit()`` itself, naming
+  the culprit; ``SerializationError`` is the ``pickle.PicklingError`` that the
+  stdlib's future would raise later. ``max_workers`` is the stdlib's name for
+  ``workers`` and, like the stdlib's, must be at least 1.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import logging
 import os
+import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,19 +69,42 @@ from typing import Any
 
 from . import codec, keys
 from .backends import Backend, open_backend
-from .config import Profile, job_options, load_profile, worker_options
-from .errors import ConfigError
-from .job import Job, attach_job
-from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions
+from .config import Profile, check_workers, job_options, load_profile, worker_options
+from .errors import CloudloopError, ConfigError, InitializerFailed, TamperedError
+from .job import Job, attach_job, read_outcome
+from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions, Outcome
 from .providers import WorkerPool, get_provider
 from .submit import JobWriter, chunk_sizes, length_hint, zip_items
 
 _LINGER = 0.002
+_RELAY_EVERY = 0.5  # seconds between output relays while map() results are read
+_DONE = object()
+_PENDING, _RUNNING, _CANCELLED = cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED
 log = logging.getLogger("cloudloop")
+_futures_log = logging.getLogger("concurrent.futures")  # where the stdlib reports initializers
+
+_live: set[Executor] = set()  # not shut down yet: interpreter exit joins them
+_exiting = False
 
 
-class _Future(cf.Future):
-    """A stdlib Future whose ``cancel`` also tells workers to skip the task."""
+def _python_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        try:
+            ex._at_exit()
+        except Exception as e:  # one executor's trouble must not keep another's work unsent
+            log.error("cloudloop: at exit: %s: %s", type(e).__name__, e)
+
+
+# as concurrent.futures does: run before non-daemon threads are joined, and before atexit
+(getattr(threading, "_register_atexit", None) or atexit.register)(_python_exit)
+
+
+class Future(cf.Future):
+    """A ``concurrent.futures.Future`` for one task of an executor's session job:
+    RUNNING once a worker has claimed the task, and ``cancel()`` races the
+    workers for that claim (see the module docstring)."""
 
     def __init__(self, session: _Session, index: int):
         super().__init__()
@@ -47,43 +112,71 @@ class _Future(cf.Future):
 
     def cancel(self) -> bool:
         with self._condition:
-            if self._state != cf._base.PENDING:
+            if self._state != _PENDING:
                 return super().cancel()
-        if self._session.cancel_task(self._index):
-            return super().cancel()
-        with self._condition:  # a worker has it: too late, as the stdlib says
-            if self._state == cf._base.PENDING:
-                self._state = cf._base.RUNNING
-        return False
+        try:
+            won = self._session.cancel_task(self._index)
+        except Exception as e:  # the store cannot say: so it cannot be called cancelled
+            log.warning("could not cancel task %d: %s: %s", self._index, type(e).__name__, e)
+            return False
+        if not won:
+            self._mark_running()  # a worker has it: too late, as the stdlib says
+            return False
+        if not super().cancel():
+            return False
+        with self._condition:  # no worker will run it: wake wait() and as_completed() now
+            if self._state == _CANCELLED:
+                self.set_running_or_notify_cancel()
+        return True
+
+    def _mark_running(self) -> None:
+        with self._condition:
+            if self._state == _PENDING:
+                self._state = _RUNNING
 
 
 class _Session(threading.Thread):
-    """Batches ``submit`` calls into messages and resolves their futures."""
+    """Batches ``submit`` calls into messages and completes their futures."""
 
-    def __init__(self, backend: Backend, options: JobOptions, workers: int):
+    def __init__(
+        self,
+        backend: Backend,
+        options: JobOptions,
+        workers: int,
+        wrap: Callable[[Any], Any] | None = None,
+        relay: bool = True,
+    ):
         super().__init__(name="cloudloop-session", daemon=True)
         self.backend = backend
-        self.writer = JobWriter.create(
-            backend, options.replace(name=options.name or "submit"), session=True
+        self.writer = JobWriter.plan(
+            backend, options.replace(name=options.name or "submit"), session=True, wrap=wrap
         )
         self.job = Job(backend, self.writer.id, self.writer.manifest)
         self.workers = max(workers, 1)
+        self.relay = relay
         self.cond = threading.Condition()
         self.buffer: list[tuple[int, bytes, str]] = []
-        self.futures: dict[int, _Future] = {}
+        self.futures: dict[int, Future] = {}
         self.next_index = 0
         self.closing = False
+        self.abandon = False  # at exit without workers of our own: send, do not wait
+        self.broken: str | None = None
         self.read: set[str] = set()
+        self.claims: set[str] = set()  # claim keys already read
         self.start()
 
-    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> _Future:
-        ref = self.writer.add_fn(fn)
+    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> Future:
+        ref, blob = self.writer.prepare_fn(fn)
         name = getattr(fn, "__qualname__", "fn")
         packed = codec.dumps((ref, args, kwargs), f"an argument of {name}()")
+        if blob is not None:  # stored only now: nothing unpicklable leaves a job behind
+            self.writer.store_fn(fn, ref, blob)
         with self.cond:
+            if self.broken:
+                raise InitializerFailed(self.broken)
             index = self.next_index
             self.next_index += 1
-            fut = _Future(self, index)
+            fut = Future(self, index)
             self.futures[index] = fut
             self.buffer.append((index, packed, ref))
             self.cond.notify()
@@ -94,17 +187,73 @@ class _Session(threading.Thread):
         name = keys.claim(self.writer.id, index)
         if self.backend.put_signed(name, b"cancel", if_absent=True):
             return True
-        return self.backend.get_signed(name) == b"cancel"
+        try:
+            return self.backend.get_signed(name) == b"cancel"
+        except TamperedError:  # a forged claim: workers ignore it, so the task runs
+            return False
 
-    def pending(self) -> list[_Future]:
+    def pending(self) -> list[Future]:
         with self.cond:
             return [f for f in self.futures.values() if not f.done()]
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Stop once every future is done (``abandon``: once every task is sent)."""
         with self.cond:
             self.closing = True
+            self.abandon = self.abandon or abandon
             self.cond.notify()
-        self.join()
+        if threading.current_thread() is not self:  # shutdown() from a done-callback
+            self.join()
+
+    # ------------------------------------------------------------ the thread
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug here must not leave every future pending
+            self._fail_all(e)
+            raise
+
+    def _loop(self) -> None:
+        pause = self.backend.poll_interval
+        while True:
+            with self.cond:
+                if not self.buffer and not self.closing:
+                    self.cond.wait(pause if self.futures else None)
+                buffered, watching = bool(self.buffer), bool(self.futures)
+                stop = self.closing and not buffered and (self.abandon or not watching)
+            if stop:
+                self._last_round()
+                return
+            try:
+                if buffered:
+                    time.sleep(_LINGER)
+                    self._send()
+                elif self.writer.unsent:
+                    self.writer.flush()
+                if watching:
+                    outcomes = self._gather()
+                    if self.relay:  # logs are stored before results: print, then complete
+                        _relay(self.job)
+                    for o in outcomes:
+                        self._complete(o)
+                    with self.cond:  # cancelled ones too: no worker has to confirm them
+                        for i in [i for i, f in self.futures.items() if f.done()]:
+                            del self.futures[i]
+                    self._mark_started()
+                pause = self.backend.poll_interval
+            except Exception as e:  # a flaky backend: the next round retries
+                log.warning("session job %s: %s: %s", self.writer.id, type(e).__name__, e)
+                time.sleep(pause)
+                pause = min(pause * 2, self.backend.poll_max)
+
+    def _last_round(self) -> None:
+        try:
+            self.writer.flush()
+            if self.relay:
+                _relay(self.job)
+        except Exception as e:
+            log.error("session job %s: tasks not sent at close: %s", self.writer.id, e)
 
     def _send(self) -> None:
         with self.cond:
@@ -112,44 +261,108 @@ class _Session(threading.Thread):
         size = max(1, len(batch) // (self.workers * 4))
         for s in range(0, len(batch), size):
             part = batch[s : s + size]
-            self.writer.add_packed(part[0][0], [p for _, p, _ in part], {r for _, _, r in part})
+            try:
+                self.writer.add_packed(part[0][0], [p for _, p, _ in part], {r for _, _, r in part})
+            except Exception as e:  # e.g. a big batch that cannot spill to the store
+                err = CloudloopError(f"the task could not be queued: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                for index, _, _ in part:
+                    self._settle(self.futures.get(index), False, err)
         self.writer.flush()
 
-    def _collect(self) -> None:
-        store = self.backend.store
-        for key in store.list(keys.results_prefix(self.writer.id)):
+    def _gather(self) -> list[Outcome]:
+        out = []
+        for key in self.backend.store.list(keys.results_prefix(self.writer.id)):
             if key in self.read:
                 continue
-            self.read.add(key)
-            for o in self.job._read(key):
-                fut = self.futures.get(o.index)
-                if fut is None or fut.done() or o.cancelled:
-                    continue
-                if o.ok:
-                    fut.set_result(codec.loads(o.value))
-                else:
-                    fut.set_exception(codec.rebuild_exception(o.error))
-        with self.cond:
-            for i in [i for i, f in self.futures.items() if f.done()]:
-                del self.futures[i]
-
-    def run(self) -> None:
-        pause = self.backend.poll_interval
-        while True:
-            with self.cond:
-                if not self.buffer and not self.closing:
-                    self.cond.wait(pause if self.futures else None)
-                closing = self.closing and not self.futures and not self.buffer
-            if closing:
-                return
-            if self.buffer:
-                time.sleep(_LINGER)
-                self._send()
             try:
-                self._collect()
-            except Exception as e:  # a flaky backend read: the next poll retries
-                log.warning("could not read results of %s: %s", self.writer.id, e)
-                time.sleep(pause)
+                out += self.job._read(key)
+            except (TamperedError, ValueError) as e:  # forged or not a part: never again
+                log.warning("ignoring %s: %s", key, e)
+            self.read.add(key)
+        return out
+
+    def _complete(self, o: Outcome) -> None:
+        fut = self.futures.get(o.index)
+        if fut is None or fut.done():
+            return
+        if o.cancelled:  # a claim said "cancel" (this future's cancel(), or another client)
+            if cf.Future.cancel(fut):
+                with fut._condition:
+                    if fut._state == _CANCELLED:
+                        fut.set_running_or_notify_cancel()
+            return
+        ok, value = read_outcome(o, self.writer.id)
+        if not ok and isinstance(value, InitializerFailed):
+            self._break(value)
+        self._settle(fut, ok, value)
+
+    def _settle(self, fut: Future | None, ok: bool, value: Any) -> None:
+        if fut is None:
+            return
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except cf.InvalidStateError:  # cancelled meanwhile
+            pass
+        except BaseException as e:  # a done-callback raised past the stdlib's own guard
+            log.error("a done-callback of %r raised %s: %s", fut, type(e).__name__, e)
+
+    def _mark_started(self) -> None:
+        """Futures whose task a worker has claimed become RUNNING (verified claims only)."""
+        with self.cond:
+            waiting = [(i, f) for i, f in self.futures.items() if f._state == _PENDING]
+        if not waiting:
+            return
+        listed = set(self.backend.store.list(keys.claims_prefix(self.writer.id)))
+        for i, fut in waiting:
+            name = keys.claim(self.writer.id, i)
+            if name not in listed or name in self.claims:
+                continue
+            self.claims.add(name)
+            try:
+                if self.backend.get_signed(name) == b"run":
+                    fut._mark_running()
+            except TamperedError as e:
+                log.warning("ignoring %s: %s", name, e)
+
+    def _break(self, err: InitializerFailed) -> None:
+        """The initializer failed: as the stdlib, the executor is broken for good."""
+        _futures_log.critical("Exception in initializer:\n%s", err.__cause__ or err)
+        with self.cond:
+            self.broken = self.broken or (
+                "an initializer failed: the executor is not usable anymore "
+                f"(cloudloop session job {self.writer.id}): {err}"
+            )
+            futures = list(self.futures.values())
+        for fut in futures:
+            if not fut.done():
+                try:
+                    self.cancel_task(fut._index)
+                except Exception:
+                    pass
+                self._settle(fut, False, InitializerFailed(self.broken))
+
+    def _fail_all(self, e: BaseException) -> None:
+        err = CloudloopError(
+            f"cloudloop's session thread stopped ({type(e).__name__}: {e}); the task may "
+            f"still run: cl.attach({self.writer.id!r}) reads its result"
+        )
+        err.__cause__ = e
+        for fut in self.pending():
+            self._settle(fut, False, err)
+
+
+def _relay(job: Job) -> None:
+    """Write what the job's tasks printed, since the last call, to this process's stdout."""
+    wrote = False
+    for _, text in job.new_log_lines():
+        sys.stdout.write(text)
+        wrote = True
+    if wrote:
+        sys.stdout.flush()
 
 
 class Executor(cf.Executor):
@@ -162,9 +375,20 @@ class Executor(cf.Executor):
             profile's ``workers``, else one per CPU.
         profile: a profile name from ``cloudloop.toml`` (else
             ``$CLOUDLOOP_PROFILE``, else local).
+        max_workers: the ``concurrent.futures`` name for ``workers``; as there,
+            at least 1 (give one of the two).
+        initializer: called as ``initializer(*initargs)`` once in each process
+            that runs this executor's tasks, before the first of them.
+        initargs: its arguments.
+        relay_output: write what tasks of ``submit()`` and ``map()`` print to
+            this process's stdout (False: only to the store, ``job.logs(i)``).
         **options: job options (``retries``, ``timeout``, ``memory``, ``seed``,
             ``chunksize``, ``name``, ``max_deliveries``, ``env``) and worker
             options (``lease``, ``idle_exit``, ``split_after``, ...).
+
+    Raises:
+        ValueError: ``max_workers`` below 1 or ``workers`` below 0 (a
+            :class:`~cloudloop.errors.ConfigError`), or an unknown option.
     """
 
     def __init__(
@@ -172,8 +396,16 @@ class Executor(cf.Executor):
         backend: str | None = None,
         workers: int | None = None,
         profile: str | None = None,
+        *,
+        max_workers: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        relay_output: bool = True,
         **options: Any,
     ):
+        workers = _worker_count(workers, max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {initializer!r}")
         self._profile: Profile = load_profile(profile)
         unknown = set(options) - JOB_OPTION_NAMES - WORKER_OPTION_NAMES
         if unknown:
@@ -190,9 +422,9 @@ class Executor(cf.Executor):
             workers = self._profile.workers
         if workers is None:  # locally one per core; elsewhere `cloudloop up` manages workers
             workers = (os.cpu_count() or 1) if self._profile.provider == "local" else 0
-        if workers < 0:
-            raise ConfigError(f"workers must be >= 0, not {workers}")
         self.workers = workers
+        self._wrap = None if initializer is None else _Initializer(initializer, tuple(initargs))
+        self._relay = bool(relay_output)
         self._lock = threading.Lock()
         self._shutdown = False
         self._session: _Session | None = None
@@ -203,6 +435,7 @@ class Executor(cf.Executor):
                 self._profile.provider, self._profile.provider_options, self._profile.name
             )
             self._pool = provider.start(self.backend.connect_url, workers, self._worker_options)
+        _live.add(self)
 
     # ---------------------------------------------------------------- stdlib API
 
@@ -211,14 +444,28 @@ class Executor(cf.Executor):
 
     def session_job(self) -> Job:
         """The durable job that ``submit`` calls share (made on first use)."""
-        return self._open_session().job
+        session = self._open_session()
+        session.writer.open()
+        return session.job
+
+    @property
+    def _broken(self) -> str | bool:
+        """Why the executor cannot take work anymore (False if it can), as the stdlib's."""
+        session = self._session
+        return (session.broken if session is not None else None) or False
 
     def _open_session(self) -> _Session:
         with self._lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._session is None:
-                self._session = _Session(self.backend, self._job_options, self.workers)
+                self._session = _Session(
+                    self.backend, self._job_options, self.workers, self._wrap, self._relay
+                )
+            if self._session.broken:
+                raise InitializerFailed(self._session.broken)
             return self._session
 
     def map(
@@ -230,12 +477,17 @@ class Executor(cf.Executor):
     ) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: results in order, lazily.
 
-        ``chunksize=1`` (the default) lets cloudloop choose how many tasks
-        share a queue message; a larger value fixes it.
+        Every task is queued before this returns (as the stdlib submits every
+        call); ``timeout`` counts from this call; leaving the iterator early
+        (an exception, ``close()``) cancels the tasks not done. ``chunksize=1``
+        (the default) lets cloudloop choose how many tasks share a queue
+        message; a larger value fixes it.
         """
+        if type(chunksize) is not int or chunksize < 1:
+            raise ConfigError(f"chunksize must be >= 1, not {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         job = self.map_job(fn, *iterables, chunksize=None if chunksize == 1 else chunksize)
-        return _ordered(job, end)
+        return _ordered(job, end, self._relay)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -250,8 +502,8 @@ class Executor(cf.Executor):
                     job.cancel()
         if wait:
             self._drain()
-        else:
-            threading.Thread(target=self._drain, name="cloudloop-shutdown").start()
+        else:  # a daemon: interpreter exit does the stdlib's waiting (_at_exit)
+            threading.Thread(target=self._drain, name="cloudloop-shutdown", daemon=True).start()
 
     def _drain(self) -> None:
         if self._session is not None:
@@ -261,6 +513,24 @@ class Executor(cf.Executor):
             job.wait()
         if self._pool is not None:
             self._pool.stop()
+        _live.discard(self)
+
+    def _at_exit(self) -> None:
+        """Interpreter exit (see the module docstring): send what submit() buffered;
+        with workers of our own, wait for submit()'s futures, then stop those
+        workers unless a durable job still has tasks for them."""
+        session = self._session
+        if session is not None:
+            pool, gone = self._pool, 0
+            while pool is not None and session.pending():
+                gone = gone + 1 if pool.alive() == 0 or getattr(pool, "failed", None) else 0
+                if gone > 1:  # no worker of ours is left to finish them
+                    break
+                cf.wait(session.pending(), timeout=1.0)
+            session.close(abandon=True)
+        if self._pool is not None and all(job.done() for job in self._jobs):
+            self._pool.stop()
+        _live.discard(self)
 
     # ---------------------------------------------------------------- durable jobs
 
@@ -269,21 +539,20 @@ class Executor(cf.Executor):
 
         Returns once every task is in the queue (submission streams, a chunk
         at a time). Options override the executor's job options for this job.
+        If submission fails (an item cannot be pickled, an iterable raises),
+        the job is cancelled and removed before the error is raised; an
+        unpicklable function creates no job at all.
         """
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new jobs after shutdown")
+        self._check_open("jobs")
         if not iterables:
             raise TypeError("map_job() needs at least one iterable")
         opts = job_options(self._job_options, **options)
-        writer = JobWriter.create(self.backend, opts.replace(name=opts.name or _fn_name(fn)))
-        writer.add_fn(fn)  # refuse an unpicklable function before any task is queued
+        writer = JobWriter.plan(
+            self.backend, opts.replace(name=opts.name or _fn_name(fn)), wrap=self._wrap
+        )
+        writer.add_fn(fn)  # the job is stored once its function is pickled
         sizes = chunk_sizes(length_hint(iterables), self.workers or 8, opts.chunksize)
-        writer.write_items(fn, zip_items(iterables), sizes)
-        writer.seal()
-        job = Job(self.backend, writer.id, writer.manifest)
-        self._jobs.append(job)
-        return job
+        return self._write(writer, fn, zip_items(iterables), sizes)
 
     def command_job(
         self,
@@ -299,8 +568,9 @@ class Executor(cf.Executor):
             items: dicts (or scalars, as ``{item}``), one task each.
             files: name -> bytes copied into every task's working directory.
         """
+        self._check_open("jobs")
         opts = job_options(self._job_options, **options)
-        writer = JobWriter.create(
+        writer = JobWriter.plan(
             self.backend,
             opts.replace(name=opts.name or command.split()[0]),
             kind="command",
@@ -308,25 +578,104 @@ class Executor(cf.Executor):
             files=files,
         )
         sizes = chunk_sizes(length_hint((items,)), self.workers or 8, opts.chunksize)
-        writer.write_items(None, ((x,) for x in items), sizes)
-        writer.seal()
+        return self._write(writer, None, ((x,) for x in items), sizes)
+
+    def _write(self, writer: JobWriter, fn: Any, items: Iterator, sizes: Iterator[int]) -> Job:
+        try:
+            writer.write_items(fn, items, sizes)
+            writer.seal()
+        except BaseException:  # half a job would sit in SUBMITTING for ever
+            try:
+                writer.discard()
+            except Exception as e:
+                log.error("job %s: could not remove it after a failed submit: %s", writer.id, e)
+            raise
         job = Job(self.backend, writer.id, writer.manifest)
         self._jobs.append(job)
         return job
 
+    def _check_open(self, what: str) -> None:
+        with self._lock:
+            if _exiting:
+                raise RuntimeError(f"cannot schedule new {what} after interpreter shutdown")
+            if self._shutdown:
+                raise RuntimeError(f"cannot schedule new {what} after shutdown")
+
     def attach(self, job_id: str) -> Job:
         return attach_job(self.backend, job_id)
+
+
+def _worker_count(workers: Any, max_workers: Any) -> int | None:
+    """``workers`` (>= 0) or the stdlib's ``max_workers`` (>= 1), checked."""
+    if max_workers is None:
+        return check_workers(workers)
+    if workers is not None:
+        raise ConfigError("give workers or max_workers (its concurrent.futures name), not both")
+    if type(max_workers) is not int or max_workers < 1:
+        raise ConfigError(f"max_workers must be greater than 0, not {max_workers!r}")
+    return max_workers
+
+
+_initialized: set[tuple[str, int]] = set()  # in a task process: initializers that ran
+
+
+class _Initializer:
+    """Wraps each function of an executor with an initializer (what is pickled)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple):
+        self.fn, self.args, self.token = fn, args, secrets.token_hex(8)
+
+    def __call__(self, task_fn: Any) -> _Initialized:
+        return _Initialized(task_fn, self)
+
+    def ensure(self) -> None:
+        # a function shipped by value brings its own copy of its module's globals:
+        # the initializer runs once per copy it sees, so the task sees it initialised
+        key = (self.token, id(getattr(self.fn, "__globals__", None)))
+        if key in _initialized:
+            return
+        try:
+            self.fn(*self.args)
+        except BaseException as e:
+            name = getattr(self.fn, "__qualname__", repr(self.fn))
+            raise InitializerFailed(
+                f"the executor's initializer {name}() raised {type(e).__name__}: {e}"
+            ) from e
+        _initialized.add(key)
+
+
+class _Initialized:
+    """A task function preceded, once per process, by the executor's initializer."""
+
+    def __init__(self, fn: Any, init: _Initializer):
+        self.__wrapped__ = fn  # inspect.signature() sees fn's (``rng`` parameters)
+        self.init = init
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.init.ensure()
+        return self.__wrapped__(*args, **kwargs)
 
 
 def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def _ordered(job: Job, end: float | None) -> Iterator[Any]:
+def _ordered(job: Job, end: float | None, relay: bool) -> Iterator[Any]:
     finished = False
+    relayed = time.monotonic()
+    results = job.iter_results(deadline=end)
     try:
-        yield from job.iter_results(deadline=end)
+        while True:
+            box = [next(results, _DONE)]  # popped as it is yielded: no reference kept
+            if box[0] is _DONE:
+                break
+            if relay and time.monotonic() - relayed >= _RELAY_EVERY:
+                _relay(job)
+                relayed = time.monotonic()
+            yield box.pop()
         finished = True
+        if relay:
+            _relay(job)
     finally:
         if not finished and not job.done():
             job.cancel()

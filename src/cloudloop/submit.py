@@ -5,6 +5,18 @@ so mapping over a million items never holds a million pickles (or futures)
 in memory. A chunk whose pickled payload is too big for one queue message
 spills to the store and the message carries its key (the extended-client
 pattern), which is also how large arguments stay out of the queue.
+
+Nothing is written until something is worth keeping: :meth:`JobWriter.plan`
+only builds the manifest, and the job appears in the store (manifest, index
+entry) when its function has been pickled, so an unpicklable function leaves
+no job behind. If submission fails half-way (an item that cannot be pickled
+deep inside a generator, the generator raising, Ctrl-C), :meth:`JobWriter.discard`
+cancels the job and removes it; only its ``cancelled`` marker stays, so
+workers drop the messages already queued instead of running them.
+
+Functions are remembered by identity through weak references, so a bound
+method does not keep its object alive after ``submit`` returns; a function is
+stored once per job, keyed by the digest of its pickle.
 """
 
 from __future__ import annotations
@@ -13,8 +25,10 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -60,18 +74,29 @@ def chunk_sizes(n: int | None, workers: int, fixed: int | None = None) -> Iterat
 class JobWriter:
     """Streams one job's manifest, functions and tasks into a backend."""
 
-    def __init__(self, backend: Backend, manifest: JobManifest):
+    def __init__(
+        self,
+        backend: Backend,
+        manifest: JobManifest,
+        files: dict[str, bytes] | None = None,
+        wrap: Callable[[Any], Any] | None = None,
+    ):
         self.backend = backend
         self.manifest = manifest
         self.key = backend.key
-        self._refs: dict[int, tuple[Any, str]] = {}
+        self.wrap = wrap  # what is pickled in place of each function (Executor initializer)
+        self._files = dict(files or {})
+        self._opened = False
+        self._open_lock = threading.Lock()
+        self._refs: dict[int, tuple[weakref.ref, str]] = {}  # id(fn) -> (weak fn, ref)
+        self._stored: set[str] = set()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.chunks = 0
         self.tasks = 0
 
     @classmethod
-    def create(
+    def plan(
         cls,
         backend: Backend,
         options: JobOptions,
@@ -79,7 +104,10 @@ class JobWriter:
         command: str | None = None,
         files: dict[str, bytes] | None = None,
         session: bool = False,
+        wrap: Callable[[Any], Any] | None = None,
     ) -> JobWriter:
+        """A writer for a new job; nothing is stored until :meth:`open` (which
+        storing a function or a task, or sealing, calls first)."""
         job_id = new_job_id()
         seed = options.seed if options.seed is not None else secrets.randbits(63)
         manifest = JobManifest(
@@ -95,31 +123,79 @@ class JobWriter:
             files=tuple(sorted(files or {})),
             session=session,
         )
-        for name, data in (files or {}).items():
-            backend.put_signed(keys.file(job_id, name), data)
-        backend.put_signed(keys.manifest(job_id), json.dumps(manifest.to_dict()).encode())
-        index = {"name": manifest.name, "created": manifest.created, "kind": kind}
-        backend.put_record(keys.index_entry(job_id), index)
-        return cls(backend, manifest)
+        return cls(backend, manifest, files, wrap)
+
+    def open(self) -> None:
+        """Write the job's files, manifest and index entry (once)."""
+        with self._open_lock:
+            if self._opened:
+                return
+            backend, job_id = self.backend, self.id
+            for name, data in self._files.items():
+                backend.put_signed(keys.file(job_id, name), data)
+            manifest = json.dumps(self.manifest.to_dict()).encode()
+            backend.put_signed(keys.manifest(job_id), manifest)
+            m = self.manifest
+            backend.put_record(
+                keys.index_entry(job_id), {"name": m.name, "created": m.created, "kind": m.kind}
+            )
+            self._opened = True
+
+    def discard(self) -> None:
+        """Cancel and remove a job whose submission failed: its index entry and
+        everything it stored go, but its ``cancelled`` marker, which makes
+        workers drop any of its messages already in the queue."""
+        self._pending, self._pending_bytes = [], 0
+        if not self._opened:
+            return
+        backend = self.backend
+        backend.put_record(keys.cancelled(self.id), {"at": time.time(), "discarded": True})
+        backend.store.delete(keys.index_entry(self.id))
+        for key in backend.store.list(keys.job_prefix(self.id)):
+            if key != keys.cancelled(self.id):
+                backend.store.delete(key)
 
     @property
     def id(self) -> str:
         return self.manifest.id
 
     def add_fn(self, fn: Any) -> str:
-        """Store a function once per job; returns its reference."""
-        hit = self._refs.get(id(fn))
-        if hit is not None and hit[0] is fn:
-            return hit[1]
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        codec.ship_user_modules(fn)
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        blob = codec.dumps(fn, f"function {name!r}")
-        ref = codec.digest(blob)
-        self.backend.put_signed(keys.fn(self.id, ref), blob, if_absent=True)
-        self._refs[id(fn)] = (fn, ref)
+        """Store a function once per job; returns its reference (the digest of its pickle)."""
+        ref, blob = self.prepare_fn(fn)
+        if blob is not None:
+            self.store_fn(fn, ref, blob)
         return ref
+
+    def prepare_fn(self, fn: Any) -> tuple[str, bytes | None]:
+        """(reference, pickle to store) of ``fn``, storing nothing; the pickle is
+        None when this job already has the function."""
+        hit = self._refs.get(id(fn))
+        if hit is not None and hit[0]() is fn and hit[1] in self._stored:
+            return hit[1], None
+        ref, blob = pickle_fn(fn, self.wrap)
+        if ref in self._stored:
+            self._remember(fn, ref)
+            return ref, None
+        return ref, blob
+
+    def store_fn(self, fn: Any, ref: str, blob: bytes) -> None:
+        """Store a function :meth:`prepare_fn` pickled (opening the job first)."""
+        self.open()
+        self.backend.put_signed(keys.fn(self.id, ref), blob, if_absent=True)
+        self._stored.add(ref)
+        self._remember(fn, ref)
+
+    def _remember(self, fn: Any, ref: str) -> None:
+        key, refs = id(fn), self._refs
+
+        def forget(dead: weakref.ref) -> None:
+            if refs.get(key, (None,))[0] is dead:
+                del refs[key]
+
+        try:
+            refs[key] = (weakref.ref(fn, forget), ref)
+        except TypeError:  # not weakly referenceable: pickled again next time
+            pass
 
     def add_chunk(self, lo: int, tasks: list[tuple[str | None, tuple, dict]]) -> None:
         """Queue tasks ``lo .. lo+len(tasks)-1`` (each ``(fn_ref, args, kwargs)``) as one message."""
@@ -127,10 +203,26 @@ class JobWriter:
         self._send(lo, len(tasks), _dumps_tasks(tasks, lo), refs, nested=False)
 
     def add_packed(self, lo: int, packed: list[bytes], refs: set[str]) -> None:
-        """Like :meth:`add_chunk` for tasks already pickled one by one (``submit``)."""
-        self._send(lo, len(packed), codec.dumps(packed, "tasks"), sorted(refs), nested=True)
+        """Like :meth:`add_chunk` for tasks already pickled one by one (``submit``);
+        nothing is sent before :meth:`flush`, so a failure here is this batch's only."""
+        payload = codec.dumps(packed, "tasks")
+        self._send(lo, len(packed), payload, sorted(refs), nested=True, autoflush=False)
 
-    def _send(self, lo: int, n: int, payload: bytes, refs: list[str], nested: bool) -> None:
+    @property
+    def unsent(self) -> int:
+        """Messages built but not in the queue yet (a failed flush keeps them)."""
+        return len(self._pending)
+
+    def _send(
+        self,
+        lo: int,
+        n: int,
+        payload: bytes,
+        refs: list[str],
+        nested: bool,
+        autoflush: bool = True,
+    ) -> None:
+        self.open()
         spill = None
         if len(payload) + _HEADER_ROOM > self.backend.queue.max_message_bytes:
             spill = keys.inputs(self.id, self.chunks)
@@ -144,7 +236,7 @@ class JobWriter:
         self.tasks += n
         self._pending.append(body)
         self._pending_bytes += len(body)
-        if len(self._pending) >= _SEND_BATCH or self._pending_bytes >= _SEND_BYTES:
+        if autoflush and (len(self._pending) >= _SEND_BATCH or self._pending_bytes >= _SEND_BYTES):
             self.flush()
 
     def flush(self) -> None:
@@ -154,6 +246,7 @@ class JobWriter:
 
     def seal(self) -> None:
         """Mark submission finished: the job has ``self.tasks`` tasks."""
+        self.open()
         self.flush()
         record = {"tasks": self.tasks, "chunks": self.chunks, "at": time.time()}
         self.backend.put_record(keys.sealed(self.id), record)
@@ -173,6 +266,17 @@ class JobWriter:
                 size = next(sizes)
         if buf:
             self.add_chunk(lo, buf)
+
+
+def pickle_fn(fn: Any, wrap: Callable[[Any], Any] | None = None) -> tuple[str, bytes]:
+    """(reference, pickle) of a task function (``wrap(fn)`` if given); raises
+    TypeError if it is not callable, SerializationError naming the culprit."""
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable")
+    codec.ship_user_modules(fn)
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    blob = codec.dumps(fn if wrap is None else wrap(fn), f"function {name!r}")
+    return codec.digest(blob), blob
 
 
 def _dumps_tasks(tasks: list[tuple], lo: int) -> bytes:
