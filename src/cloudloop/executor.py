@@ -498,22 +498,30 @@ class Executor(cf.Executor):
                 for f in session.pending():
                     f.cancel()
             for job in self._jobs:
-                if not job.done():
-                    job.cancel()
+                try:
+                    if not job.done():
+                        job.cancel()
+                except CloudloopError as e:  # the backend is gone: nothing left to cancel
+                    log.warning("could not cancel job %s: %s", job.id, e)
         if wait:
             self._drain()
         else:  # a daemon: interpreter exit does the stdlib's waiting (_at_exit)
             threading.Thread(target=self._drain, name="cloudloop-shutdown", daemon=True).start()
 
     def _drain(self) -> None:
-        if self._session is not None:
-            cf.wait(self._session.pending())
-            self._session.close()
-        for job in self._jobs:
-            job.wait()
-        if self._pool is not None:
-            self._pool.stop()
-        _live.discard(self)
+        try:
+            if self._session is not None:
+                cf.wait(self._session.pending())
+                self._session.close()
+            for job in self._jobs:
+                try:
+                    job.wait()
+                except CloudloopError as e:  # a backend that broke: say so, stop the workers
+                    log.warning("stopped waiting for job %s: %s", job.id, e)
+        finally:
+            if self._pool is not None:
+                self._pool.stop()
+            _live.discard(self)
 
     def _at_exit(self) -> None:
         """Interpreter exit (see the module docstring): send what submit() buffered;
@@ -528,7 +536,7 @@ class Executor(cf.Executor):
                     break
                 cf.wait(session.pending(), timeout=1.0)
             session.close(abandon=True)
-        if self._pool is not None and all(job.done() for job in self._jobs):
+        if self._pool is not None and all(_done_or_broken(job) for job in self._jobs):
             self._pool.stop()
         _live.discard(self)
 
@@ -654,6 +662,13 @@ class _Initialized:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.init.ensure()
         return self.__wrapped__(*args, **kwargs)
+
+
+def _done_or_broken(job: Job) -> bool:
+    try:
+        return job.done()
+    except CloudloopError:  # its backend is gone: no worker can finish it
+        return True
 
 
 def _fn_name(fn: Any) -> str:

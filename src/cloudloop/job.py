@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import TimeoutError as _CfTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,13 @@ from .heartbeat import worker_records
 from .model import JobManifest, JobState, JobStatus, Outcome
 
 log = logging.getLogger("cloudloop")
+# what concurrent.futures raises on a timeout, and also the builtin TimeoutError
+# (they are one class since Python 3.11; on 3.10 both must catch it)
+FuturesTimeout = (
+    _CfTimeout
+    if _CfTimeout is TimeoutError
+    else type("TimeoutError", (_CfTimeout, TimeoutError), {})
+)
 _HEARTBEAT_FRESH = 30.0
 _HEARTBEAT_STALE = 86400.0
 
