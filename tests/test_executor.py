@@ -735,3 +735,36 @@ def test_an_unpicklable_function_creates_no_job(make_executor):
     with pytest.raises(SerializationError):
         list(ex.map(holds_a_lock, [1]))
     assert list_jobs(ex.backend) == [] and ex.backend.store.list("jobs/") == []
+
+
+def test_shutdown_cancel_futures_lets_running_map_tasks_finish(url, tmp_path):
+    ex = cl.Executor(backend=url, workers=1, lease=3)
+    job = ex.map_job(touch_and_sleep, [str(tmp_path / f"t{i}") for i in range(6)], [1.0] * 6,
+                     chunksize=6)  # fmt: skip
+    wait_for(lambda: (tmp_path / "t1").exists(), what="the second task to start")
+    ex.shutdown(wait=True, cancel_futures=True)  # as the stdlib: queued calls go, running ones end
+    outcomes = job.outcomes()
+    assert outcomes[1].ok, outcomes[1]  # it was running: it finished
+    assert all(o.cancelled for i, o in outcomes.items() if i >= 3)
+    assert not (tmp_path / "t4").exists()
+
+
+class BreaksOnWorker:
+    """An argument that pickles here but cannot be rebuilt on a worker."""
+
+    def __reduce__(self):
+        return _break_on_worker, ()
+
+
+def _break_on_worker():
+    if "CLOUDLOOP_PROVIDER" in os.environ:
+        raise SystemExit(5)
+    return BreaksOnWorker()
+
+
+def test_one_submit_whose_argument_cannot_be_rebuilt_fails_alone(make_executor):
+    ex = make_executor(workers=1)
+    futs = [ex.submit(add, i, 1) for i in range(3)]
+    futs.insert(1, ex.submit(add, BreaksOnWorker(), 1))
+    assert [f.result(timeout=60) for i, f in enumerate(futs) if i != 1] == [1, 2, 3]
+    assert isinstance(futs[1].exception(timeout=60), SystemExit)

@@ -23,6 +23,7 @@ from .errors import (
     CommandFailed,
     ConfigError,
     CorruptMessage,
+    InitializerFailed,
     JobCancelled,
     JobNotFound,
     LeaseLost,
@@ -35,6 +36,7 @@ from .errors import (
     TaskCrashed,
     TaskFailure,
     TaskTimeout,
+    UnreadableResult,
     WorkerLost,
 )
 from .executor import Executor, attach, map
@@ -53,6 +55,7 @@ __all__ = [
     "CorruptMessage",
     "Executor",
     "FailedTask",
+    "InitializerFailed",
     "Job",
     "JobCancelled",
     "JobNotFound",
@@ -69,6 +72,7 @@ __all__ = [
     "TaskCrashed",
     "TaskFailure",
     "TaskTimeout",
+    "UnreadableResult",
     "WorkerLost",
     "__version__",
     "attach",

@@ -223,6 +223,10 @@ def ship_user_modules(fn: Any) -> None:
                     pass
         elif isinstance(obj, type) and module is not None:
             todo += [v for v in vars(obj).values() if callable(v)]
+        if isinstance(obj, types.MethodType):  # a bound or class method: its object too
+            todo += [obj.__func__, obj.__self__]
+        elif not isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            todo.append(type(obj))  # an instance (a callable object): its class's module
 
 
 def _rebuild_cached(fn: Any, maxsize: int | None, typed: bool) -> Any:
@@ -370,9 +374,13 @@ def error_info(exc: BaseException, tb: str | None = None) -> ErrorInfo:
     try:
         blob = cloudpickle.dumps(exc.with_traceback(None))
         pickle.loads(blob)
-    except Exception:
-        blob = None
-    return ErrorInfo(f"{t.__module__}.{t.__qualname__}", str(exc), tb, blob)
+    except BaseException:  # an exception that will not round-trip (its unpickling may
+        blob = None  # even raise SystemExit): it travels as its type name and text
+    try:
+        message = str(exc)
+    except BaseException as e:
+        message = f"(its message could not be read: {type(e).__name__})"
+    return ErrorInfo(f"{t.__module__}.{t.__qualname__}", message, tb, blob)
 
 
 def rebuild_exception(info: ErrorInfo) -> BaseException:
@@ -381,7 +389,7 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
     if info.exc is not None:
         try:
             exc = pickle.loads(info.exc)
-        except Exception:
+        except Exception:  # a BaseException (SystemExit) reaches the caller: see read_outcome
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(info.type_name, info.message)

@@ -382,9 +382,11 @@ class Job:
             )  # fmt: skip
         return bool(problems) or st.workers == 0
 
-    def cancel(self) -> None:
-        """Stop the job: queued tasks are dropped, running ones are killed."""
-        self.backend.put_record(keys.cancelled(self.id), {"at": time.time()})
+    def cancel(self, running: bool = True) -> None:
+        """Stop the job: queued tasks are dropped; running ones are killed, or, with
+        ``running=False``, allowed to finish (what ``concurrent.futures`` does when
+        ``map``'s iterator is abandoned or ``shutdown(cancel_futures=True)``)."""
+        self.backend.put_record(keys.cancelled(self.id), {"at": time.time(), "running": running})
         self._cancelled = True
 
     # ---------------------------------------------------------------- results

@@ -28,6 +28,7 @@ class JobInfo:
     def __init__(self, manifest: JobManifest):
         self.manifest = manifest
         self.cancelled = False
+        self.cancel_running = True  # the cancellation also kills running tasks
         self.cancel_checked = 0.0
         self.files: dict[str, str] = {}
 
@@ -64,7 +65,9 @@ class JobData:
             job.cancel_checked = time.monotonic()
             name = keys.cancelled(job.manifest.id)
             try:
-                job.cancelled = self.backend.get_record(name) is not None
+                rec = self.backend.get_record(name)
+                job.cancelled = rec is not None
+                job.cancel_running = not (isinstance(rec, dict) and rec.get("running") is False)
             except TamperedError as e:  # a forged marker cancels nothing
                 log.warning("ignoring %s: %s", name, e)
         return job.cancelled

@@ -324,8 +324,8 @@ class _Child:
                     self.fns[ref] = fn
                     self.wants_rng[ref] = _accepts_rng(fn)
             tasks = codec.loads(data["payload"])
-            if data.get("nested"):
-                tasks = [codec.loads(t) for t in tasks]
+            if data.get("nested"):  # submit()'s tasks, pickled one by one: one bad one
+                tasks = [_load_one(t) for t in tasks]  # fails alone, not its neighbours
             self.tasks = tasks
         except BaseException as e:
             self.tasks = []
@@ -416,7 +416,10 @@ class _Child:
                 _global_random.gauss_next = None
                 if "numpy" in sys.modules:
                     sys.modules["numpy"].random.seed(seed % 2**32)
-            fn_ref, args, kwargs = self.tasks[index - self.lo]
+            task = self.tasks[index - self.lo]
+            if isinstance(task, _Unloadable):
+                raise task.error
+            fn_ref, args, kwargs = task
             outputs.begin(Path(job["workroot"]) / f"out-{job['id']}-{index}-{os.getpid()}")
             if job["kind"] == "command":
                 value = self.command(index, ctx.seed, args[0])
@@ -480,6 +483,20 @@ class _Child:
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Unloadable:
+    """A task whose arguments could not be rebuilt here; running it raises why."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _load_one(blob: bytes) -> Any:
+    try:
+        return codec.loads(blob)
+    except BaseException as e:  # SystemExit from a __setstate__ too: this task's problem
+        return _Unloadable(_explain_load_error(e))
 
 
 def _explain_load_error(e: BaseException) -> BaseException:

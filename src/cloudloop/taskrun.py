@@ -49,6 +49,7 @@ log = logging.getLogger("cloudloop.worker")
 
 _BATCH_TARGET = 0.2  # seconds of work per sub-batch sent to the runner
 _LIVE_LOG_EVERY = 2.0
+_SESSION_AHEAD = 4  # tasks of a submit() job claimed (and so RUNNING) before they start
 
 
 def _fmt_bytes(n: float) -> str:
@@ -158,6 +159,9 @@ class ChunkRunner:
         mean = self.mean.get(chunk.job_id)
         batch = 1 if mean is None else max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
         while chunk.todo and chunk.stop_reason is None and self.preempted_at is None:
+            if chunk.job.cancelled:  # cancelled, running tasks allowed to finish: they have
+                chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
+                break
             self._ensure_runner(chunk)
             if chunk.careful:
                 sub = self._careful_next(chunk)
@@ -166,7 +170,9 @@ class ChunkRunner:
             else:
                 sub = list(islice(chunk.todo, batch))
             if chunk.job.manifest.session:
-                sub = self._claim(chunk, sub)
+                # a claimed task is RUNNING for its Future and can no longer be cancelled:
+                # claim only a few ahead (ProcessPoolExecutor hands out workers + 1)
+                sub = self._claim(chunk, sub[:_SESSION_AHEAD])
                 if not sub:
                     continue
             t = time.monotonic()
@@ -299,7 +305,7 @@ class ChunkRunner:
             self.preempted_at and time.monotonic() - self.preempted_at > self.options.preempt_grace
         ):
             reason = chunk.stop_reason = InterruptedError("machine preempted")
-        elif chunk.job.cancelled:
+        elif chunk.job.cancelled and chunk.job.cancel_running:
             reason = chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
         elif st.index >= 0:
             ran = time.time() - st.started
