@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -93,3 +94,27 @@ def aws_url(moto_endpoint, request) -> str:
 
     bucket = f"cl-{secrets.token_hex(4)}"
     return f"aws://{bucket}/jobs?region=us-east-1&endpoint={moto_endpoint}"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (one per test module)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:  # pragma: no cover - the test extra installs it
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have playwright (pip install -e '.[test]'): {e}")
+        pytest.skip(f"playwright is not installed: {e}")
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium (scripts/test-deps.sh installs it)")
+        pytest.skip("no /usr/bin/chromium: run `bash scripts/test-deps.sh`")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

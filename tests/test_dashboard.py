@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,15 +29,11 @@ try:
 except ImportError:  # pragma: no cover - the browser fixture says what to install
     expect = None
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 N_TASKS = 40
 
 
 def _task(i: int, gate: str) -> int:
-    import os
     import time
 
     import cloudloop as cl
@@ -60,24 +55,6 @@ def _task(i: int, gate: str) -> int:
             time.sleep(0.1)
     print(f"task {i} done", flush=True)
     return i * i
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:  # pragma: no cover - the test extra installs it
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have playwright (pip install -e '.[test]'): {e}")
-        pytest.skip(f"playwright is not installed: {e}")
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium (scripts/test-deps.sh installs it)")
-        pytest.skip("no /usr/bin/chromium: run `bash scripts/test-deps.sh`")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

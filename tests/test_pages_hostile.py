@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -44,10 +42,6 @@ from cloudloop.dashboard.view import _worker_row, page_json
 from cloudloop.display import job_html
 from cloudloop.model import JobState, JobStatus
 from cloudloop.report import render_report
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 PWN = "window.__pwned=1"
 HOSTILE = [
@@ -78,24 +72,6 @@ def _hostile_task(i: int, text: str) -> int:
 
 def _noop(i: int) -> int:
     return i
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:  # pragma: no cover - the test extra installs it
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have playwright (pip install -e '.[test]'): {e}")
-        pytest.skip(f"playwright is not installed: {e}")
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium (scripts/test-deps.sh installs it)")
-        pytest.skip("no /usr/bin/chromium: run `bash scripts/test-deps.sh`")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _hostile_workers(backend, job_id: str) -> dict[str, dict]:

@@ -2,15 +2,7 @@
 
 ::
 
-    submit(fn, *a) ─► pickle now (errors name the culprit) ─► _Session buffer
-                                                                │ _Session thread: every few ms
-                                                                ▼
-                                          one queue message per batch of submits
-                          worker: claims/<i> = "run" (if absent) ─► runs task i ─► results/
-    Future ◄── RUNNING ◄── _Session thread lists claims/ (while a future is PENDING)
-    Future ◄── set_result / set_exception ◄── _Session thread polls results/ of the session job
-    Future.cancel() ─► claims/<i> = "cancel" (if absent): True only if no worker claimed it
-
+    submit(fn, *a) ─► _Session (one durable job per executor; see cloudloop.session) ─► Future
     map(fn, *its) / map_job(...) ─► JobWriter streams chunks ─► Job (results read in order)
 
 ``submit`` calls share one durable "session" job per executor; every
