@@ -161,6 +161,7 @@ def test_a_signed_blob_copied_to_another_job_is_not_believed(make_executor, url)
     ex = make_executor(workers=1)
     a = ex.map_job(double, range(3), chunksize=3)
     assert a.results(timeout=60) == [0, 2, 4]
+    ex.shutdown()  # its worker must not run b before the copies are in place
     backend = open_backend(url)
     b = make_executor(workers=0).map_job(triple, range(3), chunksize=3)
     # a's result part, under b's results: it would answer every task of b
