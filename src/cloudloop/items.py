@@ -86,7 +86,13 @@ def _decode(path: Path) -> str:
         ) from None
 
 
+_NUL_STANDIN = "\ue000"  # Python 3.10's csv refuses NUL outright: read it as a stand-in
+
+
 def _read_csv(name: str, text: str) -> Table:
+    standin = "\0" in text and _NUL_STANDIN not in text
+    if standin:  # so the cell check below names the row and field on every Python
+        text = text.replace("\0", _NUL_STANDIN)
     reader = csv.reader(io.StringIO(text, newline=""))
     items: list[Any] = []
     starts: list[int] = []
@@ -101,6 +107,8 @@ def _read_csv(name: str, text: str) -> Table:
         for row in reader:
             start, last = last + 1, reader.line_num
             if row:
+                if standin:
+                    row = [c.replace(_NUL_STANDIN, "\0") for c in row]
                 _check_cells(name, start, header, row)
                 items.append(dict(zip(header, row)))
                 starts.append(start)
