@@ -323,3 +323,16 @@ def test_signatures_bind_the_name(url):
     for other in ("jobs/b/results/x", "jobs/a/checkpoints/x", "jobs/a/results/y"):
         with pytest.raises(cl.TamperedError):
             codec.verify(key, blob, other)
+
+
+def test_a_worker_record_cannot_drive_the_terminal(url, capsys):
+    backend = open_backend(url)
+    rec = {
+        "id": "w1",
+        "host": "evil\x1b]0;pwned\x07\x1b[2J",
+        "message": "a\nb",
+        "last_seen": time.time(),
+    }
+    backend.put_record("workers/w1", rec)
+    (got,) = worker_records(backend)
+    assert "\x1b" not in got["host"] and "\n" not in got["message"] and "\x07" not in got["host"]

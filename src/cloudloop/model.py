@@ -286,8 +286,9 @@ class WorkerRecord:
     """A worker's heartbeat record (``workers/<id>``), as every reader sees it.
 
     Records come from other machines, so :meth:`from_dict` checks every field:
-    a wrong type is a ValueError, strings are cut to a bounded length, and
-    numbers must be finite. Only what passed goes on to a page or a terminal.
+    a wrong type is a ValueError, strings are cut to a bounded length and lose
+    their control characters, and numbers must be finite. Only what passed
+    goes on to a page or a terminal.
     """
 
     id: str
@@ -334,13 +335,16 @@ class WorkerRecord:
 
 
 _TEXT_MAX = {"message": 400, "error": 1000}
+# control characters (ANSI escapes, newlines, NUL) become "?": a record is printed by
+# `cloudloop status` and `ls`, where an escape sequence would drive the user's terminal
+_CONTROL = {c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 def _field_value(name: str, kind: str, value: Any) -> Any:
     if "str" in kind:
         if not isinstance(value, str):
             raise ValueError(f"worker record field {name!r} must be text")
-        return value[: _TEXT_MAX.get(name, 200)]
+        return value[: _TEXT_MAX.get(name, 200)].translate(_CONTROL)
     if "int" in kind:
         if type(value) is not int or not -(2**63) <= value < 2**63:
             raise ValueError(f"worker record field {name!r} must be a whole number")
