@@ -366,7 +366,7 @@ class Job:
         """Nothing finished for 30 s: say why, if anything says so. True once said."""
         problems = self.problems()
         if st.workers == 0:
-            probe = f"control/probe/client-{os.getpid()}"
+            probe = keys.probe(f"client-{os.getpid()}")
             try:
                 self.backend.store.put(probe, b"probe")
                 self.backend.store.delete(probe)

@@ -23,7 +23,8 @@
     jobs/<job>/starts/<index>/<worker>-<nonce>   signed: a re-delivered task was started
                                                  (poison detection)
     workers/<worker>                             signed JSON heartbeat
-    control/paused                               workers take no new work while it exists
+    control/paused                               signed: workers take no new work while it exists
+    control/probe/<who>                          written and removed at once: does the store take writes?
     clusters/<name>/instances/<id>               JSON ledger of an instance's price and life
     deadletter/<time>-<message>-<nonce>          raw bytes of a message that failed verification
                                                  or kept breaking its workers (never acted on)
@@ -193,6 +194,11 @@ def starts_prefix(job: str, index: int) -> str:
 
 def start(job: str, index: int, worker: str) -> str:
     return f"{starts_prefix(job, index)}{worker}-{nonce()}"
+
+
+def probe(who: str) -> str:
+    """A throwaway key a worker or client writes to learn whether the store takes writes."""
+    return f"control/probe/{safe_name(who)}"
 
 
 def worker(wid: str) -> str:

@@ -250,7 +250,7 @@ class Worker(ChunkRunner):
         backoff.sleep()
         if self.stopping.is_set():
             return
-        probe = f"control/probe/{self.id}"
+        probe = keys.probe(self.id)
         try:
             self.store.put(probe, b"probe")
             self.store.delete(probe)
