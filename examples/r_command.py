@@ -1,7 +1,7 @@
 """A command task per row: an R script (examples/fit.R) run once per parameter set.
 
 The loop is a shell command template; cloudloop fills ``{n}`` and ``{noise}``
-from each row (shell-quoted), ``{seed}`` with the task's reproducible seed, and
+from each row (as data: a value never runs as shell code), ``{seed}`` with the task's reproducible seed, and
 runs it in a fresh working directory holding a copy of ``fit.R``. What the
 script writes to ``$CLOUDLOOP_OUTPUT`` (``./out`` in that directory) is kept
 with the job: here a CSV of coefficients and a PDF plot per task.

@@ -426,3 +426,12 @@ def test_netrc_is_not_uploaded_by_a_real_run(project):
     stdout = results(proc.stdout.strip(), proj)[0]["value"]["stdout"]
     assert sorted(stdout.split()) == ["fit.py", "my_data.txt", "my_data.txt", "out"]
     assert "secret" not in stdout
+
+
+def test_command_job_refuses_an_unsafe_template_before_any_job_exists(url):
+    import cloudloop as cl
+    from cloudloop.backends import open_backend
+
+    with cl.Executor(backend=url, workers=0) as ex, pytest.raises(cl.ConfigError, match="quote"):
+        ex.command_job("echo '{v}'", [{"v": "$(touch PWNED)"}])
+    assert open_backend(url).store.list("index/") == []

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .backends import Backend, open_backend
+from .commands import compile_template
 from .config import Profile, check_workers, job_options, load_profile, worker_options
 from .errors import CloudloopError, ConfigError, InitializerFailed
 from .job import Job, attach_job
@@ -296,11 +297,14 @@ class Executor(cf.Executor):
         """Run a shell command template once per item (see :mod:`cloudloop.commands`).
 
         Args:
-            command: e.g. ``"Rscript fit.R --alpha {alpha}"``; fields are shell-quoted.
+            command: e.g. ``"Rscript fit.R --alpha {alpha}"``; each field's value
+                reaches the command as data, never as code (a template where it
+                could be parsed again is refused here, with what to write instead).
             items: dicts (or scalars, as ``{item}``), one task each.
             files: name -> bytes copied into every task's working directory.
         """
         self._check_open("jobs")
+        compile_template(command)  # a refused template: before any job exists
         opts = job_options(self._job_options, **options)
         writer = JobWriter.plan(
             self.backend,
