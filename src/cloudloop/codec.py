@@ -418,8 +418,13 @@ def encode_part(key: bytes, name: str, worker: str, host: str, blobs: list[bytes
 def part_rows(
     key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
 ) -> tuple[str, str, list[tuple]]:
-    """(worker, host, rows) of a result part, each row checked; ``span``: the
-    (lo, hi) its key claims, which every row's index must lie in."""
+    """(worker, host, rows) of a result part, verified; ``span``: the (lo, hi) its
+    key claims, which every row's index must lie in.
+
+    The rows were checked by the worker that signed the part (see
+    :func:`row_indices`); here only their shape and span are, since a part
+    can only come from a holder of the key.
+    """
     data = verify(key, blob, name, f"result part {name}")
     part = loads_data(data)
     if not (isinstance(part, tuple) and len(part) == 4 and part[0] == 1):
@@ -432,40 +437,38 @@ def part_rows(
         chunk = loads_data(b) if isinstance(b, bytes) else None
         if not isinstance(chunk, list):
             raise TamperedError(f"result part {name} holds a malformed batch")
-        for row in chunk:
-            rows.append(check_row(row, span, name))
+        rows += chunk
+    indices = row_indices(rows, name)
+    if span is not None and indices and not (span[0] <= min(indices) and max(indices) <= span[1]):
+        raise TamperedError(f"result part {name} holds tasks outside {span[0]}..{span[1]}")
     return worker, host, rows
 
 
-def check_row(row: Any, span: tuple[int, int] | None, where: str) -> tuple:
-    """``row`` if it is a well-formed outcome row (inside ``span``), else TamperedError."""
-    ok = isinstance(row, tuple) and len(row) == 7
-    if ok:
-        i, a, v, e, s, t, c = row
-        ok = (
-            type(i) is int
-            and type(a) is int
-            and a >= 0
-            and (v is None or isinstance(v, bytes))
-            and (e is None or ErrorInfo.valid_wire(e))
-            and isinstance(s, (int, float))
-            and isinstance(t, (int, float))
-            and isinstance(c, bool)
-            and (span is None or span[0] <= i <= span[1])
-        )
-    if not ok:
+def row_indices(rows: Any, where: str) -> list[int]:
+    """The task index of each outcome row, if every row has the row's shape (a tuple
+    of 7 whose first item is a whole number), else TamperedError. A task runner's
+    rows are plain data (:func:`loads_data`), so this is all a worker must check
+    before it stores them: which tasks they are for."""
+    try:
+        indices = [r[0] for r in rows if type(r) is tuple and len(r) == 7 and type(r[0]) is int]
+    except TypeError:
+        indices = []
+    if not isinstance(rows, list) or len(indices) != len(rows):
         raise TamperedError(f"{where} holds a malformed outcome row")
-    return row
+    return indices
 
 
 def decode_part(
     key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
 ) -> list[Outcome]:
     worker, host, rows = part_rows(key, blob, name, span)
-    return [
-        Outcome(i, a, v, None if e is None else ErrorInfo.from_wire(e), s, t, worker, host, c)
-        for i, a, v, e, s, t, c in rows
-    ]
+    try:
+        return [
+            Outcome(i, a, v, None if e is None else ErrorInfo(*e), s, t, worker, host, c)
+            for i, a, v, e, s, t, c in rows
+        ]
+    except TypeError:  # an error that is not (type, message, traceback, exc)
+        raise TamperedError(f"result part {name} holds a malformed outcome row") from None
 
 
 def encode_json(obj: Any) -> bytes:

@@ -239,19 +239,6 @@ class ErrorInfo:
         """As plain data, for an outcome row."""
         return (self.type_name, self.message, self.traceback, self.exc)
 
-    @staticmethod
-    def valid_wire(t: Any) -> bool:
-        return (
-            isinstance(t, tuple)
-            and len(t) == 4
-            and all(isinstance(x, str) for x in t[:3])
-            and (t[3] is None or isinstance(t[3], bytes))
-        )
-
-    @classmethod
-    def from_wire(cls, t: tuple) -> ErrorInfo:
-        return cls(*t)
-
 
 @dataclass(slots=True)
 class Outcome:

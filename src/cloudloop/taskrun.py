@@ -361,9 +361,9 @@ class ChunkRunner:
         was asked to run, each once."""
         where = f"outcomes from the task runner of job {chunk.job_id}"
         rows = codec.loads_data(packed) if isinstance(packed, bytes) else None
-        if not isinstance(rows, list) or not isinstance(side, list):
+        if not isinstance(side, list):
             raise TamperedError(f"{where} are malformed")
-        got = [codec.check_row(r, None, where)[0] for r in rows]
+        got = codec.row_indices(rows, where)
         if got != indices or len(set(got)) != len(got) or not chunk.running.issuperset(got):
             raise TamperedError(f"{where} name tasks it was not given")
         for i in got:
