@@ -36,12 +36,13 @@ import sys
 import sysconfig
 import traceback
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 
 from .errors import RemoteError, RemoteTraceback, SerializationError, TamperedError
-from .model import ErrorInfo, Outcome
+from .model import ErrorInfo, Outcome, OutcomeRow
 
 _BLOB = b"CLS2"
 _MSG = b"CLM2"
@@ -400,13 +401,17 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
 # ---------------------------------------------------------------- outcomes
 
 
-def pack_rows(rows: list[tuple]) -> bytes:
-    """Outcome rows ``(index, attempt, value, error, started, ended, cancelled)`` as bytes.
+def pack_rows(rows: Sequence[OutcomeRow]) -> bytes:
+    """:class:`OutcomeRow` s as bytes: plain tuples, so a worker can read the rows its
+    task runner sends with :func:`loads_data` (a NamedTuple would pickle its class)."""
+    return pickle.dumps([tuple(r) for r in rows], protocol=pickle.HIGHEST_PROTOCOL)
 
-    ``error`` is None or ``ErrorInfo.to_wire()``: rows are plain data, so a
-    worker can read the rows its task runner sends with :func:`loads_data`.
-    """
-    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+def unpack_rows(data: bytes, where: str) -> list[OutcomeRow]:
+    """The rows :func:`pack_rows` packed (TamperedError if they are not rows)."""
+    rows = loads_data(data)
+    row_indices(rows, where)
+    return [OutcomeRow._make(r) for r in rows]
 
 
 def encode_part(key: bytes, name: str, worker: str, host: str, blobs: list[bytes]) -> bytes:

@@ -46,7 +46,7 @@ from typing import Any
 from . import codec, keys
 from .backends import Backend
 from .errors import BackendError, LeaseLost, TamperedError
-from .model import Lease
+from .model import ErrorWire, Lease, OutcomeRow
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -216,10 +216,10 @@ class Committer(threading.Thread):
             try:
                 self._retry(what, self._put_part, job_id, lo, hi, nfail, part_blobs)
             except _GaveUp as e:
-                rows = [r for b in part_blobs for r in codec.loads_data(b)]
+                rows = [r for b in part_blobs for r in codec.unpack_rows(b, "results")]
                 self._store_what_fits(job_id, rows, str(e))
 
-    def _store_what_fits(self, job_id: str, rows: list[tuple], why: str) -> None:
+    def _store_what_fits(self, job_id: str, rows: list[OutcomeRow], why: str) -> None:
         """Halve a part the store refused until what fits is stored; a single row that
         does not fit becomes a failure saying why. If even that fails, _GaveUp: the
         store takes nothing (at most log2(rows) more tries to find that out)."""
@@ -237,9 +237,9 @@ class Committer(threading.Thread):
             except _GaveUp as e:
                 self._store_what_fits(job_id, piece, str(e))
 
-    def _put_rows(self, job_id: str, rows: list[tuple]) -> None:
-        nfail = sum(1 for r in rows if r[3] is not None)
-        self._put_part(job_id, rows[0][0], rows[-1][0], nfail, [codec.pack_rows(rows)])
+    def _put_rows(self, job_id: str, rows: list[OutcomeRow]) -> None:
+        nfail = sum(1 for r in rows if r.error is not None)
+        self._put_part(job_id, rows[0].index, rows[-1].index, nfail, [codec.pack_rows(rows)])
 
     def _put_part(self, job_id: str, lo: int, hi: int, nfail: int, blobs: list[bytes]) -> None:
         name = keys.result(job_id, lo, hi, nfail)
@@ -247,27 +247,30 @@ class Committer(threading.Thread):
         self.backend.store.put(name, part)
 
     def _runs(self, blobs: list[bytes]) -> list[tuple[int, int, int, list[bytes]]]:
-        rows = sorted((r for b in blobs for r in codec.loads_data(b)), key=lambda r: r[0])
+        """Rows split into runs of consecutive tasks (one part each), each task once."""
+        rows = sorted(
+            (r for b in blobs for r in codec.unpack_rows(b, "results")), key=lambda r: r.index
+        )
         out: list[tuple[int, int, int, list[bytes]]] = []
-        run: list[tuple] = []
+        run: list[OutcomeRow] = []
         for r in [*rows, None]:
-            if run and (r is None or r[0] != run[-1][0] + 1):
-                nfail = sum(1 for x in run if x[3] is not None)
-                out.append((run[0][0], run[-1][0], nfail, [codec.pack_rows(run)]))
+            if run and (r is None or r.index != run[-1].index + 1):
+                nfail = sum(1 for x in run if x.error is not None)
+                out.append((run[0].index, run[-1].index, nfail, [codec.pack_rows(run)]))
                 run = []
-            if r is not None and not (run and r[0] == run[-1][0]):
+            if r is not None and not (run and r.index == run[-1].index):
                 run.append(r)
         return out
 
-    def _unstorable(self, rows: list[tuple], why: str) -> list[tuple]:
+    def _unstorable(self, rows: list[OutcomeRow], why: str) -> list[OutcomeRow]:
         """Failure rows in place of outcomes the store would not take."""
         out = []
-        for i, a, _, err, s, t, c in rows:
-            if c:
-                out.append((i, a, None, None, s, t, c))
+        for r in rows:
+            if r.cancelled:
+                out.append(r._replace(value=None))
                 continue
-            msg = f"the result of task {i} could not be stored: {why}"
-            out.append((i, a, None, err or _backend_error(msg), s, t, False))
+            msg = f"the result of task {r.index} could not be stored: {why}"
+            out.append(r._replace(value=None, error=r.error or _backend_error(msg)))
         return out
 
     def _finish(self, lease: Lease, ack: bool) -> None:
@@ -286,5 +289,5 @@ class Committer(threading.Thread):
                 self._held.pop(lease.id, None)
 
 
-def _backend_error(message: str) -> tuple:
+def _backend_error(message: str) -> ErrorWire:
     return codec.error_info(BackendError(message), f"BackendError: {message}\n").to_wire()

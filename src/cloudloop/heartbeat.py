@@ -13,101 +13,89 @@ forged or malformed record is never shown or counted.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from . import __version__, codec, keys
+from . import codec, keys
 from .errors import LeaseLost, TamperedError
-from .model import WorkerRecord
+from .model import Lease, WorkerRecord
 
 log = logging.getLogger("cloudloop.worker")
 
 
-class Heartbeat(threading.Thread):
-    """Extends the current lease, notices cancellation, records the worker's state."""
+class HeartbeatSource(Protocol):
+    """What the heartbeat needs of its worker, and nothing more."""
 
-    def __init__(self, worker: Any):
+    id: str
+    lease_s: float  # how long a lease lasts: extended every third of it
+    every: float  # seconds between heartbeat records
+
+    def leases(self) -> list[Lease]:
+        """The leases to keep alive: the running message's and those awaiting their ack."""
+
+    def lease_lost(self, lease: Lease) -> None:
+        """``lease`` is no longer held (the service said so, or the worker was frozen)."""
+
+    def tick(self) -> None:
+        """The worker's own periodic checks (cancellation, a cost deadline)."""
+
+    def record(self) -> dict[str, Any]:
+        """Its heartbeat record now (the fields of :class:`~cloudloop.model.WorkerRecord`)."""
+
+
+class Heartbeat(threading.Thread):
+    """Extends the worker's leases, runs its periodic checks, records its state."""
+
+    def __init__(self, backend: Any, source: HeartbeatSource):
         super().__init__(name="cloudloop-heartbeat", daemon=True)
-        self.w = worker
+        self.backend, self.source = backend, source
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=10)
         try:  # a clean exit leaves no record behind; a crashed worker's goes stale
-            self.w.store.delete(keys.worker(self.w.id))
+            self.backend.store.delete(keys.worker(self.source.id))
         except Exception as e:
             log.warning("could not remove heartbeat record: %s", e)
 
     def run(self) -> None:
-        w = self.w
+        src = self.source
         last = extended = time.monotonic()
         self.write()
-        tick = max(0.2, min(1.0, w.options.lease / 6))
+        tick = max(0.2, min(1.0, src.lease_s / 6))
         while not self._stop_event.wait(tick):
-            chunk = w.current
-            if time.monotonic() - extended > w.options.lease and chunk is not None:
+            if time.monotonic() - extended > src.lease_s:
                 # frozen (SIGSTOP, a stalled VM) past the lease: someone else may hold the
                 # message now, whatever an extend answers (SQS "extends" expired leases)
-                if not chunk.lost:
-                    log.warning("lease on message %s may have expired while frozen", chunk.lease.id)
-                chunk.lost = True
-            if time.monotonic() - extended > w.options.lease / 3:
-                held = w.committer.held()
-                if chunk is not None and not chunk.lost:
-                    held.append(chunk.lease)
-                for lease in held:
-                    try:
-                        w.queue.extend([lease], w.options.lease)
-                    except LeaseLost:
-                        if chunk is not None and lease is chunk.lease:
-                            chunk.lost = True
-                        log.warning("lease on message %s lost while running", lease.id)
-                    except Exception as e:  # a transient backend error: try again next tick
-                        log.warning("could not extend lease: %s", e)
+                for lease in src.leases():
+                    log.warning("lease on message %s may have expired while frozen", lease.id)
+                    src.lease_lost(lease)
+            if time.monotonic() - extended > src.lease_s / 3:
+                self._extend(src.leases())
                 extended = time.monotonic()
-            if chunk is not None:
-                try:
-                    w.data.is_cancelled(chunk.job)
-                except Exception as e:
-                    log.warning("could not check for cancellation: %s", e)
-            if w.options.stop_at and time.time() > w.options.stop_at and w.preempted_at is None:
-                log.warning("the cluster's cost deadline has passed: leaving")
-                w.on_preempt({"action": "stop-at"})
-            if time.monotonic() - last > w.heartbeat_every:
+            try:
+                src.tick()
+            except Exception as e:  # a backend hiccup: the next tick tries again
+                log.warning("worker check failed: %s", e)
+            if time.monotonic() - last > src.every:
                 last = time.monotonic()
                 self.write()
 
-    def write(self, state: str | None = None) -> None:
-        w = self.w
-        chunk = w.current
-        st = w.runner.status() if w.runner.alive else None
-        record = {
-            "id": w.id,
-            "host": w.host,
-            "pid": os.getpid(),
-            "provider": w.provider,
-            "version": __version__,
-            "backend": w.backend.url,
-            "started": w.started,
-            "last_seen": time.time(),
-            "every": w.heartbeat_every,
-            "state": state or ("preempted" if w.preempted_at else "busy" if chunk else "idle"),
-            "job": chunk.job_id if chunk else None,
-            "task": st.index if st and st.index >= 0 else None,
-            "progress": st.progress if st and st.progress >= 0 else None,
-            "message": st.message if st else "",
-            "tasks_done": w.tasks_done,
-            "failures": w.failures,
-            "rss": w.runner.rss() if w.runner.alive else 0,
-            "load": os.getloadavg()[0],
-            "error": w.trouble(),
-            **w.machine,
-        }
+    def _extend(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            try:
+                self.backend.queue.extend([lease], self.source.lease_s)
+            except LeaseLost:
+                log.warning("lease on message %s lost while running", lease.id)
+                self.source.lease_lost(lease)
+            except Exception as e:  # a transient backend error: try again next tick
+                log.warning("could not extend lease: %s", e)
+
+    def write(self) -> None:
         try:
-            w.backend.put_record(keys.worker(w.id), record)
+            self.backend.put_record(keys.worker(self.source.id), self.source.record())
         except Exception as e:
             log.warning("could not write heartbeat: %s", e)
 

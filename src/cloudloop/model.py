@@ -12,7 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,15 @@ class JobOptions:
 
     def replace(self, **changes: Any) -> JobOptions:
         return dataclasses.replace(self, **changes)
+
+    def retry_after(self, attempt: int) -> bool:
+        return retry_after(self.retries, attempt)
+
+
+def retry_after(retries: int, attempt: int) -> bool:
+    """Whether a task whose ``attempt`` failed (raised, or crashed its process) runs
+    again: the one rule, for user errors in the runner and crashes in the worker."""
+    return attempt <= retries
 
 
 JOB_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(JobOptions))
@@ -172,9 +181,15 @@ class MessageHeader:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "v": 1, "job": self.job, "chunk": self.chunk, "lo": self.lo, "hi": self.hi,
-            "runs": [list(r) for r in self.runs], "fns": list(self.fns), "nested": self.nested,
-        }  # fmt: skip
+            "v": 1,
+            "job": self.job,
+            "chunk": self.chunk,
+            "lo": self.lo,
+            "hi": self.hi,
+            "runs": [list(r) for r in self.runs],
+            "fns": list(self.fns),
+            "nested": self.nested,
+        }
         if self.spill is not None:
             out["spill"] = self.spill
         return out
@@ -238,6 +253,63 @@ class ErrorInfo:
     def to_wire(self) -> tuple[str, str, str, bytes | None]:
         """As plain data, for an outcome row."""
         return (self.type_name, self.message, self.traceback, self.exc)
+
+
+ErrorWire = tuple[
+    str, str, str, "bytes | None"
+]  # ErrorInfo as plain data: type, message, tb, pickle
+
+
+class OutcomeRow(NamedTuple):
+    """One task's outcome as it travels: task runner → worker → result part.
+
+    On the wire it is a plain tuple (:func:`cloudloop.codec.pack_rows`), so a
+    worker can read its runner's rows without unpickling anything but data;
+    in Python it is this record. A part stores worker and host once, not per
+    row; :class:`Outcome` is the row as a reader sees it, with those added.
+    """
+
+    index: int
+    attempt: int
+    value: bytes | None  # the pickled return value (None if it failed or was cancelled)
+    error: ErrorWire | None  # why it failed
+    started: float
+    ended: float
+    cancelled: bool = False
+
+    @classmethod
+    def failure(cls, index: int, attempt: int, error: ErrorInfo, started: float) -> OutcomeRow:
+        return cls(index, attempt, None, error.to_wire(), started, time.time())
+
+    @classmethod
+    def cancellation(cls, index: int, attempt: int = 0) -> OutcomeRow:
+        return cls(index, attempt, None, None, 0.0, 0.0, True)
+
+
+@dataclass(frozen=True)
+class RunnerJob:
+    """What the task runner is told about the job whose tasks it runs (no key,
+    no store: see :mod:`cloudloop.runner`)."""
+
+    id: str
+    seed: int
+    kind: str
+    command: str | None
+    retries: int
+    seed_globals: bool
+    env: dict[str, str]
+    workroot: str  # where the tasks' working and output directories go
+    files: dict[str, str]  # shipped file name -> its path on this machine
+
+    def retry_after(self, attempt: int) -> bool:
+        return retry_after(self.retries, attempt)
+
+    @classmethod
+    def of(cls, m: JobManifest, workroot: str, files: dict[str, str]) -> RunnerJob:
+        o = m.options
+        return cls(
+            m.id, m.seed, m.kind, m.command, o.retries, o.seed_globals, dict(o.env), workroot, files
+        )
 
 
 @dataclass(slots=True)

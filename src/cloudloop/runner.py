@@ -58,6 +58,7 @@ from typing import Any
 
 from . import codec, commands, context, outputs, procs
 from .errors import BackendError, Preempted, SerializationError, TamperedError
+from .model import OutcomeRow, RunnerJob
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
 _pack_rec = struct.Struct(_FMT).pack_into
@@ -281,11 +282,11 @@ class _Child:
         self._leftovers = procs.Leftovers()
         self.fns: dict[str, Any] = {}
         self.wants_rng: dict[str, bool] = {}
-        self.job: dict[str, Any] = {}
+        self.job: RunnerJob | None = None
         self.tasks: list[Any] = []
         self.load_error: BaseException | None = None
         self.lo = 0
-        self.rows: list[tuple] = []  # outcome rows not yet sent
+        self.rows: list[OutcomeRow] = []  # not yet sent
         self.indices: list[int] = []
         self.side: list[tuple] = []  # (index, log segments, checkpointed, failed), when any
         self.last_send = 0.0
@@ -295,7 +296,8 @@ class _Child:
         self.ctx: context.TaskContext | None = None
 
     def load(self, data: dict[str, Any]) -> None:
-        job = self.job = data["job"]
+        job: RunnerJob = data["job"]
+        self.job = job
         self.lo = data["lo"]
         self.load_error = None
         for k, v in self.saved_env.items():  # undo the previous job's environment
@@ -303,13 +305,13 @@ class _Child:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        self.saved_env = {k: os.environ.get(k) for k in job["env"]}
-        os.environ.update(job["env"])
+        self.saved_env = {k: os.environ.get(k) for k in job.env}
+        os.environ.update(job.env)
         self.ctx = context.TaskContext(
-            job_id=job["id"],
+            job_id=job.id,
             index=-1,
             attempt=0,
-            job_seed=job["seed"],
+            job_seed=job.seed,
             call=self.call_worker,
             report_progress=self.progress,
             is_preempted=self.status.preempted,
@@ -373,7 +375,8 @@ class _Child:
         self.last_send = time.monotonic()
 
     def run_one(self, index: int, attempt: int) -> bool:
-        retries = self.job["retries"]
+        job = self.job
+        assert job is not None
         segments = []
         while True:
             started, off = time.time(), self.log_end
@@ -385,19 +388,19 @@ class _Child:
                 return False
             if not ok:  # the attempt's log ends with why it failed
                 sys.stderr.write(payload.traceback)
-                if attempt <= retries:
-                    left = retries - attempt + 1
+                if job.retry_after(attempt):
+                    left = job.retries - attempt + 1
                     sys.stderr.write(
                         f"cloudloop: task {index} attempt {attempt} failed; retrying ({left} left)\n"
                     )
             self.log_end = _log_end()
             if self.log_end > off:
                 segments.append((attempt, off, self.log_end))
-            if ok or attempt > retries:
+            if ok or not job.retry_after(attempt):
                 break
             attempt += 1
         value, error = (payload, None) if ok else (None, payload.to_wire())
-        self.rows.append((index, attempt, value, error, started, time.time(), False))
+        self.rows.append(OutcomeRow(index, attempt, value, error, started, time.time()))
         self.indices.append(index)
         if segments or checkpointed or not ok:
             self.side.append((index, segments, checkpointed, not ok))
@@ -410,7 +413,7 @@ class _Child:
         try:
             if self.load_error is not None:
                 raise self.load_error
-            if job["seed_globals"]:
+            if job.seed_globals:
                 seed = ctx.seed
                 _seed_random(_global_random, seed)  # random.seed(seed) minus its Python wrapper
                 _global_random.gauss_next = None
@@ -420,8 +423,8 @@ class _Child:
             if isinstance(task, _Unloadable):
                 raise task.error
             fn_ref, args, kwargs = task
-            outputs.begin(Path(job["workroot"]) / f"out-{job['id']}-{index}-{os.getpid()}")
-            if job["kind"] == "command":
+            outputs.begin(Path(job.workroot) / f"out-{job.id}-{index}-{os.getpid()}")
+            if job.kind == "command":
                 value = self.command(index, ctx.seed, args[0])
             else:
                 if self.wants_rng[fn_ref] and "rng" not in kwargs:
@@ -460,11 +463,11 @@ class _Child:
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
-        cmd = commands.prepare(job["command"], item, index, seed, job["id"])  # values as data
-        workdir = Path(job["workroot"]) / f"{job['id']}-{index}-{os.getpid()}"
+        cmd = commands.prepare(job.command or "", item, index, seed, job.id)  # values as data
+        workdir = Path(job.workroot) / f"{job.id}-{index}-{os.getpid()}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            for name, path in job["files"].items():
+            for name, path in job.files.items():
                 target = workdir / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
@@ -473,7 +476,7 @@ class _Child:
                 "CLOUDLOOP_WORKDIR": str(workdir),
                 "CLOUDLOOP_TASK_INDEX": str(index),
                 "CLOUDLOOP_TASK_SEED": str(seed),
-                "CLOUDLOOP_JOB_ID": job["id"],
+                "CLOUDLOOP_JOB_ID": job.id,
                 "CLOUDLOOP_OUTPUT": str(outputs.begin(workdir / "out", create=True)),
                 **cmd.env,
             }

@@ -42,7 +42,7 @@ _SEND_BYTES = 4 << 20
 _HEADER_ROOM = 4096
 
 
-def new_job_id(name: str | None = None) -> str:
+def new_job_id() -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
 

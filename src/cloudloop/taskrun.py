@@ -42,7 +42,7 @@ from .errors import (
     WorkerLost,
 )
 from .jobdata import JobInfo
-from .model import Lease, MessageHeader
+from .model import Lease, MessageHeader, OutcomeRow, RunnerJob
 from .runner import RunnerDied
 
 log = logging.getLogger("cloudloop.worker")
@@ -80,6 +80,37 @@ def describe_death(index: int, rc: int | None) -> Exception:
     )
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """Why a chunk ends before its last task. With an ``error``, its unfinished tasks
+    get it as their outcome (a ``JobCancelled`` records them as cancelled); without,
+    they are handed back to the queue for another worker (stopping, preempted)."""
+
+    why: str
+    error: Exception | None = None
+
+    @classmethod
+    def hand_back(cls, why: str) -> _Stop:
+        return cls(why)
+
+    @classmethod
+    def cancel(cls, job_id: str) -> _Stop:
+        return cls("cancelled", JobCancelled(f"job {job_id} was cancelled"))
+
+    @classmethod
+    def fail(cls, error: Exception) -> _Stop:
+        return cls(str(error), error)
+
+
+@dataclass(frozen=True)
+class _Kill:
+    """The worker kills the running batch: the chunk stops (``stop``), or only the
+    running task fails (``error``: over its timeout or memory)."""
+
+    stop: _Stop | None = None
+    error: Exception | None = None
+
+
 @dataclass
 class _Chunk:
     lease: Lease
@@ -103,7 +134,7 @@ class _Chunk:
     idle_deaths: int = 0
     lost: bool = False
     running: frozenset[int] = frozenset()  # the sub-batch the runner has now
-    stop_reason: Exception | None = None
+    stop: _Stop | None = None  # why the chunk ends before its last task
 
     @property
     def job_id(self) -> str:
@@ -121,25 +152,10 @@ class ChunkRunner:
             if payload is None:
                 raise TamperedError(f"chunk input {h.spill} is missing from the store")
             chunk.payload = payload
+        job = RunnerJob.of(m, str(self.scratch / "work"), self.data.files(chunk.job))
+        fns = {ref: self.data.fn(m.id, ref) for ref in h.fns}
         self.runner.send(
-            "load",
-            {
-                "lo": h.lo,
-                "nested": h.nested,
-                "payload": payload,
-                "fns": {ref: self.data.fn(m.id, ref) for ref in h.fns},
-                "job": {
-                    "id": m.id,
-                    "seed": m.seed,
-                    "kind": m.kind,
-                    "command": m.command,
-                    "retries": m.options.retries,
-                    "seed_globals": m.options.seed_globals,
-                    "env": m.options.env,
-                    "workroot": str(self.scratch / "work"),
-                    "files": self.data.files(chunk.job),
-                },
-            },
+            "load", {"lo": h.lo, "nested": h.nested, "payload": payload, "fns": fns, "job": job}
         )
         self.runner_job = _trust_domain(chunk.job)
 
@@ -158,9 +174,9 @@ class ChunkRunner:
             self._load(chunk)
         mean = self.mean.get(chunk.job_id)
         batch = 1 if mean is None else max(1, min(4096, int(_BATCH_TARGET / max(mean, 1e-6))))
-        while chunk.todo and chunk.stop_reason is None and self.preempted_at is None:
+        while chunk.todo and chunk.stop is None and self.preempted_at is None:
             if chunk.job.cancelled:  # cancelled, running tasks allowed to finish: they have
-                chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
+                chunk.stop = _Stop.cancel(chunk.job_id)
                 break
             self._ensure_runner(chunk)
             if chunk.careful:
@@ -186,8 +202,8 @@ class ChunkRunner:
                 self._flush(chunk)
             if not chunk.careful:
                 self._maybe_split(chunk, batch)
-        if chunk.stop_reason is not None and not isinstance(chunk.stop_reason, InterruptedError):
-            self._fail_all(chunk, chunk.stop_reason)
+        if chunk.stop is not None and chunk.stop.error is not None:
+            self._fail_all(chunk, chunk.stop.error)  # (a handed-back chunk keeps its todo)
 
     def _claim(self, chunk: _Chunk, sub: list[int]) -> list[int]:
         """Tasks of an Executor's submit() job are claimed one by one before they run:
@@ -202,7 +218,7 @@ class ChunkRunner:
                     was = None  # a forged claim cancels nothing
                 if was == b"cancel":
                     del chunk.todo[i]
-                    self._add_rows(chunk, [(i, 0, None, None, 0.0, 0.0, True)])
+                    self._add_rows(chunk, [OutcomeRow.cancellation(i)])
                     continue
             out.append(i)
         return out
@@ -250,15 +266,16 @@ class ChunkRunner:
                     chunk.ran += self._accept(chunk, *data)
                     chunk.busy += time.monotonic() - t0
                     t0 = time.monotonic()
-                self._watch(chunk)
+                kill = self._watch(chunk)
+                if kill is not None:
+                    self.runner.kill()
+                    self._on_death(chunk, None, kill)
+                    return
         except RunnerDied as died:
-            cause = died.__cause__
-            self._on_death(
-                chunk, died.returncode, cause.reason if isinstance(cause, _Killed) else None
-            )
+            self._on_death(chunk, died.returncode, None)
         except TamperedError as e:  # the task runner broke its protocol: end it
             self.runner.kill()
-            chunk.stop_reason = TaskCrashed(f"the task process was killed: {e}")
+            chunk.stop = _Stop.fail(TaskCrashed(f"the task process was killed: {e}"))
         finally:
             chunk.running = frozenset()
 
@@ -295,19 +312,18 @@ class ChunkRunner:
             raise ValueError("an output directory outside the task's working area")
         return p
 
-    def _watch(self, chunk: _Chunk) -> None:
+    def _watch(self, chunk: _Chunk) -> _Kill | None:
+        """While a batch runs: whether to kill it now, and why (None: let it run)."""
         st = self.runner.status()
         opts = chunk.job.manifest.options
-        reason: Exception | None = None
         if self.stopping.is_set():
-            reason = chunk.stop_reason = InterruptedError("worker stopping")
-        elif (
-            self.preempted_at and time.monotonic() - self.preempted_at > self.options.preempt_grace
-        ):
-            reason = chunk.stop_reason = InterruptedError("machine preempted")
-        elif chunk.job.cancelled and chunk.job.cancel_running:
-            reason = chunk.stop_reason = JobCancelled(f"job {chunk.job_id} was cancelled")
-        elif st.index >= 0:
+            return _Kill(stop=_Stop.hand_back("the worker is stopping"))
+        if self.preempted_at and time.monotonic() - self.preempted_at > self.options.preempt_grace:
+            return _Kill(stop=_Stop.hand_back("the machine is being preempted"))
+        if chunk.job.cancelled and chunk.job.cancel_running:
+            return _Kill(stop=_Stop.cancel(chunk.job_id))
+        reason: Exception | None = None
+        if st.index >= 0:
             ran = time.time() - st.started
             if opts.timeout is not None and ran > opts.timeout:
                 reason = TaskTimeout(
@@ -326,29 +342,33 @@ class ChunkRunner:
             if reason is None and ran > _LIVE_LOG_EVERY:
                 self._stream_log(chunk, st.index, st.attempt, st.log_offset)
         if reason is not None:
-            self.runner.kill()
-            raise RunnerDied(None) from _Killed(reason)
+            return _Kill(error=reason)
         if time.monotonic() - chunk.last_flush > max(self.backend.flush_interval, 1.0):
             self._flush(chunk)
+        return None
 
-    def _on_death(self, chunk: _Chunk, rc: int | None, killed: Exception | None) -> None:
+    def _on_death(self, chunk: _Chunk, rc: int | None, kill: _Kill | None) -> None:
+        """The task runner is gone: it died (``rc``), or the worker killed it (``kill``)."""
         st = self.runner.status()
         self.runner.close()
+        if kill is not None and kill.stop is not None:
+            chunk.stop = kill.stop  # the running task is handed back or cancelled, not failed
+            return
         if st.index < 0 or st.index not in chunk.todo:
-            if killed is None:
+            if kill is None:
                 chunk.idle_deaths += 1
                 if chunk.idle_deaths >= 3:
-                    chunk.stop_reason = TaskCrashed(
-                        f"the task process died outside any task three times (last status {rc})"
+                    chunk.stop = _Stop.fail(
+                        TaskCrashed(
+                            f"the task process died outside any task three times (last status {rc})"
+                        )
                     )
             return
         i, attempt = st.index, st.attempt
-        if isinstance(killed, (InterruptedError, JobCancelled)):
-            return  # stop_reason is set; the task is released or cancelled, not failed
-        err = killed or describe_death(i, rc)
+        err = (kill.error if kill is not None else None) or describe_death(i, rc)
         segment = (attempt, st.log_offset, self.runner.log_size())
         self._add_logs(chunk, i, [segment])
-        if attempt <= chunk.job.manifest.options.retries:
+        if chunk.job.manifest.options.retry_after(attempt):
             chunk.todo[i] = attempt + 1
             return
         del chunk.todo[i]
@@ -380,24 +400,24 @@ class ChunkRunner:
         self.tasks_done += len(got)
         return len(got)
 
-    def _add_rows(self, chunk: _Chunk, rows: list[tuple]) -> None:
+    def _add_rows(self, chunk: _Chunk, rows: list[OutcomeRow]) -> None:
         chunk.blobs.append(codec.pack_rows(rows))
-        chunk.indices.extend(r[0] for r in rows)
-        failed = sum(1 for r in rows if r[3] is not None)
+        chunk.indices.extend(r.index for r in rows)
+        failed = sum(1 for r in rows if r.error is not None)
         chunk.nfail += failed
         self.failures += failed
         self.tasks_done += len(rows)
 
-    def _record_error(self, chunk: _Chunk, index: int, attempt: int, err: Exception, **kw) -> None:
-        info = codec.error_info(err, f"{type(err).__name__}: {err}\n").to_wire()
-        now = time.time()
-        self._add_rows(chunk, [(index, attempt, None, info, kw.get("started", now), now, False)])
+    def _record_error(
+        self, chunk: _Chunk, index: int, attempt: int, err: Exception, started: float | None = None
+    ) -> None:
+        info = codec.error_info(err, f"{type(err).__name__}: {err}\n")
+        row = OutcomeRow.failure(index, attempt, info, time.time() if started is None else started)
+        self._add_rows(chunk, [row])
 
     def _fail_all(self, chunk: _Chunk, err: Exception) -> None:
         if isinstance(err, JobCancelled):
-            self._add_rows(
-                chunk, [(i, a, None, None, 0.0, 0.0, True) for i, a in chunk.todo.items()]
-            )
+            self._add_rows(chunk, [OutcomeRow.cancellation(i, a) for i, a in chunk.todo.items()])
         else:
             for i, attempt in list(chunk.todo.items()):
                 self._record_error(chunk, i, attempt, err)
@@ -429,9 +449,14 @@ class ChunkRunner:
         """Hand the chunk's finished outcomes and logs to the committer."""
         if chunk.indices or chunk.logs or chunk.checkpoints:
             self.committer.flush(
-                chunk.job_id, chunk.blobs, chunk.indices, chunk.nfail, chunk.logs,
-                chunk.checkpoints, wait=chunk.careful,
-            )  # fmt: skip
+                chunk.job_id,
+                chunk.blobs,
+                chunk.indices,
+                chunk.nfail,
+                chunk.logs,
+                chunk.checkpoints,
+                wait=chunk.careful,
+            )
             chunk.blobs, chunk.indices, chunk.logs, chunk.checkpoints = [], [], {}, []
             chunk.nfail = 0
         chunk.last_flush = time.monotonic()
@@ -468,8 +493,11 @@ class ChunkRunner:
         chunk.t0 = time.monotonic()
         log.info(
             "chunk %s of job %s: handed %d tasks back as %d messages",
-            h.chunk, chunk.job_id, len(tail), len(bodies),
-        )  # fmt: skip
+            h.chunk,
+            chunk.job_id,
+            len(tail),
+            len(bodies),
+        )
 
     def _forget_starts(self, chunk: _Chunk) -> None:
         if chunk.careful:
@@ -527,11 +555,3 @@ def _ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:
         else:
             out.append([i, i])
     return tuple((a, b) for a, b in out)
-
-
-class _Killed(Exception):
-    """Why the worker killed the runner (chained onto RunnerDied)."""
-
-    def __init__(self, reason: Exception):
-        super().__init__(reason)
-        self.reason = reason

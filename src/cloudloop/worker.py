@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import codec, keys
+from . import __version__, codec, keys
 from .backends import Backend
 from .commit import Committer, is_transient
 from .errors import (
@@ -131,7 +131,8 @@ class Worker(ChunkRunner):
         self.backend = backend
         self.queue, self.store, self.key = backend.queue, backend.store, backend.key
         self.options = options or WorkerOptions()
-        self.heartbeat_every = self.options.heartbeat or backend.heartbeat_default
+        self.every = self.options.heartbeat or backend.heartbeat_default  # heartbeat records
+        self.lease_s = self.options.lease
         # $CLOUDLOOP_HOST names the machine when the hostname does not (containers,
         # network namespaces, hosts that all call themselves "localhost")
         self.host = (os.environ.get("CLOUDLOOP_HOST") or socket.gethostname())[:200]
@@ -159,7 +160,7 @@ class Worker(ChunkRunner):
         self._paused_checked = -math.inf
         self._is_paused = False
         self._trouble: str | None = None
-        self._heartbeat = Heartbeat(self)
+        self._heartbeat = Heartbeat(backend, self)
 
     # ---------------------------------------------------------------- main loop
 
@@ -181,9 +182,11 @@ class Worker(ChunkRunner):
     def request_stop(self, *_: Any) -> None:
         self.stopping.set()
 
-    def on_preempt(self, notice: dict) -> None:
-        """A spot interruption notice: finish or checkpoint, hand work back, leave."""
+    def on_preempt(self, notice: dict | None = None) -> None:
+        """A spot interruption notice (or the cost deadline): finish or checkpoint,
+        hand work back, leave."""
         if self.preempted_at is None:
+            log.warning("leaving: %s", (notice or {}).get("action", "preempted"))
             self.preempted_at = time.monotonic()
             self.runner.preempt()
 
@@ -194,6 +197,45 @@ class Worker(ChunkRunner):
     def trouble(self) -> str | None:
         """What is going wrong, in words, for the heartbeat record (None: nothing)."""
         return self.committer.trouble or self._trouble
+
+    # ---------------------------------------------------------------- for the heartbeat
+
+    def leases(self) -> list[Lease]:
+        held = self.committer.held()
+        chunk = self.current
+        if chunk is not None and not chunk.lost:
+            held.append(chunk.lease)
+        return held
+
+    def lease_lost(self, lease: Lease) -> None:
+        chunk = self.current
+        if chunk is not None and lease is chunk.lease:
+            chunk.lost = True
+
+    def tick(self) -> None:
+        chunk = self.current
+        if chunk is not None:
+            self.data.is_cancelled(chunk.job)
+        stop_at = self.options.stop_at
+        if stop_at and time.time() > stop_at and self.preempted_at is None:
+            self.on_preempt({"action": "the cluster's cost deadline has passed"})
+
+    def record(self) -> dict[str, Any]:
+        chunk = self.current
+        st = self.runner.status() if self.runner.alive else None
+        state = "preempted" if self.preempted_at else "busy" if chunk else "idle"
+        return {
+            "id": self.id, "host": self.host, "pid": os.getpid(), "provider": self.provider,
+            "version": __version__, "backend": self.backend.url, "started": self.started,
+            "last_seen": time.time(), "every": self.every, "state": state,
+            "job": chunk.job_id if chunk else None,
+            "task": st.index if st and st.index >= 0 else None,
+            "progress": st.progress if st and st.progress >= 0 else None,
+            "message": st.message if st else "",
+            "tasks_done": self.tasks_done, "failures": self.failures,
+            "rss": self.runner.rss() if self.runner.alive else 0,
+            "load": os.getloadavg()[0], "error": self.trouble(), **self.machine,
+        }  # fmt: skip
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -225,9 +267,11 @@ class Worker(ChunkRunner):
                 continue
             try:
                 paused = self._paused()
-                leases = [] if paused else self.queue.lease(
-                    1, self.options.lease, wait_s=self.backend.idle_wait
-                )  # fmt: skip
+                leases = (
+                    []
+                    if paused
+                    else self.queue.lease(1, self.options.lease, wait_s=self.backend.idle_wait)
+                )
             except Exception as e:  # a backend hiccup: try again, do not leave
                 self._trouble = f"cannot take work from the queue: {_said(e)}"
                 log.warning("%s (retrying in %.1f s)", self._trouble, backoff.pause)
@@ -379,6 +423,8 @@ class Worker(ChunkRunner):
         job = str(claimed.get("job", "?"))[:80]
         log.error(
             "message %s (claiming job %r) failed verification (%s); dead-lettered",
-            lease.id, job, err,
-        )  # fmt: skip
+            lease.id,
+            job,
+            err,
+        )
         self._deadletter(lease, f"failed verification: {err}", fail_tasks=False)
