@@ -112,6 +112,18 @@ class _Kill:
 
 
 @dataclass
+class _Unstored:
+    """Outcomes, logs and finished checkpoints taken from the runner, not yet handed
+    to the committer (every flush_interval, and at the chunk's end)."""
+
+    blobs: list[bytes] = field(default_factory=list)  # packed outcome rows
+    indices: list[int] = field(default_factory=list)  # the tasks in blobs
+    nfail: int = 0
+    logs: dict[int, list] = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)  # tasks done: drop their checkpoint
+
+
+@dataclass
 class _Chunk:
     lease: Lease
     header: MessageHeader
@@ -120,11 +132,7 @@ class _Chunk:
     payload: bytes
     careful: bool
     t0: float = field(default_factory=time.monotonic)
-    blobs: list[bytes] = field(default_factory=list)  # packed outcome rows not yet stored
-    indices: list[int] = field(default_factory=list)  # the tasks in blobs
-    nfail: int = 0
-    logs: dict[int, list] = field(default_factory=dict)
-    checkpoints: list[int] = field(default_factory=list)
+    out: _Unstored = field(default_factory=lambda: _Unstored())  # for the committer
     streamed: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     last_flush: float = field(default_factory=time.monotonic)
     split_probed: float = -math.inf
@@ -388,23 +396,23 @@ class ChunkRunner:
             raise TamperedError(f"{where} name tasks it was not given")
         for i in got:
             chunk.todo.pop(i, None)
-        chunk.blobs.append(packed)
-        chunk.indices.extend(got)
+        chunk.out.blobs.append(packed)
+        chunk.out.indices.extend(got)
         for entry in side:
             index, segments, checkpointed, failed = _side_entry(entry, chunk.running, where)
             self._add_logs(chunk, index, segments)
             if checkpointed and not failed:
-                chunk.checkpoints.append(index)
-            chunk.nfail += failed
+                chunk.out.checkpoints.append(index)
+            chunk.out.nfail += failed
             self.failures += failed
         self.tasks_done += len(got)
         return len(got)
 
     def _add_rows(self, chunk: _Chunk, rows: list[OutcomeRow]) -> None:
-        chunk.blobs.append(codec.pack_rows(rows))
-        chunk.indices.extend(r.index for r in rows)
+        chunk.out.blobs.append(codec.pack_rows(rows))
+        chunk.out.indices.extend(r.index for r in rows)
         failed = sum(1 for r in rows if r.error is not None)
-        chunk.nfail += failed
+        chunk.out.nfail += failed
         self.failures += failed
         self.tasks_done += len(rows)
 
@@ -429,7 +437,7 @@ class ChunkRunner:
             data = self.runner.read_log(max(start, sent), end)
             if data:
                 text = data.decode(errors="replace")
-                chunk.logs.setdefault(index, []).append([attempt, part, text])
+                chunk.out.logs.setdefault(index, []).append([attempt, part, text])
 
     def _stream_log(self, chunk: _Chunk, index: int, attempt: int, offset: int) -> None:
         if index not in chunk.todo:
@@ -447,18 +455,18 @@ class ChunkRunner:
 
     def _flush(self, chunk: _Chunk) -> None:
         """Hand the chunk's finished outcomes and logs to the committer."""
-        if chunk.indices or chunk.logs or chunk.checkpoints:
+        out = chunk.out
+        if out.indices or out.logs or out.checkpoints:
             self.committer.flush(
                 chunk.job_id,
-                chunk.blobs,
-                chunk.indices,
-                chunk.nfail,
-                chunk.logs,
-                chunk.checkpoints,
+                out.blobs,
+                out.indices,
+                out.nfail,
+                out.logs,
+                out.checkpoints,
                 wait=chunk.careful,
             )
-            chunk.blobs, chunk.indices, chunk.logs, chunk.checkpoints = [], [], {}, []
-            chunk.nfail = 0
+            chunk.out = _Unstored()
         chunk.last_flush = time.monotonic()
 
     def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
