@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,31 @@ def parse_size(value: Any, what: str = "size") -> int | None:
     return size
 
 
+def check_known(
+    given: Iterable[str], known: Iterable[str], what: str = "", kind: str = "option"
+) -> None:
+    """Refuse names a user gave that are not ``known``, listing the known ones.
+
+    The one wording for this everywhere names come from a user (profile and
+    provider options, keyword arguments, URL parameters)::
+
+        ec2 provider: unknown option(s) ['instance_type']; known: ['cluster', ...]
+
+    Args:
+        given: the names given.
+        known: the names accepted.
+        what: who is refusing, first on the line ("ec2 provider", "backend 'x'").
+        kind: what the names are ("option", "job option", "parameter").
+
+    Raises:
+        ConfigError: if any name is not known.
+    """
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        where = f"{what}: " if what else ""
+        raise ConfigError(f"{where}unknown {kind}(s) {unknown}; known: {sorted(known)}")
+
+
 def _whole(value: Any, what: str, least: int) -> int:
     if type(value) is not int or value < least:
         raise ConfigError(f"{what} must be a whole number >= {least}, not {value!r}")
@@ -148,11 +174,7 @@ def _job_value(k: str, v: Any) -> Any:
 
 def job_options(base: JobOptions | None = None, **values: Any) -> JobOptions:
     """Build JobOptions from user values, converting units and checking each one."""
-    unknown = set(values) - JOB_OPTION_NAMES
-    if unknown:
-        raise ConfigError(
-            f"unknown job option(s) {sorted(unknown)}; known: {sorted(JOB_OPTION_NAMES)}"
-        )
+    check_known(values, JOB_OPTION_NAMES, kind="job option")
     changes = {k: _job_value(k, v) for k, v in values.items()}
     return (base or JobOptions()).replace(**changes)
 
@@ -182,11 +204,7 @@ def _worker_value(k: str, v: Any) -> Any:
 
 
 def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOptions:
-    unknown = set(values) - WORKER_OPTION_NAMES
-    if unknown:
-        raise ConfigError(
-            f"unknown worker option(s) {sorted(unknown)}; known: {sorted(WORKER_OPTION_NAMES)}"
-        )
+    check_known(values, WORKER_OPTION_NAMES, kind="worker option")
     out = (base or WorkerOptions()).replace(**{k: _worker_value(k, v) for k, v in values.items()})
     if out.lease < 1.0:
         raise ConfigError(

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from .. import __version__, keys
 from ..backends.aws import aws_errors, clients, error_code, open_aws, parse_aws_url
 from ..backends.base import secret_from_env
+from ..config import check_known
 from ..errors import ConfigError
 from ..jobdata import paused
 from ..model import WorkerOptions
@@ -62,12 +63,7 @@ class Ec2Settings:
     @classmethod
     def from_options(cls, profile: str, options: dict[str, Any]) -> Ec2Settings:
         opts = dict(options)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(opts) - known
-        if unknown:
-            raise ConfigError(
-                f"ec2 provider: unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        check_known(opts, cls.__dataclass_fields__, "ec2 provider")
         for k in ("instance_types", "requirements", "pip_args", "subnets"):
             if k in opts:
                 if isinstance(opts[k], str) or not all(isinstance(x, str) for x in opts[k]):

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..config import check_known
 from ..errors import ConfigError
 from ..model import WorkerOptions
 from .base import Provider, WorkerPool
@@ -162,11 +163,7 @@ class LocalProvider(Provider):
 
     def __init__(self, options=None, profile: str = ""):
         super().__init__(options, profile)
-        unknown = set(self.options) - {"python"}
-        if unknown:
-            raise ConfigError(
-                f"local provider: unknown option(s) {sorted(unknown)}; known: ['python']"
-            )
+        check_known(self.options, {"python"}, "local provider")
 
     def start(self, backend_url: str, n: int, worker: WorkerOptions) -> LocalPool:
         log_dir = private_dir(Path(tempfile.gettempdir()) / f"cloudloop-{os.getuid()}") / "workers"

@@ -51,6 +51,7 @@ from typing import Any
 
 from .. import __version__
 from ..backends.base import secret_from_env
+from ..config import check_known
 from ..errors import ConfigError, TamperedError
 from ..model import WorkerOptions
 from . import wheelhouse
@@ -111,12 +112,7 @@ class SshSettings:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SshSettings:
         opts = dict(options)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(opts) - known
-        if unknown:
-            raise ConfigError(
-                f"ssh provider: unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        check_known(opts, cls.__dataclass_fields__, "ssh provider")
         if "hosts" not in opts:
             raise ConfigError('ssh provider: give hosts = ["n1", "n2*8"] (~/.ssh/config aliases)')
         opts["hosts"] = parse_hosts(opts["hosts"])
