@@ -36,7 +36,7 @@ import sys
 import sysconfig
 import traceback
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cloudpickle
@@ -247,7 +247,7 @@ def _code_reduce(code: types.CodeType) -> Any:
     return fn, args
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
     """cloudpickle, plus ``functools.lru_cache``/``cache`` wrappers defined in
     ``__main__`` or a notebook, which plain cloudpickle pickles by a reference
     that workers cannot resolve, and code objects that keep their file names."""
@@ -306,7 +306,7 @@ def _describe(obj: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
 
 
-def _children(obj: Any):
+def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(obj, types.FunctionType):
         code = obj.__code__
         for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
@@ -422,7 +422,7 @@ def encode_part(key: bytes, name: str, worker: str, host: str, blobs: list[bytes
 
 def part_rows(
     key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
-) -> tuple[str, str, list[tuple]]:
+) -> tuple[str, str, list[tuple[Any, ...]]]:
     """(worker, host, rows) of a result part, verified; ``span``: the (lo, hi) its
     key claims, which every row's index must lie in.
 

@@ -88,7 +88,7 @@ def job_html(st: JobStatus, backend: str = "") -> str:
     store is not trusted to hold numbers), and only numbers go into style values.
     """
     e = _text
-    total = st.total if _number(st.total) else 0
+    total = _number(st.total)
     ok = _pct(_number(st.done) - _number(st.failed), total)
     bad = _pct(_number(st.failed), total)
     facts = [f"{e(st.done)}/{'?' if st.total is None else e(st.total)} tasks"]
@@ -100,7 +100,7 @@ def job_html(st: JobStatus, backend: str = "") -> str:
         facts.append(f"{st.rate:.1f} tasks/s")
     facts.append(f"elapsed {e(format_seconds(_number(st.elapsed)))}")
     if _number(st.eta) and not st.state.finished:
-        facts.append(f"eta {e(format_seconds(st.eta))}")
+        facts.append(f"eta {e(format_seconds(_number(st.eta)))}")
     state = getattr(st.state, "value", st.state)
     colour = _STATE_COLOURS.get(state, "#344054")
     where = f" · {e(backend)}" if backend else ""
@@ -124,8 +124,9 @@ def _text(value: object) -> str:
 
 def _number(value: object) -> float:
     """``value`` if it is a finite number, else 0."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return value if ok else 0  # type: ignore[return-value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return 0
 
 
 def _pct(part: float, total: float) -> float:

@@ -74,7 +74,7 @@ class JobData:
 
     def done(self, job_id: str, todo: dict[int, int]) -> list[int]:
         """Which of ``todo`` already have a stored result."""
-        out = []
+        out: list[int] = []
         for key in self.store.list(keys.results_prefix(job_id)):
             try:
                 lo, hi, _ = keys.parse_result(key)

@@ -237,6 +237,7 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         if _size(value) < SHARE_BYTES:
             return value
         ex = self._executor
+        assert ex is not None, "configure() starts the executor before any submit"
         blob = codec.dumps(value, "a large argument of a joblib call")
         key = keys.shared(ex.session_job().id, codec.digest(blob))
         ex.backend.put_signed(key, blob, if_absent=True)

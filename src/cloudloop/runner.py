@@ -406,8 +406,11 @@ class _Child:
             self.side.append((index, segments, checkpointed, not ok))
         return True
 
-    def call(self, index: int, attempt: int) -> tuple[bool, Any, bool]:
+    def call(self, index: int, attempt: int) -> tuple[bool | None, Any, bool]:
+        """Run one attempt: (True, pickled value) or (False, ErrorInfo), and whether it
+        checkpointed; (None, None, ...) when the task handed itself back (cl.Preempted)."""
         job, ctx = self.job, self.ctx
+        assert job is not None and ctx is not None, "a task runs only after load"
         ctx.index, ctx.attempt, ctx.checkpointed = index, attempt, False
         context._set(ctx)
         try:
@@ -416,7 +419,7 @@ class _Child:
             if job.seed_globals:
                 seed = ctx.seed
                 _seed_random(_global_random, seed)  # random.seed(seed) minus its Python wrapper
-                _global_random.gauss_next = None
+                _global_random.gauss_next = None  # type: ignore[attr-defined]
                 if "numpy" in sys.modules:
                     sys.modules["numpy"].random.seed(seed % 2**32)
             task = self.tasks[index - self.lo]
@@ -442,8 +445,8 @@ class _Child:
         except Preempted:
             if self.status.preempted():
                 return None, None, ctx.checkpointed
-            e = RuntimeError("cl.Preempted was raised but no spot interruption notice arrived")
-            return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
+            wrong = RuntimeError("cl.Preempted was raised but no spot interruption notice arrived")
+            return False, codec.error_info(wrong, _format_tb(wrong)), ctx.checkpointed
         except BaseException as e:
             return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         finally:
@@ -463,6 +466,7 @@ class _Child:
 
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
+        assert job is not None
         cmd = commands.prepare(job.command or "", item, index, seed, job.id)  # values as data
         workdir = Path(job.workroot) / f"{job.id}-{index}-{os.getpid()}"
         workdir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from . import codec, keys, outputs
+from .backends import Backend, Queue, Store
+from .commit import Committer
 from .errors import (
     JobCancelled,
     MemoryLimitExceeded,
@@ -41,9 +43,9 @@ from .errors import (
     TaskTimeout,
     WorkerLost,
 )
-from .jobdata import JobInfo
-from .model import Lease, MessageHeader, OutcomeRow, RunnerJob
-from .runner import RunnerDied
+from .jobdata import JobData, JobInfo
+from .model import Lease, MessageHeader, OutcomeRow, RunnerJob, WorkerOptions
+from .runner import RunnerDied, RunnerProcess
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -78,6 +80,20 @@ def describe_death(index: int, rc: int | None) -> Exception:
         f"task {index}'s process exited with status {rc} before returning "
         "(os._exit(), or a native library calling exit())."
     )
+
+
+class _Flag:
+    """A stop flag safe to set from a signal handler (``threading.Event.set``
+    takes a lock, and a second signal arriving inside it would deadlock)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 @dataclass(frozen=True)
@@ -152,14 +168,33 @@ class _Chunk:
 class ChunkRunner:
     """How a worker runs a chunk (see the module docstring); mixed into Worker."""
 
+    # what it uses of its Worker (set in Worker.__init__)
+    id: str
+    backend: Backend
+    store: Store
+    queue: Queue
+    key: bytes
+    options: WorkerOptions
+    scratch: Path
+    runner: RunnerProcess
+    runner_job: str | None
+    data: JobData
+    committer: Committer
+    mean: dict[str, float]
+    stopping: _Flag
+    preempted_at: float | None
+    tasks_done: int
+    failures: int
+    _mem_checked: float
+
     def _load(self, chunk: _Chunk) -> None:
         h, m = chunk.header, chunk.job.manifest
-        payload = chunk.payload
-        if not payload and h.spill:
-            payload = self.backend.get_signed(h.spill, "chunk input")
-            if payload is None:
+        if not chunk.payload and h.spill:
+            spilled = self.backend.get_signed(h.spill, "chunk input")
+            if spilled is None:
                 raise TamperedError(f"chunk input {h.spill} is missing from the store")
-            chunk.payload = payload
+            chunk.payload = spilled
+        payload = chunk.payload
         job = RunnerJob.of(m, str(self.scratch / "work"), self.data.files(chunk.job))
         fns = {ref: self.data.fn(m.id, ref) for ref in h.fns}
         self.runner.send(

@@ -70,27 +70,13 @@ from .jobdata import JobData, paused
 from .model import Lease, MessageHeader, WorkerOptions
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
-from .taskrun import ChunkRunner, _Chunk, _said
+from .taskrun import ChunkRunner, _Chunk, _Flag, _said
 
 log = logging.getLogger("cloudloop.worker")
 
 _POISON_TRIES = 3  # deliveries whose handling failed before a message is dead-lettered
 #: what the task runner must not inherit: the key and the URL that opens the backend
 SECRET_ENV = ("CLOUDLOOP_SECRET", "CLOUDLOOP_SECRET_FILE", "CLOUDLOOP_BACKEND")
-
-
-class _Flag:
-    """A stop flag safe to set from a signal handler (``threading.Event.set``
-    takes a lock, and a second signal arriving inside it would deadlock)."""
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
 
 
 class _Backoff:
@@ -168,7 +154,7 @@ class Worker(ChunkRunner):
         """Instance id, type and market from instance metadata, when there is some."""
         if not self.options.metadata_url:
             return {}
-        imds, out = Imds(self.options.metadata_url), {}
+        imds, out = Imds(self.options.metadata_url), dict[str, str]()
         for key, path in (("instance", "instance-id"), ("instance_type", "instance-type"),
                           ("market", "instance-life-cycle")):  # fmt: skip
             try:

@@ -43,7 +43,8 @@ def _factory(scheme: str) -> Callable[[str], Backend]:
     except ImportError as e:
         hint = f" (pip install 'cloudloop[{extra}]')" if extra else ""
         raise ConfigError(f"backend {scheme!r} needs {e.name}{hint}") from e
-    return getattr(mod, name)
+    factory: Callable[[str], Backend] = getattr(mod, name)
+    return factory
 
 
 def open_backend(url: str) -> Backend:

@@ -54,7 +54,7 @@ _SQS_MAX_WAIT = 20
 
 def error_code(e: ClientError) -> str:
     """The AWS error code of a ClientError (e.g. ``NoSuchKey``)."""
-    return e.response.get("Error", {}).get("Code", "")
+    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 _GONE_CODES = {
@@ -220,7 +220,8 @@ class S3Store(Store):
 
     def get(self, key: str) -> bytes:
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
         except ClientError as e:
             if error_code(e) in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
@@ -289,7 +290,7 @@ def parse_aws_url(url: str) -> dict[str, str]:
     return {"bucket": bucket, "prefix": prefix, "queue": name, **query}
 
 
-_clients: dict[tuple, tuple[Any, Any]] = {}
+_clients: dict[tuple[str | None, str | None, int], tuple[Any, Any]] = {}
 _lock = threading.Lock()
 
 
@@ -342,7 +343,7 @@ def clients(region: str | None, endpoint: str | None) -> tuple[Any, Any]:
 def ensure_queue(sqs: Any, name: str) -> str:
     """The queue's URL, creating it (and its dead-letter queue) if it does not exist."""
     try:
-        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        return str(sqs.get_queue_url(QueueName=name)["QueueUrl"])
     except ClientError as e:
         if "NonExistentQueue" not in error_code(e) and error_code(e) != "QueueDoesNotExist":
             raise
@@ -359,12 +360,12 @@ def ensure_queue(sqs: Any, name: str) -> str:
         "RedrivePolicy": f'{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{_DLQ_AFTER}"}}',
     }
     try:
-        return sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
+        return str(sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"])
     except ClientError as e:
         if error_code(e) not in ("InvalidAttributeValue", "InvalidParameterValue"):
             raise
         attrs["MaximumMessageSize"] = "262144"  # an SQS that predates 1 MiB messages
-        return sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
+        return str(sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"])
 
 
 def ensure_bucket(s3: Any, bucket: str, region: str | None) -> None:
@@ -391,7 +392,7 @@ def _secret(store: S3Store) -> bytes:
         return outside
     key = store.prefix + ".secret.key"
     try:
-        return store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+        return bytes(store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read())
     except ClientError as e:
         if error_code(e) not in ("NoSuchKey", "404"):
             raise
@@ -402,7 +403,7 @@ def _secret(store: S3Store) -> bytes:
     except ClientError as e:
         if error_code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             raise
-    return store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+    return bytes(store.s3.get_object(Bucket=store.bucket, Key=key)["Body"].read())
 
 
 def open_aws(url: str, create: bool = True) -> AwsBackend:

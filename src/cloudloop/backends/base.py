@@ -55,8 +55,9 @@ class Queue(abc.ABC):
     #: a message may, rarely, be delivered to two leasers at once (SQS standard
     #: queues are at-least-once); results are idempotent, so this only costs a re-run.
     may_duplicate: ClassVar[bool] = False
-    #: bodies larger than this must be spilled to the store by the caller.
-    max_message_bytes: ClassVar[int] = 1 << 20
+    #: bodies larger than this must be spilled to the store by the caller (a queue
+    #: may learn its own limit when it opens: SQS queues differ).
+    max_message_bytes: int = 1 << 20
 
     @abc.abstractmethod
     def put(self, bodies: Sequence[bytes]) -> list[str]:

@@ -41,7 +41,7 @@ import os
 import secrets
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -292,7 +292,7 @@ class RedisStore(Store):
         return bool(done)
 
     def get(self, key: str) -> bytes:
-        data = self.r.get(self.blob + check_key(key))
+        data = cast("bytes | None", self.r.get(self.blob + check_key(key)))
         if data is None:
             raise KeyError(key)
         return bytes(data)
@@ -305,7 +305,7 @@ class RedisStore(Store):
         lo = b"[" + prefix.encode()
         hi = b"(" + prefix.encode() + b"\xff"
         while True:
-            part = self.r.zrangebylex(self.index, lo, hi, start=0, num=10000)
+            part = cast("list[bytes]", self.r.zrangebylex(self.index, lo, hi, start=0, num=10000))
             out += [k.decode() for k in part]
             if len(part) < 10000:
                 return out
@@ -405,7 +405,7 @@ def _secret(client: redis.Redis, prefix: str) -> bytes:
         return outside
     with _secret_lock:
         client.set(f"{prefix}:secret", secrets.token_bytes(32), nx=True)
-        return bytes(client.get(f"{prefix}:secret"))
+        return bytes(cast(bytes, client.get(f"{prefix}:secret")))
 
 
 def open_redis(url: str) -> RedisBackend:

@@ -35,14 +35,16 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from ..errors import BackendError, ConfigError, LeaseLost
 from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, secret_from_env
 
 log = logging.getLogger("cloudloop")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -70,17 +72,17 @@ def _unusable(path: Path, e: Exception) -> BackendError:
     )
 
 
-def _queue_errors(method):
+def _queue_errors(method: _F) -> _F:
     """A damaged or vanished queue.db is a BackendError saying so, not sqlite's words."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: SqliteQueue, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as e:
             raise _unusable(self.path, e) from None
 
-    return wrapper
+    return cast(_F, wrapper)
 
 
 class SqliteQueue(Queue):
@@ -119,7 +121,9 @@ class SqliteQueue(Queue):
         return conn
 
     @contextlib.contextmanager
-    def _write(self, conn: sqlite3.Connection | None = None, durable: bool = False):
+    def _write(
+        self, conn: sqlite3.Connection | None = None, durable: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         conn = conn or self._db()
         # Only put must reach the disk before returning; a lease, extension,
         # release or ack lost to a power cut merely makes a task run again
@@ -184,7 +188,9 @@ class SqliteQueue(Queue):
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
         return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.02)
 
-    def _match(self, sql: str, params: list[tuple], leases: Sequence[Lease], what: str) -> None:
+    def _match(
+        self, sql: str, params: list[tuple[Any, ...]], leases: Sequence[Lease], what: str
+    ) -> None:
         lost = []
         with self._lock, self._write() as db:
             for lease, p in zip(leases, params):
@@ -265,24 +271,17 @@ class FileStore(Store):
                 f.write(data)
                 if self.fsync:
                     os.fsync(f.fileno())
-        except BaseException:  # a full disk: leave no half-written file behind
+            if not if_absent:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:  # a full disk, a lost race: no half-written or spare file stays behind
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise
-        try:
-            if if_absent:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    return False
-            else:
-                os.replace(tmp, path)
-                tmp = None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-        return True
 
     def get(self, key: str) -> bytes:
         try:
