@@ -40,7 +40,7 @@ from cloudloop.dashboard import DashboardServer
 from cloudloop.dashboard.server import CSP
 from cloudloop.dashboard.view import _worker_row, page_json
 from cloudloop.display import job_html
-from cloudloop.model import JobState, JobStatus
+from cloudloop.model import JobState, JobStatus, WorkerRecord
 from cloudloop.report import render_report
 
 PWN = "window.__pwned=1"
@@ -413,33 +413,51 @@ def test_report_keeps_the_snapshot_in_an_inert_data_block(text):
     assert f"<title>{html.escape(text)} · cloudloop report</title>" in page
 
 
+REFUSED = object()  # the record as a whole is not believed: no row at all
+
+
+def _row(rec, now=None):
+    """A heartbeat record as the pages get it: decoded as every reader decodes it
+    (:func:`cloudloop.heartbeat.worker_records`), then cut to what a page shows."""
+    try:
+        record = WorkerRecord.from_dict(rec)
+    except ValueError:
+        return REFUSED
+    return _worker_row(record, now=now)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "shown"),
     [
-        ("task", f"<img src=x onerror={PWN}>", None),
+        ("task", f"<img src=x onerror={PWN}>", REFUSED),
         ("task", -1, None),
-        ("task", 2.5, None),
-        ("task", True, None),
+        ("task", 2.5, REFUSED),
+        ("task", True, REFUSED),
         ("task", 7, 7),
-        ("load", "high", None),
-        ("load", float("nan"), None),
-        ("load", float("inf"), None),
+        ("load", "high", REFUSED),
+        ("load", float("nan"), REFUSED),
+        ("load", float("inf"), REFUSED),
+        ("load", -1.0, None),
         ("load", 1.25, 1.25),
         ("progress", 3.0, 1.0),
-        ("progress", "50%", None),
-        ("rss", [1], None),
-        ("tasks_done", {"n": 1}, None),
-        ("last_seen", "yesterday", None),
-        ("host", 12, None),
+        ("progress", "50%", REFUSED),
+        ("rss", [1], REFUSED),
+        ("tasks_done", {"n": 1}, REFUSED),
+        ("last_seen", "yesterday", REFUSED),
+        ("host", 12, REFUSED),
         ("host", "h" * 500, "h" * 200),
+        ("provider", "p" * 500, "p" * 40),
         ("message", None, ""),
         ("message", HOSTILE[0], HOSTILE[0]),
-        ("state", ["busy"], None),
+        ("message", "\x1b[2Jgone", "?[2Jgone"),
+        ("state", ["busy"], REFUSED),
     ],
 )
 def test_worker_row_keeps_each_field_of_its_type(field, value, shown):
-    rec = {"id": "w-1", "host": "h", "last_seen": 100.0, "task": 1, field: value}
-    row = _worker_row(rec, now=101.0)
+    row = _row({"id": "w-1", "host": "h", "last_seen": 100.0, "task": 1, field: value}, 101.0)
+    if shown is REFUSED:
+        assert row is REFUSED
+        return
     assert row[field] == shown
     assert set(row) >= {"id", "host", "task", "progress", "load", "rss", "live"}
     assert "backend" not in row  # a worker's own account of its backend URL is not shown
@@ -447,13 +465,14 @@ def test_worker_row_keeps_each_field_of_its_type(field, value, shown):
 
 @pytest.mark.parametrize("rec", [None, [], "x", {}, {"id": 5}, {"id": ""}, {"host": "h"}])
 def test_worker_row_without_an_id_is_dropped(rec):
-    assert _worker_row(rec) is None
+    assert _row(rec) in (None, REFUSED)
 
 
 def test_a_stale_or_timeless_worker_is_not_live():
-    assert _worker_row({"id": "w", "last_seen": 100.0}, now=200.0)["live"] is False
-    assert _worker_row({"id": "w", "last_seen": "now"}, now=200.0)["live"] is False
-    assert _worker_row({"id": "w", "last_seen": 100.0, "every": 60}, now=200.0)["live"] is True
+    assert _row({"id": "w", "last_seen": 100.0}, now=200.0)["live"] is False
+    assert _row({"id": "w"}, now=200.0)["live"] is False
+    assert _row({"id": "w", "last_seen": "now"}, now=200.0) is REFUSED
+    assert _row({"id": "w", "last_seen": 100.0, "every": 60}, now=200.0)["live"] is True
 
 
 def test_page_json_never_sends_nan():

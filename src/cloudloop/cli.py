@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import glob
 import importlib
@@ -19,10 +20,10 @@ from . import __version__, codec
 from .backends import open_backend
 from .cli_cluster import add_commands
 from .commands import build_template, check_rows, compile_template, read_table
-from .config import load_profile, parse_duration, worker_options
+from .config import Profile, default_backend, load_profile, parse_duration
 from .errors import CloudloopError
 from .job import Job, attach_job, list_jobs
-from .model import format_seconds
+from .model import WorkerOptions, format_seconds
 
 _SHIP_LIMIT = 50 << 20
 
@@ -188,13 +189,9 @@ def cmd_status(args) -> int:
         if line:
             print(line)
         for w in job.workers():
-            if w.get("job") == job.id and w.get("task") is not None:
-                prog = (
-                    ""
-                    if w.get("progress") is None
-                    else f" {w['progress'] * 100:.0f}% {w.get('message', '')}"
-                )
-                print(f"  task {w['task']} on {w['host']} (worker {w['id']}){prog}")
+            if w.job == job.id and w.task is not None:
+                prog = "" if w.progress is None else f" {w.progress * 100:.0f}% {w.message}"
+                print(f"  task {w.task} on {w.host} (worker {w.id}){prog}")
         for f in job.failures()[:10] if st.failed else []:
             print(f"  failed: {f}")
         return 0
@@ -317,18 +314,15 @@ def cmd_worker(args) -> int:
     from .worker import Worker
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` shows where it is
-    profile = load_profile(args.profile)
-    given = {
-        "lease": args.lease,
-        "idle_exit": args.idle_exit,
-        "heartbeat": args.heartbeat,
-        "split_after": args.split_after,
-        "metadata_url": args.metadata_url or os.environ.get("CLOUDLOOP_METADATA_URL"),
-        "preempt_grace": args.preempt_grace,
-        "stop_at": args.stop_at,
-    }
-    opts = worker_options(profile.worker, **{k: v for k, v in given.items() if v is not None})
-    if args.exit_when_orphaned or args.parent_pid is not None:
+    # a provider's worker gets every option as flags (--no-profile): a profile of the
+    # machine it runs on must not fill in what the flags leave at its default
+    profile = Profile("-", default_backend()) if args.no_profile else load_profile(args.profile)
+    flags = list(args.worker_flags)
+    metadata = os.environ.get("CLOUDLOOP_METADATA_URL")
+    if metadata and WorkerOptions.flag("metadata_url") not in flags:
+        flags += [WorkerOptions.flag("metadata_url"), metadata]
+    opts = WorkerOptions.from_args(flags, base=profile.worker)
+    if args.parent_pid is not None:
         opts = opts.replace(exit_when_orphaned=True)
     _private_process()
     # the URL may hold a password: it comes from $CLOUDLOOP_BACKEND (never a command
@@ -336,6 +330,26 @@ def cmd_worker(args) -> int:
     url = args.backend or os.environ.pop("CLOUDLOOP_BACKEND", None) or profile.backend
     Worker(_open_patiently(url), opts, parent_pid=args.parent_pid).run()
     return 0
+
+
+_WORKER_HELP = {
+    "lease": "lease length, e.g. 30s",
+    "idle_exit": "exit after this long without work",
+    "heartbeat": "seconds between heartbeats",
+    "split_after": "hand back the tail of chunks running longer",
+    "metadata_url": "watch this instance metadata for spot notices (EC2: http://169.254.169.254)",
+    "preempt_grace": "after a spot notice, how long the task may go on (default 60s)",
+    "stop_at": "unix time to leave by (set by the ec2 provider for max_cost)",
+    "exit_when_orphaned": argparse.SUPPRESS,
+}
+
+
+class _WorkerFlag(argparse.Action):
+    """Keeps a worker option's flag and value as given: WorkerOptions.from_args reads them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = [*getattr(namespace, self.dest), option_string]
+        namespace.worker_flags = given if self.nargs == 0 else [*given, values]
 
 
 def _open_patiently(url: str, patience: float = 120.0):
@@ -496,25 +510,14 @@ def _parser() -> argparse.ArgumentParser:
     w = common(sub.add_parser("worker", help="serve a backend's queue until stopped", description=(
         "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
         "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop).")))  # fmt: skip
-    w.add_argument("--lease", type=parse_duration, help="lease length, e.g. 30s")
-    w.add_argument("--idle-exit", type=parse_duration, help="exit after this long without work")
-    w.add_argument("--heartbeat", type=parse_duration, help="seconds between heartbeats")
-    w.add_argument(
-        "--split-after", type=parse_duration, help="hand back the tail of chunks running longer"
-    )
-    w.add_argument(
-        "--metadata-url",
-        help="watch this instance metadata for spot notices (EC2: http://169.254.169.254)",
-    )
-    w.add_argument(
-        "--preempt-grace",
-        type=parse_duration,
-        help="after a spot notice, how long the task may go on (default 60s)",
-    )
-    w.add_argument(
-        "--stop-at", type=float, help="unix time to leave by (set by the ec2 provider for max_cost)"
-    )
-    w.add_argument("--exit-when-orphaned", action="store_true", help=argparse.SUPPRESS)
+    # one flag per WorkerOptions field, kept as typed for WorkerOptions.from_args to read
+    for f in dataclasses.fields(WorkerOptions):
+        switch = f.default is False
+        w.add_argument(WorkerOptions.flag(f.name), action=_WorkerFlag, dest="worker_flags",
+                       nargs=0 if switch else None, metavar=None if switch else f.name.upper(),
+                       help=_WORKER_HELP[f.name])  # fmt: skip
+    w.set_defaults(worker_flags=[])
+    w.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     w.set_defaults(fn=cmd_worker)

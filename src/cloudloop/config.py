@@ -179,7 +179,7 @@ def job_options(base: JobOptions | None = None, **values: Any) -> JobOptions:
     return (base or JobOptions()).replace(**changes)
 
 
-_MORE_THAN_ZERO = ("lease", "heartbeat", "flush", "split_after")
+_MORE_THAN_ZERO = ("lease", "heartbeat", "split_after")
 
 
 def _worker_value(k: str, v: Any) -> Any:

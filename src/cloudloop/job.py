@@ -4,19 +4,19 @@ A :class:`Job` holds no state of its own that matters: everything is read
 from the backend's store (see :mod:`cloudloop.keys`), so ``attach(id)`` from a
 new process, or another machine, sees exactly what the submitting client saw.
 Progress comes from listing result part names (which say which tasks they
-hold), so polling a job never reads its results.
+hold), so polling a job never reads its results; parts and logs are read
+through :mod:`cloudloop.results`, the reader the session and the dashboard
+share.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as _CfTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -24,16 +24,17 @@ from typing import Any
 from . import codec, keys
 from .backends import Backend
 from .display import job_html, progress_display
-from .errors import JobCancelled, JobNotFound, RemoteTraceback, TamperedError, UnreadableResult
+from .errors import JobCancelled, JobNotFound, RemoteTraceback, TamperedError
 from .heartbeat import worker_records
-from .model import JobManifest, JobState, JobStatus, Outcome
+from .model import JobManifest, JobState, JobStatus, Outcome, WorkerRecord
+from .results import LogParts, ResultParts, better, read_outcome
 
 log = logging.getLogger("cloudloop")
 # what concurrent.futures raises on a timeout, and also the builtin TimeoutError
 # (they are one class since Python 3.11; on 3.10 both must catch it)
 FuturesTimeout = (
     _CfTimeout
-    if _CfTimeout is TimeoutError
+    if issubclass(_CfTimeout, TimeoutError)
     else type("TimeoutError", (_CfTimeout, TimeoutError), {})
 )
 _HEARTBEAT_FRESH = 30.0
@@ -57,64 +58,6 @@ class FailedTask:
         return f"task {self.index} (attempt {self.attempt}, {self.host}): {type(e).__name__}: {e}"
 
 
-def _better(new: Outcome, old: Outcome | None) -> bool:
-    """Which outcome wins when a task ran twice: success, then failure, then cancel."""
-    if old is None:
-        return True
-    rank = lambda o: 0 if o.ok else (1 if o.error is not None else 2)  # noqa: E731
-    return rank(new) < rank(old)
-
-
-class _Parts:
-    """The result part keys of a job and the task ranges they cover."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, tuple[int, int, int]] = {}
-        self.junk: set[str] = set()
-        self._merged: list[tuple[int, int]] = []
-        self.done = 0
-
-    def refresh(self, store, job_id: str) -> bool:
-        listed = store.list(keys.results_prefix(job_id))
-        if len(listed) == len(self.parts) + len(self.junk):
-            return False
-        for key in listed:
-            if key not in self.parts and key not in self.junk:
-                try:
-                    self.parts[key] = keys.parse_result(key)
-                except ValueError:  # not a part's name: nothing a worker wrote
-                    self.junk.add(key)
-                    log.warning("ignoring %s: not a result part", key)
-        self._merge()
-        return True
-
-    def drop(self, key: str) -> None:
-        """A part that failed verification: it counts for nothing from now on."""
-        if self.parts.pop(key, None) is not None:
-            self.junk.add(key)
-            self._merge()
-
-    def _merge(self) -> None:
-        merged: list[list[int]] = []
-        for lo, hi, _ in sorted(self.parts.values()):
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        self._merged = [(a, b) for a, b in merged]
-        self.done = sum(b - a + 1 for a, b in self._merged)
-
-    def covers(self, index: int) -> bool:
-        i = bisect.bisect_right(self._merged, (index, float("inf"))) - 1
-        return i >= 0 and self._merged[i][0] <= index <= self._merged[i][1]
-
-    def containing(self, index: int) -> list[str]:
-        return [k for k, (lo, hi, _) in self.parts.items() if lo <= index <= hi]
-
-    def failing(self) -> list[str]:
-        return [k for k, (_, _, nfail) in self.parts.items() if nfail]
-
-
 class Job:
     """A handle on a job in a backend. Cheap to create; safe to have many."""
 
@@ -122,17 +65,15 @@ class Job:
         self.backend = backend
         self.id = job_id
         self._manifest = manifest
-        self._parts = _Parts()
+        self._suspect: dict[str, str] = {}  # what failed verification, in words
+        self._parts = ResultParts(backend, job_id, problems=self._suspect)
+        self._logs = LogParts(backend, job_id)  # what new_log_lines() has relayed
         self._total: int | None = None
         self._cancelled = False
-        self._failed: dict[int, bool] = {}  # index -> still failed, for failing parts read
-        self._read_failing: set[str] = set()
+        self._failed = 0
         self._samples: list[tuple[float, int]] = []
         self._finished_at: float | None = None
-        self._workers: tuple[float, list[dict]] = (0.0, [])
-        self._seen_logs: set[str] = set()
-        self._verified: set[str] = set()  # result parts read and verified
-        self._suspect: dict[str, str] = {}  # what failed verification, in words
+        self._workers: tuple[float, list[WorkerRecord]] = (0.0, [])
 
     # ---------------------------------------------------------------- identity
 
@@ -155,6 +96,11 @@ class Job:
     def name(self) -> str:
         return self.manifest.name
 
+    @property
+    def parts(self) -> ResultParts:
+        """The job's result parts, as listed by the last :meth:`status` (or results read)."""
+        return self._parts
+
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name!r} on {self.backend.url}>"
 
@@ -165,27 +111,12 @@ class Job:
     # ---------------------------------------------------------------- progress
 
     def _refresh(self) -> None:
-        store = self.backend.store
-        self._parts.refresh(store, self.id)
+        self._parts.refresh()
         if self._total is None:
             self._total = self._sealed_total()
         if not self._cancelled:
             self._cancelled = self._marked(keys.cancelled(self.id)) is not None
-        for key in self._parts.failing():
-            if key not in self._read_failing:
-                self._read_failing.add(key)
-                for o in self._read(key):
-                    if o.error is not None:
-                        self._failed.setdefault(o.index, True)
-        for index, still in list(self._failed.items()):
-            if still and len(self._parts.containing(index)) > 1:
-                ok = any(
-                    o.ok
-                    for k in self._parts.containing(index)
-                    for o in self._read(k)
-                    if o.index == index
-                )
-                self._failed[index] = not ok
+        self._failed = self._parts.failed()
 
     def _sealed_total(self) -> int | None:
         rec = self._marked(keys.sealed(self.id))
@@ -207,47 +138,12 @@ class Job:
                 self._suspect[name] = f"{name} was not written by this backend's clients: {e}"
             return None
 
-    def _verify_parts(self) -> None:
-        """Check the signature of every result part not checked yet (a forged one is
-        dropped): an HMAC over its bytes, without unpickling its rows."""
-        for key in list(self._parts.parts):
-            if key in self._verified:
-                continue
-            blob = self.backend.store.get_or_none(key)
-            try:
-                if blob is None:
-                    raise TamperedError("it was removed")
-                codec.verify(self.backend.key, blob, key, f"result part {key}")
-            except TamperedError as e:
-                log.warning("ignoring %s: %s", key, e)
-                self._suspect[key] = f"{key} was not written by this backend's workers: {e}"
-                self._parts.drop(key)
-            else:
-                self._verified.add(key)
-
-    def _read(self, key: str) -> list[Outcome]:
-        """The outcomes of one result part, verified (a key not listed before is parsed here)."""
-        span = self._parts.parts.get(key) or keys.parse_result(key)
-        blob = self.backend.store.get_or_none(key)
-        if blob is None:  # removed since it was listed
-            self._parts.drop(key)
-            return []
-        try:
-            out = codec.decode_part(self.backend.key, blob, key, span[:2])
-        except TamperedError as e:  # not written by a worker of this backend: worth nothing
-            log.warning("ignoring %s: %s", key, e)
-            self._suspect[key] = f"{key} was not written by this backend's workers: {e}"
-            self._parts.drop(key)
-            return []
-        self._verified.add(key)
-        return out
-
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerRecord]:
         """Heartbeat records of workers seen in the last 30 s (cached ~2 s), verified."""
         at, cached = self._workers
         if time.monotonic() - at > (self.backend.workers_cache if cached else 0.5):
             recs = worker_records(self.backend, prune_after=_HEARTBEAT_STALE)
-            cached = [r.as_dict() for r in recs if r.live()]
+            cached = [r for r in recs if r.live()]
             self._workers = (time.monotonic(), cached)
         return cached
 
@@ -256,11 +152,11 @@ class Job:
         manifest = self.manifest
         self._refresh()
         if self._total is not None and self._parts.done >= self._total:
-            self._verify_parts()  # before it is called finished: names alone can be forged
+            self._parts.verify()  # before it is called finished: names alone can be forged
         done, total = self._parts.done, self._total
-        failed = sum(self._failed.values())
+        failed = self._failed
         live = self.workers()
-        running = sum(1 for w in live if w.get("job") == self.id and w.get("task") is not None)
+        running = sum(1 for w in live if w.job == self.id and w.task is not None)
         now = time.time()
         if self._cancelled:
             state = JobState.CANCELLED
@@ -282,7 +178,7 @@ class Job:
             (total - done) / rate if total is not None and rate > 0 and not state.finished else None
         )
         problems = tuple(self._suspect.values()) + tuple(
-            f"worker {w['id']}: {w['error']}" for w in live if w.get("error")
+            f"worker {w.id}: {w.error}" for w in live if w.error
         )
         return JobStatus(
             self.id, manifest.name, state, total, done, failed, running, len(live),
@@ -299,7 +195,7 @@ class Job:
         """
         out = list(self.status().problems)
         for name in self.backend.store.list(keys.DEADLETTER):
-            if name.endswith(".why"):
+            if keys.is_deadletter_reason(name):
                 continue
             claimed = codec.peek_header(self.backend.store.get_or_none(name) or b"") or {}
             if claimed.get("job") != self.id:
@@ -311,7 +207,7 @@ class Job:
                 else "?"
             )
             try:
-                why = (self.backend.get_record(name + ".why") or {}).get("why", "")
+                why = (self.backend.get_record(keys.deadletter_reason(name)) or {}).get("why", "")
             except TamperedError:
                 why = "(its reason record failed verification)"
             out.append(f"a queue message for tasks {tasks} was dead-lettered ({name}): {why}")
@@ -325,7 +221,9 @@ class Job:
         if observed:  # this handle watched it run: now is within one poll of the end
             at = time.time()
         else:  # it finished unwatched: the last task's end time, from the results
-            ends = [o.ended for k in list(self._parts.parts) for o in self._read(k) if o.ended]
+            ends = [
+                o.ended for k in list(self._parts.spans) for o in self._parts.read(k) if o.ended
+            ]
             at = max(ends) if ends else time.time()
         self.backend.put_record(keys.finished(self.id), {"at": at}, if_absent=True)
         return at
@@ -406,12 +304,7 @@ class Job:
     def outcomes(self) -> dict[int, Outcome]:
         """Every stored outcome by task index (the best one when a task ran twice)."""
         self._refresh()
-        best: dict[int, Outcome] = {}
-        for key in sorted(self._parts.parts):
-            for o in self._read(key):
-                if _better(o, best.get(o.index)):
-                    best[o.index] = o
-        return best
+        return self._parts.best()
 
     def results(self, return_exceptions: bool = False, timeout: float | None = None) -> list[Any]:
         """Every task's return value, in input order (waits for the job first).
@@ -449,8 +342,8 @@ class Job:
             if keys_here:
                 for key in keys_here:
                     consumed.add(key)
-                    for o in self._read(key):
-                        if o.index >= nxt and _better(o, pending.get(o.index)):
+                    for o in self._parts.read(key):
+                        if o.index >= nxt and better(o, pending.get(o.index)):
                             pending[o.index] = o
                 continue
             self._refresh()
@@ -497,41 +390,19 @@ class Job:
 
     # ---------------------------------------------------------------- logs
 
-    def _log_segments(self, index: int | None = None, keys_seen: set[str] | None = None):
-        store = self.backend.store
-        for key in store.list(keys.logs_prefix(self.id)):
-            if keys_seen is not None:
-                if key in keys_seen:
-                    continue
-                keys_seen.add(key)
-            try:
-                lo, hi = keys.parse_logs(key)
-            except ValueError:
-                continue
-            if index is not None and not lo <= index <= hi:
-                continue
-            for i, segments in read_log_part(self.backend, key, (lo, hi)).items():
-                if index is None or i == index:
-                    for attempt, part, text in segments:
-                        yield i, attempt, part, text
-
     def logs(self, index: int, attempt: int | None = None) -> str:
         """Everything task ``index`` printed (all attempts, or one)."""
-        segs = sorted(
-            (a, p, t) for _, a, p, t in self._log_segments(index) if attempt is None or a == attempt
-        )
-        out, last = [], None
-        for a, _, text in segs:
-            if attempt is None and a != last and len({s[0] for s in segs}) > 1:
-                out.append(f"--- attempt {a} ---\n")
-            last = a
-            out.append(text)
-        return "".join(out)
+        reader = LogParts(self.backend, self.id, keep=True)
+        reader.refresh()
+        return reader.log(index, attempt)
 
     def new_log_lines(self) -> Iterator[tuple[int, str]]:
         """(task index, text) for log segments not returned before by this handle."""
-        for i, _, _, text in self._log_segments(keys_seen=self._seen_logs):
-            yield i, text
+        self._logs.refresh()
+        for part in self._logs.unread():
+            for i, segments in part.items():
+                for _, _, text in segments:
+                    yield i, text
 
     def _relay_logs(self) -> None:
         for i, text in self.new_log_lines():
@@ -543,88 +414,12 @@ def _pair(r: Any) -> bool:
     return isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)
 
 
-def read_outcome(o: Outcome, job_id: str) -> tuple[bool, Any]:
-    """``(True, value)`` or ``(False, exception)`` for one outcome; never raises.
-
-    A value or an exception that cannot be unpickled here (its class is missing
-    on this client, or unpickling it raises, even ``SystemExit``) gives an
-    :class:`UnreadableResult` with the unpickling error as its cause, so a
-    future or a results list always gets an answer.
-    """
-    if o.cancelled:
-        return False, CancelledError(f"task {o.index} of job {job_id} was cancelled")
-    try:
-        if o.ok:
-            return True, codec.loads(o.value)
-        if o.error is None:
-            raise ValueError("the outcome holds neither a value nor an error")
-        return False, codec.rebuild_exception(o.error)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:
-        return False, _unreadable(o, job_id, e)
-
-
-def _unreadable(o: Outcome, job_id: str, e: BaseException) -> UnreadableResult:
-    if o.ok:
-        what = "result"
-    else:
-        err = o.error
-        what = "exception" + (f" ({err.type_name}: {err.message[:200]})" if err else "")
-    hint = (
-        "its class must be importable here too (the same packages and modules as the workers)"
-        if isinstance(e, (ImportError, AttributeError))
-        else "unpickling it raised"
-    )
-    out = UnreadableResult(
-        f"the {what} of task {o.index} of job {job_id} cannot be unpickled on this client: "
-        f"{hint}: {type(e).__name__}: {e}"
-    )
-    out.__cause__ = e
-    return out
-
-
-def read_log_part(
-    backend: Backend, key: str, span: tuple[int, int]
-) -> dict[int, list[tuple[int, int, str]]]:
-    """One log part: {task index: [(attempt, part, text)]}, verified and checked.
-
-    A part that is missing, forged or malformed reads as one segment per task
-    of its span saying so (the rest of the log stays readable).
-    """
-    try:
-        rec = backend.get_record(key, f"log part {key}")
-        if rec is None:
-            return {}
-        return _check_log_part(rec, span, key)
-    except (TamperedError, ValueError) as e:
-        log.warning("skipping %s: %s", key, e)
-        note = f"[cloudloop: a part of this log could not be read and was left out: {e}]\n"
-        lo, hi = span
-        return {i: [(0, 0, note)] for i in range(lo, min(hi, lo + 1000) + 1)}
-
-
-def _check_log_part(rec: Any, span: tuple[int, int], key: str) -> dict:
-    if not isinstance(rec, dict):
-        raise ValueError(f"log part {key} is not a JSON object")
-    out: dict[int, list[tuple[int, int, str]]] = {}
-    for i, segments in rec.items():
-        index = int(i)
-        if not span[0] <= index <= span[1] or not isinstance(segments, list):
-            raise ValueError(f"log part {key} holds task {index} outside its span")
-        for seg in segments:
-            if not (isinstance(seg, list) and len(seg) == 3 and isinstance(seg[2], str)):
-                raise ValueError(f"log part {key} holds a malformed segment")
-            out.setdefault(index, []).append((int(seg[0]), int(seg[1]), seg[2]))
-    return out
-
-
 def list_jobs(backend: Backend) -> list[Job]:
     """Every job on a backend, oldest first (index entries that are not job ids are skipped)."""
     out = []
     for k in backend.store.list(keys.INDEX):
         try:
-            out.append(Job(backend, keys.check_job_id(k.rsplit("/", 1)[1])))
+            out.append(Job(backend, keys.check_job_id(keys.index_job(k))))
         except JobNotFound:
             log.warning("ignoring %s: not a job id", k)
     return out

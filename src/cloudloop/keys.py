@@ -53,6 +53,7 @@ PAUSED = "control/paused"
 INDEX = "index/"
 WORKERS = "workers/"
 DEADLETTER = "deadletter/"
+CLUSTERS = "clusters/"
 
 
 def nonce() -> str:
@@ -97,6 +98,11 @@ def claims_prefix(job: str) -> str:
 
 def index_entry(job: str) -> str:
     return f"index/{job}"
+
+
+def index_job(key: str) -> str:
+    """The job id an ``index/<job>`` key names (as listed: check it before use)."""
+    return key.rsplit("/", 1)[1]
 
 
 def manifest(job: str) -> str:
@@ -207,3 +213,27 @@ def worker(wid: str) -> str:
 
 def deadletter(message_id: str, at: float) -> str:
     return f"deadletter/{int(at)}-{message_id}-{nonce()}"
+
+
+def deadletter_reason(name: str) -> str:
+    """The key of the reason record kept beside the dead-lettered message ``name``."""
+    return f"{name}.why"
+
+
+def is_deadletter_reason(name: str) -> bool:
+    return name.endswith(".why")
+
+
+def ledger(cluster: str, instance: str) -> str:
+    """An instance's bill record in a cluster's ledger."""
+    return f"clusters/{cluster}/instances/{instance}"
+
+
+def ledger_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/instances/"
+
+
+def is_ledger(key: str) -> bool:
+    """Whether a key listed under ``clusters/`` is an instance's bill record (not, say,
+    an SSH start record)."""
+    return key.startswith(CLUSTERS) and "/instances/" in key

@@ -12,7 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,6 @@ class WorkerOptions:
         heartbeat: seconds between heartbeat records in the store (None: the
             backend's default, 5 s on SQLite and Redis, 30 s on AWS, where
             every record is a billed request).
-        flush: seconds between result flushes while a chunk runs.
         split_after: a chunk still running after this many seconds hands its
             unstarted tail back to the queue so idle workers can take it.
         exit_when_orphaned: exit when idle and the process that started us is gone.
@@ -110,12 +109,19 @@ class WorkerOptions:
             before its work is released to another machine.
         stop_at: unix time at which the worker leaves as if preempted (how
             an EC2 cluster keeps within its max_cost).
+
+    How often a worker stores the results of a running chunk is the backend's
+    to say (``Backend.flush_interval``: every store write is a billed request
+    on S3), not a worker option.
+
+    A provider hands these to the workers it starts as ``cloudloop worker``
+    flags: :meth:`to_args` writes them and :meth:`from_args` reads them back,
+    the one translation between the record and a command line.
     """
 
     lease: float = 30.0
     idle_exit: float | None = None
     heartbeat: float | None = None
-    flush: float = 0.5
     split_after: float = 2.0
     exit_when_orphaned: bool = False
     metadata_url: str | None = None
@@ -124,6 +130,81 @@ class WorkerOptions:
 
     def replace(self, **changes: Any) -> WorkerOptions:
         return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of the field ``name`` (``split_after``: ``--split-after``)."""
+        return "--" + name.replace("_", "-")
+
+    def to_args(self) -> list[str]:
+        """``cloudloop worker`` flags for every field that differs from its default.
+
+        Numbers are written exactly (seconds, unix times), so
+        ``WorkerOptions.from_args(o.to_args()) == o`` for every record.
+        """
+        out: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            if value is True and f.default is False:
+                out.append(self.flag(f.name))
+            elif value is None or isinstance(value, bool):
+                # a flag cannot say "unset" or "off": those are the defaults
+                raise ValueError(f"worker option {f.name}={value!r} has no command-line form")
+            elif isinstance(value, float):
+                text = str(int(value)) if value.is_integer() else repr(value)
+                out += [self.flag(f.name), text]
+            else:
+                out += [self.flag(f.name), str(value)]
+        return out
+
+    @classmethod
+    def from_args(
+        cls, argv: list[str] | tuple[str, ...], base: WorkerOptions | None = None
+    ) -> WorkerOptions:
+        """The record ``argv`` describes, over ``base`` (default: every field's default).
+
+        ``argv`` holds flags as :meth:`to_args` writes them, or as a person
+        types them (``--lease 30s``, ``--idle-exit=2m``); a flag given twice
+        counts once, the last time.
+
+        Raises:
+            ConfigError: a flag that is no field, a missing value, or a value
+                the field cannot take (checked as a profile's values are).
+        """
+        from .config import worker_options  # the value checks build on these records
+        from .errors import ConfigError
+
+        fields = {cls.flag(f.name): f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        args = iter(argv)
+        for arg in args:
+            flag, eq, text = arg.partition("=")
+            f = fields.get(flag)
+            if f is None:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(f"{arg!r} is not a worker option; known: {known}")
+            if f.default is False:  # a switch
+                if eq:
+                    raise ConfigError(f"{flag} takes no value")
+                values[f.name] = True
+                continue
+            if not eq:
+                given = next(args, None)
+                if given is None or given.startswith("--"):
+                    raise ConfigError(f"{flag} needs a value")
+                text = given
+            values[f.name] = cls._number(text) if f.name == "stop_at" else text
+        return worker_options(base, **values)
+
+    @staticmethod
+    def _number(text: str) -> float | str:
+        """A unix time's text as a number (text that is none stays, for the check to name)."""
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 WORKER_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(WorkerOptions))
@@ -154,6 +235,11 @@ class JobManifest:
         data["options"] = JobOptions(**data["options"])
         data["files"] = tuple(data.get("files", ()))
         return cls(**data)
+
+
+def _count(x: Any) -> TypeGuard[int]:
+    """A whole number >= 0 (not a bool)."""
+    return type(x) is int and x >= 0
 
 
 MAX_MESSAGE_TASKS = 10_000_000  # tasks one queue message may name (a chunk)
@@ -202,7 +288,7 @@ class MessageHeader:
         job, chunk, lo, hi = d.get("job"), d.get("chunk"), d.get("lo"), d.get("hi")
         if not isinstance(job, str) or not _JOB.match(job):
             raise ValueError(f"job id {str(job)[:80]!r} is not valid")
-        if not all(type(x) is int and x >= 0 for x in (chunk, lo, hi)) or hi < lo:
+        if not (_count(chunk) and _count(lo) and _count(hi)) or hi < lo:
             raise ValueError("chunk, lo and hi must be whole numbers with lo <= hi")
         if hi - lo >= MAX_MESSAGE_TASKS:
             raise ValueError(f"a message names at most {MAX_MESSAGE_TASKS} tasks")
@@ -269,7 +355,7 @@ class OutcomeRow(NamedTuple):
     row; :class:`Outcome` is the row as a reader sees it, with those added.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the task's index (shadows tuple.index; never called)
     attempt: int
     value: bytes | None  # the pickled return value (None if it failed or was cancelled)
     error: ErrorWire | None  # why it failed
@@ -381,7 +467,7 @@ class WorkerRecord:
         for f in dataclasses.fields(cls):
             if f.name not in data or data[f.name] is None:
                 continue
-            out[f.name] = _field_value(f.name, f.type, data[f.name])
+            out[f.name] = _field_value(f.name, str(f.type), data[f.name])
         return cls(**out)
 
     def as_dict(self) -> dict[str, Any]:

@@ -30,8 +30,9 @@ from typing import Any
 from . import codec, keys
 from .backends import Backend
 from .errors import CloudloopError, InitializerFailed, TamperedError
-from .job import Job, read_outcome
+from .job import Job
 from .model import JobOptions, Outcome
+from .results import read_outcome
 from .submit import JobWriter
 
 _LINGER = 0.002
@@ -210,16 +211,11 @@ class _Session(threading.Thread):
         self.writer.flush()
 
     def _gather(self) -> list[Outcome]:
-        out = []
-        for key in self.backend.store.list(keys.results_prefix(self.writer.id)):
-            if key in self.read:
-                continue
-            try:
-                out += self.job._read(key)
-            except (TamperedError, ValueError) as e:  # forged or not a part: never again
-                log.warning("ignoring %s: %s", key, e)
-            self.read.add(key)
-        return out
+        """The outcomes of result parts not read before (forged ones count for nothing)."""
+        parts = self.job.parts
+        parts.refresh()
+        # a part joins self.read once read: a read that fails leaves it (and the rest) to retry
+        return [o for outcomes in parts.unread(self.read) for o in outcomes]
 
     def _complete(self, o: Outcome) -> None:
         fut = self.futures.get(o.index)

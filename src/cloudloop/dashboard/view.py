@@ -23,8 +23,9 @@ Nothing here is trusted to be well-formed markup or even of the right type:
 heartbeat records come from other machines, and task output, exception text
 and job names are whatever the user's code produced. Records and log parts are
 read through their verifying readers (:func:`~cloudloop.heartbeat.worker_records`,
-:func:`~cloudloop.job.read_log_part`); each worker record is then cut down to
-the fields the page shows, each of its type (:func:`_worker_row`), and
+:mod:`cloudloop.results`, the reader a :class:`~cloudloop.job.Job` uses too);
+each :class:`~cloudloop.model.WorkerRecord` is then cut down to the fields the
+page shows, each bounded (:func:`_worker_row`), and
 :func:`page_json` never emits NaN or Infinity (which ``JSON.parse`` rejects).
 Escaping is the page's job: ``app.js`` inserts every value as text.
 """
@@ -41,9 +42,10 @@ from .. import keys
 from ..backends import Backend
 from ..errors import CloudloopError
 from ..heartbeat import worker_records
-from ..job import Job, _better, read_log_part
-from ..model import JobStatus, Outcome
+from ..job import Job
+from ..model import JobStatus, Outcome, WorkerRecord
 from ..providers import prices
+from ..results import LogParts, better
 
 _RECENT_TASKS = 100  # task rows the live page shows (the report shows every task)
 _MAX_FAILURES = 100
@@ -73,8 +75,8 @@ class _SharedJob(Job):
         super().__init__(backend, job_id)
         self._view = view
 
-    def workers(self) -> list[dict[str, Any]]:
-        return [w for w in self._view.workers() if w.get("live")]
+    def workers(self) -> list[WorkerRecord]:
+        return self._view.live_records()
 
 
 class JobView:
@@ -87,10 +89,7 @@ class JobView:
         self.status: JobStatus | None = None
         self.tasks: dict[int, Outcome] = {}  # best outcome per index, value dropped
         self._read_parts: set[str] = set()
-        self._log_keys: dict[str, tuple[int, int]] = {}
-        self._log_segments: dict[
-            int, list[tuple[int, int, str]]
-        ] = {}  # index -> [(attempt, part, text)]
+        self._logs = LogParts(view.backend, job_id, keep=True)  # each part read once
         self._logs_final = False
         self._snap: tuple[tuple, dict[str, Any]] | None = None
         self._reads = 0  # status re-reads, so a snapshot knows when it is stale
@@ -108,43 +107,19 @@ class JobView:
             return self.status
         self.status = self.job.status()
         self._reads += 1
-        for key in list(self.job._parts.parts):
-            if key in self._read_parts:
-                continue
-            for o in self.job._read(key):
+        for outcomes in self.job.parts.unread(self._read_parts):
+            for o in outcomes:
                 o.value = None  # only the metadata is kept: results can be large
-                if _better(o, self.tasks.get(o.index)):
+                if better(o, self.tasks.get(o.index)):
                     self.tasks[o.index] = o
-            self._read_parts.add(key)
         return self.status
 
     def log(self, index: int, interval: float) -> str:
         """Everything task ``index`` printed so far (the last 256 KB), reading only new segments."""
-        store = self.view.backend.store
         if not self._logs_final and self._every("logs", interval):
             self._logs_final = self.finished  # a finished job's logs are all written
-            for key in store.list(keys.logs_prefix(self.id)):
-                if key not in self._log_keys:
-                    try:
-                        self._log_keys[key] = keys.parse_logs(key)
-                    except ValueError:  # not a log part's name: nothing a worker wrote
-                        self._log_keys[key] = (-1, -1)
-        for key, (lo, hi) in list(self._log_keys.items()):
-            if not lo <= index <= hi:
-                continue
-            self._log_keys[key] = (-1, -1)  # read: never again
-            for i, segments in read_log_part(self.view.backend, key, (lo, hi)).items():
-                self._log_segments.setdefault(i, []).extend(segments)
-            # segments for other tasks in this key are kept too: they were paid for
-        segs = sorted(self._log_segments.get(index, []))
-        attempts = {a for a, _, _ in segs}
-        out, last = [], None
-        for a, _, text in segs:
-            if len(attempts) > 1 and a != last:
-                out.append(f"--- attempt {a} ---\n")
-            last = a
-            out.append(text)
-        return "".join(out)[-_LOG_TAIL:]
+            self._logs.refresh()
+        return self._logs.log(index)[-_LOG_TAIL:]
 
     # ------------------------------------------------------------ snapshot
 
@@ -168,12 +143,12 @@ class JobView:
         now = time.time()
         end = st.created + st.elapsed if st.state.finished else now
         tasks = self.tasks
-        live = [w for w in self.view.workers() if w.get("live")]
+        live = [w for w in self.view.workers() if w["live"]]
         # a heartbeat can lag the results by a few seconds: a task with a result is not running
         running = {
             w["task"]: w
             for w in live
-            if w.get("job") == self.id and w.get("task") is not None and w["task"] not in tasks
+            if w["job"] == self.id and w["task"] is not None and w["task"] not in tasks
         }
         if st.state.finished:
             running = {}
@@ -221,13 +196,13 @@ class JobView:
             if w["id"] not in rows and w["id"] not in busy_here:
                 continue  # serving other jobs only
             r = rows.setdefault(w["id"], {"id": w["id"], "done_job": 0, "failed_job": 0})
-            r.update({k: w.get(k) for k in _WORKER_FIELDS})
+            r.update({k: w[k] for k in _WORKER_FIELDS})
             r["live"] = True
             if w["id"] not in busy_here:  # no current task of this job
                 r["task"] = r["progress"] = None
                 r["message"] = ""
                 if r["state"] == "busy":
-                    other = w.get("job") not in (None, self.id)
+                    other = w["job"] not in (None, self.id)
                     r["state"] = "elsewhere" if other else "idle"
         for r in rows.values():
             r.setdefault("live", False)
@@ -236,9 +211,9 @@ class JobView:
 
     def _task_rows(self, running: dict[int, dict], all_tasks: bool) -> list[dict[str, Any]]:
         rows = [
-            {"i": i, "state": "running", "worker": w["id"], "host": w.get("host"),
+            {"i": i, "state": "running", "worker": w["id"], "host": w["host"],
              "started": None, "ended": None, "attempt": None,
-             "progress": w.get("progress"), "message": w.get("message") or ""}
+             "progress": w["progress"], "message": w["message"]}
             for i, w in sorted(running.items())
         ]  # fmt: skip
         done = sorted(self.tasks.values(), key=lambda o: o.index if all_tasks else -o.ended)
@@ -274,27 +249,26 @@ _WORKER_TEXT = {"id": 200, "host": 200, "provider": 40, "instance_type": 60, "ma
                 "state": 20, "job": 100, "message": 400, "error": 1000}  # fmt: skip
 _WORKER_COUNTS = ("task", "tasks_done", "pid")  # whole numbers >= 0
 _WORKER_REALS = ("progress", "last_seen", "every", "rss", "load")  # finite numbers >= 0
-_FRESH = 30.0  # seconds (or three heartbeat periods) after which a worker has left
 
 
-def _worker_row(rec: Any, now: float | None = None) -> dict[str, Any] | None:
-    """A heartbeat record as the pages may show it, or None if it has no usable id.
+def _worker_row(rec: WorkerRecord, now: float | None = None) -> dict[str, Any] | None:
+    """A heartbeat record as the pages may show it, or None if it has no id.
 
-    Only the fields above are kept, each of its type: text is text (cut to a
-    bounded length), a count is a whole number, a measure a finite number,
-    anything else is None. A record comes from another machine, so a ``task``
-    of ``"<img ...>"`` or a ``load`` of ``"high"`` is dropped here, not shown.
+    The record was checked as it was read (:meth:`WorkerRecord.from_dict`: a
+    ``task`` of ``"<img ...>"`` or a ``load`` of ``"high"`` never gets here);
+    only the fields above are kept, text cut to the lengths above, a count
+    that is not a whole number >= 0 or a measure that is negative shown as
+    None, progress at most 1.
     """
-    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not rec["id"]:
+    if not rec.id:
         return None
-    row: dict[str, Any] = {k: _text(rec.get(k), n) for k, n in _WORKER_TEXT.items()}
-    row.update({k: _count(rec.get(k)) for k in _WORKER_COUNTS})
-    row.update({k: _real(rec.get(k)) for k in _WORKER_REALS})
+    row: dict[str, Any] = {k: _text(getattr(rec, k), n) for k, n in _WORKER_TEXT.items()}
+    row.update({k: _count(getattr(rec, k)) for k in _WORKER_COUNTS})
+    row.update({k: _real(getattr(rec, k)) for k in _WORKER_REALS})
     row["message"] = row["message"] or ""
     if row["progress"] is not None:
         row["progress"] = min(row["progress"], 1.0)
-    seen, every = row["last_seen"], row["every"] or 0.0
-    row["live"] = seen is not None and (now or time.time()) - seen < max(_FRESH, 3 * every)
+    row["live"] = rec.live(now)
     return row
 
 
@@ -414,7 +388,8 @@ class DashboardView:
         self._jobs: dict[str, JobView] = {}
         self._job_ids: list[str] = []
         self._workers: list[dict[str, Any]] = []
-        self._ledger: dict[str, dict[str, Any]] = {}
+        self._live: list[WorkerRecord] = []
+        self._ledger: dict[str, prices.LedgerRecord] = {}
         self._broken: dict[str, tuple[float, str]] = {}  # job id -> (when tried, why)
         self.worker_reads = 0
         self._every = _Every()
@@ -423,10 +398,16 @@ class DashboardView:
         """Every worker's latest heartbeat record as :func:`_worker_row` (``live``: seen lately)."""
         if self._every("workers", self.job_every):
             now = time.time()  # records are verified there, and cut to what a page shows here
-            rows = (_worker_row(r.as_dict(), now) for r in worker_records(self.backend))
-            self._workers = [r for r in rows if r is not None]
+            rows = [(r, _worker_row(r, now)) for r in worker_records(self.backend)]
+            self._workers = [row for _, row in rows if row is not None]
+            self._live = [r for r, row in rows if row is not None and row["live"]]
             self.worker_reads += 1
         return self._workers
+
+    def live_records(self) -> list[WorkerRecord]:
+        """The records of the workers :meth:`workers` shows as live (from the same listing)."""
+        self.workers()
+        return self._live
 
     def job(self, job_id: str) -> JobView:
         """The view of one job (raises JobNotFound for an unknown id)."""
@@ -445,7 +426,7 @@ class DashboardView:
         """One row per job for the newest ``limit`` jobs, newest first; unfinished jobs
         re-read at a bounded rate."""
         if self._every("index", self.list_every):
-            self._job_ids = [k.rsplit("/", 1)[1] for k in self.backend.store.list("index/")]
+            self._job_ids = [keys.index_job(k) for k in self.backend.store.list(keys.INDEX)]
         unfinished = sum(1 for j in self._jobs.values() if not j.finished)
         # the more jobs run at once, the less often each is re-listed (S3 LIST costs money)
         interval = max(self.list_every / 2, 0.25 * unfinished)
@@ -471,14 +452,14 @@ class DashboardView:
             })  # fmt: skip
         return rows
 
-    def _ledger_records(self) -> list[dict[str, Any]]:
+    def _ledger_records(self) -> list[prices.LedgerRecord]:
         if self._every("ledger", self.cost_every):
             store = self.backend.store
-            for key in store.list("clusters/"):
-                if "/instances/" not in key:
+            for key in store.list(keys.CLUSTERS):
+                if not keys.is_ledger(key):
                     continue
                 rec = self._ledger.get(key)
-                if rec is not None and rec.get("ended"):
+                if rec is not None and rec.ended:
                     continue  # an ended instance's record no longer changes
                 rec = prices.read_ledger_record(self.backend, key)  # verified and checked
                 if rec is not None:
@@ -491,7 +472,4 @@ class DashboardView:
         if not recs:
             return None
         until = st.created + st.elapsed if st.state.finished else None
-        try:
-            return prices.cost(recs, since=st.created, until=until)[0]
-        except (KeyError, TypeError, ValueError):  # a bill the page cannot price shows none
-            return None
+        return prices.cost(recs, since=st.created, until=until)[0]  # records checked as read

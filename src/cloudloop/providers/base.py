@@ -14,6 +14,17 @@ from typing import Any
 from ..model import WorkerOptions
 
 
+def worker_argv(worker: WorkerOptions) -> list[str]:
+    """``cloudloop worker`` arguments that give a started worker exactly ``worker``.
+
+    The flags are the whole record (``--no-profile``: the worker reads no
+    profile of the machine it runs on, which could fill in a field the flags
+    leave at its default). The backend URL is not among them: it travels in
+    the environment (``CLOUDLOOP_BACKEND``), never on a command line ``ps`` shows.
+    """
+    return ["worker", "--no-profile", *worker.to_args()]
+
+
 class WorkerPool(abc.ABC):
     """Workers started by a provider for one client."""
 

@@ -21,7 +21,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 from botocore.exceptions import ClientError
@@ -43,7 +43,15 @@ LIVE = ["pending", "running"]
 
 @dataclass(frozen=True)
 class Ec2Settings:
-    """The ``ec2`` provider's options from a profile (see the README)."""
+    """The ``ec2`` provider's options from a profile (see the README).
+
+    ``IDLE_EXIT`` is how long an instance's workers wait for work before they
+    leave, and the instance with them, when the profile sets no ``idle_exit``:
+    an idle machine costs money, so ec2 workers do not wait for ever as
+    workers elsewhere do.
+    """
+
+    IDLE_EXIT: ClassVar[float] = 120.0
 
     cluster: str
     instance_types: tuple[str, ...] = ("c7a.large", "c6a.large", "m7a.large", "c6i.large")
@@ -131,6 +139,8 @@ class Cluster:
     def __init__(
         self, backend_url: str, settings: Ec2Settings, worker: WorkerOptions, profile: str
     ):
+        if worker.idle_exit is None:
+            worker = worker.replace(idle_exit=settings.IDLE_EXIT)
         self.url, self.settings, self.worker, self.profile = backend_url, settings, worker, profile
         p = parse_aws_url(backend_url)
         self.bucket, self.prefix, self.queue_name = p["bucket"], p["prefix"], p["queue"]

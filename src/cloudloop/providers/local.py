@@ -25,7 +25,7 @@ from pathlib import Path
 from ..config import check_known
 from ..errors import ConfigError
 from ..model import WorkerOptions
-from .base import Provider, WorkerPool
+from .base import Provider, WorkerPool, worker_argv
 
 log = logging.getLogger("cloudloop.local")
 _CRASH_LOOP = 5  # consecutive deaths within _QUICK seconds of start
@@ -33,18 +33,8 @@ _QUICK = 3.0
 
 
 def worker_command(worker: WorkerOptions) -> list[str]:
-    """``cloudloop worker`` with these settings; the backend URL travels in the
-    environment (``CLOUDLOOP_BACKEND``), never on a command line ``ps`` shows."""
-    cmd = [sys.executable, "-m", "cloudloop", "worker"]
-    cmd += ["--lease", str(worker.lease)]
-    if worker.heartbeat:
-        cmd += ["--heartbeat", str(worker.heartbeat)]
-    cmd += ["--split-after", str(worker.split_after)]
-    if worker.idle_exit is not None:
-        cmd += ["--idle-exit", str(worker.idle_exit)]
-    if worker.metadata_url:
-        cmd += ["--metadata-url", worker.metadata_url, "--preempt-grace", str(worker.preempt_grace)]
-    return cmd
+    """``python -m cloudloop worker`` with these settings (see :func:`worker_argv`)."""
+    return [sys.executable, "-m", "cloudloop", *worker_argv(worker)]
 
 
 def private_dir(path: Path) -> Path:

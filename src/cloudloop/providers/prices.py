@@ -6,15 +6,24 @@ costs as estimates. Spot prices come from ``DescribeSpotPriceHistory`` for the
 instance's zone; when the API gives nothing believable (an emulator answers
 0.00001) the estimate is 35 % of on-demand. A profile's ``prices`` table
 overrides both.
+
+The bill itself is a :class:`Ledger` of :class:`LedgerRecord` s in the store.
+The record lives here, beside its only writer and :func:`cost`, rather than in
+:mod:`cloudloop.model`: it is the ec2 provider's format, not part of the job
+protocol every backend and worker speaks (the dashboard only prices it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from .. import keys
 from ..errors import TamperedError
 
 log = logging.getLogger("cloudloop.ec2")
@@ -73,8 +82,60 @@ def hourly(
     return (listed or 0.0) * SPOT_SHARE
 
 
+@dataclass(frozen=True)
+class LedgerRecord:
+    """One instance's line in a cluster's bill (``clusters/<cluster>/instances/<id>``).
+
+    Attributes:
+        id: the EC2 instance id.
+        type: its instance type.
+        price: USD per hour.
+        launched: when it was launched (unix time).
+        zone: its availability zone.
+        market: "spot" or "on-demand".
+        ended: when it ended (None: still running, as far as the bill knows).
+        ended_by: who closed the record: "instance" (as it shut down) or "client".
+    """
+
+    id: str
+    type: str
+    price: float
+    launched: float
+    zone: str | None = None
+    market: str | None = None
+    ended: float | None = None
+    ended_by: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LedgerRecord:
+        """Check every field (ValueError naming the first wrong one); other fields
+        (older records also carry the instance's state and address) are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError("an instance record is a JSON object")
+        for name in ("id", "type"):
+            if not isinstance(data.get(name), str):
+                raise ValueError(f"field {name!r} must be text")
+        for name in ("price", "launched"):
+            if not _number(data.get(name)):
+                raise ValueError(f"field {name!r} must be a finite number >= 0")
+        ended = data.get("ended")
+        if ended is not None and not _number(ended):
+            raise ValueError("field 'ended' must be a finite number >= 0, or null")
+        for name in ("zone", "market", "ended_by"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ValueError(f"field {name!r} must be text, or null")
+        return cls(
+            data["id"], data["type"], float(data["price"]), float(data["launched"]),
+            data.get("zone"), data.get("market"), None if ended is None else float(ended),
+            data.get("ended_by"),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def cost(
-    records: list[dict[str, Any]],
+    records: Iterable[LedgerRecord | dict[str, Any]],
     now: float | None = None,
     since: float | None = None,
     until: float | None = None,
@@ -82,24 +143,28 @@ def cost(
     """(USD spent, USD per hour now) for instance ledger records.
 
     With ``since``/``until`` only the instance time inside that window counts
-    (a job's share of a cluster that serves every job of its backend).
+    (a job's share of a cluster that serves every job of its backend). A
+    record given as a dict (:meth:`Ledger.records`) is checked as it is
+    decoded (ValueError if it is not one).
     """
     now = now or time.time()
     spent = burn = 0.0
     for r in records:
-        start = max(r["launched"], since or r["launched"])
-        end = min(r.get("ended") or now, until or now)
-        spent += r["price"] * max(0.0, end - start) / 3600
-        if not r.get("ended"):
-            burn += r["price"]
+        if not isinstance(r, LedgerRecord):
+            r = LedgerRecord.from_dict(r)
+        start = max(r.launched, since or r.launched)
+        end = min(r.ended or now, until or now)
+        spent += r.price * max(0.0, end - start) / 3600
+        if not r.ended:
+            burn += r.price
     return spent, burn
 
 
 class Ledger:
     """One cluster's bill, kept in the store so every client sees the same.
 
-    ``clusters/<cluster>/instances/<id>`` holds a signed ``{id, type, zone,
-    market, price, launched, ended, ended_by}``. The client that launches an
+    ``clusters/<cluster>/instances/<id>`` holds a signed :class:`LedgerRecord`
+    (``{id, type, price, launched, zone, market, ended, ended_by}``). The client that launches an
     instance opens its record; the instance closes it as it shuts down
     (``ended_by`` "instance"), or a client that finds it gone from EC2 does
     ("client"). Records are signed: the bill decides when ``max_cost`` stops
@@ -110,56 +175,54 @@ class Ledger:
         self.backend, self.cluster = backend, cluster
 
     def key(self, iid: str) -> str:
-        return f"clusters/{self.cluster}/instances/{iid}"
+        return keys.ledger(self.cluster, iid)
 
     def open(self, inst: dict[str, Any], price: float) -> None:
-        rec = {**inst, "price": price, "launched": time.time(), "ended": None}
-        self.backend.put_record(self.key(inst["id"]), rec)
+        """Open the record of an instance just launched (``inst``: its id, type, zone, market)."""
+        rec = LedgerRecord(
+            inst["id"], inst["type"], price, time.time(), inst["zone"], inst["market"]
+        )
+        self.backend.put_record(self.key(rec.id), rec.to_dict())
 
-    def records(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[LedgerRecord]:
+        """Every instance's record, verified and checked (one not believed is left out)."""
         out = []
-        for key in self.backend.store.list(f"clusters/{self.cluster}/instances/"):
-            rec = self._read(key)
+        for key in self.backend.store.list(keys.ledger_prefix(self.cluster)):
+            rec = read_ledger_record(self.backend, key)
             if rec is not None:
                 out.append(rec)
         return out
 
-    def _read(self, key: str) -> dict[str, Any] | None:
-        return read_ledger_record(self.backend, key)
+    def records(self) -> list[dict[str, Any]]:
+        """:meth:`entries` as plain dicts (what :func:`cost` also takes)."""
+        return [r.to_dict() for r in self.entries()]
 
     def close(self, ids: list[str], by: str = "client") -> int:
         """Mark instances ended now (once); returns how many were open."""
         n = 0
         for iid in ids:
-            rec = self._read(self.key(iid))
-            if rec is not None and not rec.get("ended"):
-                rec["ended"], rec["ended_by"] = time.time(), by
-                self.backend.put_record(self.key(iid), rec)
+            rec = read_ledger_record(self.backend, self.key(iid))
+            if rec is not None and not rec.ended:
+                rec = dataclasses.replace(rec, ended=time.time(), ended_by=by)
+                self.backend.put_record(self.key(iid), rec.to_dict())
                 n += 1
         return n
 
 
-def read_ledger_record(backend: Any, key: str) -> dict[str, Any] | None:
+def read_ledger_record(backend: Any, key: str) -> LedgerRecord | None:
     """One instance's bill record, verified and checked (None: absent or not believed)."""
     try:
-        rec = backend.get_record(key)
+        data = backend.get_record(key)
     except TamperedError as e:
         log.warning("ignoring %s: %s", key, e)
         return None
-    if rec is None:
+    if data is None:
         return None
-    ok = (
-        isinstance(rec, dict)
-        and isinstance(rec.get("id"), str)
-        and isinstance(rec.get("type"), str)
-        and _number(rec.get("price"))
-        and _number(rec.get("launched"))
-        and (rec.get("ended") is None or _number(rec.get("ended")))
-    )
-    if not ok:
-        log.warning("ignoring %s: not an instance record", key)
+    try:
+        return LedgerRecord.from_dict(data)
+    except ValueError as e:
+        log.warning("ignoring %s: not an instance record: %s", key, e)
         return None
-    return rec
 
 
 def _number(v: Any) -> bool:

@@ -55,8 +55,7 @@ from ..config import check_known
 from ..errors import ConfigError, TamperedError
 from ..model import WorkerOptions
 from . import wheelhouse
-from .base import Provider, WorkerPool
-from .local import worker_command
+from .base import Provider, WorkerPool, worker_argv
 
 # run on a host before its workers start: can it open the backend? (one clear line if not)
 _CHECK = """import os, sys
@@ -366,8 +365,8 @@ fi
     # ---------------------------------------------------------------- start / stop
 
     def _start_script(self, alias: str, n: int, tag: str) -> str:
-        args = worker_command(self.worker)[4:]
-        args = [a for a in args if a != "--exit-when-orphaned"]
+        # detached on purpose: they outlive the ssh session that starts them
+        args = worker_argv(self.worker.replace(exit_when_orphaned=False))
         argv = " ".join(shlex.quote(a) for a in args)
         run = f'"$D/run/{self.profile}/{tag}"'
         log = f'"$D/logs/{self.profile}-{tag}-$i.log"'
@@ -393,7 +392,7 @@ while [ $i -lt {n} ]; do
   i=$((i + 1))
   CLOUDLOOP_BACKEND="$(cat {run}/backend)" \\
   CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh \\
-    nohup setsid "$D/venvs/{self.digest}/bin/python" -m cloudloop worker {argv} \\
+    nohup setsid "$D/venvs/{self.digest}/bin/python" -m cloudloop {argv} \\
     > {log} 2>&1 < /dev/null &
   echo $! > {run}/$i.pid
 done

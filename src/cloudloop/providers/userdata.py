@@ -20,13 +20,14 @@ import shlex
 from dataclasses import dataclass, field
 
 from ..model import WorkerOptions
+from .base import worker_argv
 
 
 @dataclass(frozen=True)
 class Bootstrap:
     backend: str
     version: str
-    worker: WorkerOptions
+    worker: WorkerOptions  # exactly what its workers get (ec2 fills in its idle_exit default)
     requirements: tuple[str, ...] = ()
     install: str | None = None  # pip spec for cloudloop itself (default: cloudloop[aws]==version)
     pip_args: tuple[str, ...] = ()
@@ -40,16 +41,9 @@ def render(b: Bootstrap) -> str:
     q = shlex.quote
     spec = b.install or f"cloudloop[aws]=={b.version}"
     pip = " ".join(q(x) for x in (*b.pip_args, spec, *b.requirements))
-    w = b.worker
-    args = [
-        "worker", "--lease", f"{w.lease:g}",
-        "--idle-exit", f"{(w.idle_exit or 120):g}", "--preempt-grace", f"{w.preempt_grace:g}",
-    ]  # fmt: skip
-    if w.heartbeat:
-        args += ["--heartbeat", f"{w.heartbeat:g}"]
-    if b.stop_at is not None:
-        args += ["--stop-at", f"{b.stop_at:.0f}"]
-    worker_args = " ".join(q(a) for a in args)
+    # the metadata URL is the script's own $META; the workers outlive nothing but the script
+    w = b.worker.replace(stop_at=b.stop_at, metadata_url=None, exit_when_orphaned=False)
+    worker_args = " ".join(q(a) for a in worker_argv(w))
     count = str(b.workers_per_instance) if b.workers_per_instance else "$(nproc)"
     close_bill = ""
     if b.cluster:
