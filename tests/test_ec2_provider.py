@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from cloudloop.config import load_profile
-from cloudloop.providers.ec2 import Ec2Provider, Ec2Settings
+from cloudloop.providers.base import CLUSTER_ENV, Report
+from cloudloop.providers.ec2 import Ec2Cluster, Ec2Provider, Ec2Settings
 from cloudloop.providers.ec2_setup import TAG_CLUSTER
 
 PROFILE = """
@@ -55,53 +56,50 @@ def cli(*args, cwd):
 
 def test_init_creates_least_privilege_identity_and_a_closed_group(profile):
     p, cluster = profile()
-    lines = cluster.init()
-    assert any("IAM role" in x for x in lines)
-    doc = cluster.iam.get_role_policy(RoleName=cluster.role, PolicyName="cloudloop-worker")[
+    assert isinstance(cluster, Ec2Cluster) and cluster.provider == "ec2"
+    assert {"init", "cost", "job_cost", "follow"} <= cluster.capabilities()
+    report = cluster.init()
+    assert report.ok and any("IAM role" in x for x in report.lines)
+    c = cluster.ctx
+    doc = c.aws.iam.get_role_policy(RoleName=c.role, PolicyName="cloudloop-worker")[
         "PolicyDocument"
     ]
     doc = doc if isinstance(doc, dict) else json.loads(doc)
     resources = [r for st in doc["Statement"] for r in st["Resource"]]
-    assert all(cluster.queue_name in r or cluster.bucket in r for r in resources)
+    assert all(c.queue_name in r or c.bucket in r for r in resources)
     assert not any(r == "*" for r in resources)
-    assert cluster.iam.get_instance_profile(InstanceProfileName=cluster.role)["InstanceProfile"][
-        "Roles"
-    ]
-    (group,) = cluster.ec2.describe_security_groups(GroupNames=[cluster.group_name])[
-        "SecurityGroups"
-    ]
+    assert c.aws.iam.get_instance_profile(InstanceProfileName=c.role)["InstanceProfile"]["Roles"]
+    (group,) = c.aws.ec2.describe_security_groups(GroupNames=[c.group_name])["SecurityGroups"]
     assert group["IpPermissions"] == []
-    assert cluster.init() == lines  # idempotent
+    assert cluster.init() == report  # idempotent
 
 
 def test_up_launches_tagged_spot_instances_with_clean_user_data(profile):
     p, cluster = profile()
-    report = cluster.launch(3)
+    c, ec2 = cluster.ctx, cluster.ctx.aws.ec2
+    report = cluster.launcher.launch(3)
     assert len(report.started) == 3 and all(s["market"] == "spot" for s in report.started)
-    live = cluster.instances()
+    live = cluster.inventory.instances()
     assert {i["id"] for i in live} == {s["id"] for s in report.started}
     iid = live[0]["id"]
-    desc = cluster.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    desc = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     tags = {t["Key"]: t["Value"] for t in desc["Tags"]}
     assert tags[TAG_CLUSTER] == cluster.settings.cluster and tags["cloudloop:profile"] == "aws"
-    ud = cluster.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"][
-        "Value"
-    ]
+    ud = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
     script = base64.b64decode(ud).decode()
     import cloudloop
 
     assert f"cloudloop[aws]=={cloudloop.__version__}" in script and "scikit-learn>=1.3" in script
     assert "--lease 10" in script and "--idle-exit 60" in script and "shutdown -h now" in script
+    assert f"export {CLUSTER_ENV}={cluster.name}\n" in script  # into the workers' heartbeats
     for secret in ("testing", "AWS_SECRET", "AWS_ACCESS_KEY", cluster.backend.key.hex()):
         assert secret not in script
-    versions = cluster.ec2.describe_launch_template_versions(
-        LaunchTemplateName=cluster.template_name
-    )
+    versions = ec2.describe_launch_template_versions(LaunchTemplateName=c.template_name)
     data = versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
     assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert data["IamInstanceProfile"]["Name"] == cluster.role
-    ledger = cluster.ledger()
+    assert data["IamInstanceProfile"]["Name"] == c.role
+    ledger = cluster.billing.ledger()
     assert len(ledger) == 3 and all(
         r["price"] == pytest.approx(0.035) or r["price"] == pytest.approx(0.028) for r in ledger
     )
@@ -109,9 +107,11 @@ def test_up_launches_tagged_spot_instances_with_clean_user_data(profile):
 
 def test_max_workers_caps_the_cluster(profile):
     p, cluster = profile(max_workers=2)
-    assert len(cluster.launch(5).started) == 2
-    report = cluster.launch(1)
+    assert len(cluster.launcher.launch(5).started) == 2
+    report = cluster.launcher.launch(1)
     assert report.started == [] and "max_workers" in report.note
+    up = cluster.up(1)  # as `cloudloop up -n 1` reports it: none could start
+    assert not up.ok and up.lines[0] == "started 0 of 1 instances" and "max_workers" in str(up)
 
 
 def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(profile):
@@ -144,8 +144,8 @@ def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(pr
             return Ok(), {"Instances": [], "Errors": errors}
         return None
 
-    cluster.ec2.meta.events.register("before-call.ec2.CreateFleet", no_spot)
-    report = cluster.launch(2)
+    cluster.ctx.aws.ec2.meta.events.register("before-call.ec2.CreateFleet", no_spot)
+    report = cluster.launcher.launch(2)
     assert [s["market"] for s in report.started] == ["on-demand", "on-demand"]
     text = str(report)
     assert "could not get spot c7a.large" in text and "InsufficientInstanceCapacity" in text
@@ -154,46 +154,73 @@ def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(pr
 
 def test_max_cost_sets_a_deadline_and_refuses_when_spent(profile):
     p, cluster = profile(extra="max_cost = 0.5")
-    report = cluster.launch(1)
-    ud = cluster.ec2.describe_instance_attribute(
+    report = cluster.launcher.launch(1)
+    ud = cluster.ctx.aws.ec2.describe_instance_attribute(
         InstanceId=report.started[0]["id"], Attribute="userData"
     )
     assert "--stop-at" in base64.b64decode(ud["UserData"]["Value"]).decode()
-    rec = cluster.ledger()[0]
+    rec = cluster.billing.ledger()[0]
     rec["launched"] -= 3600 * 24  # pretend it has run for a day: $0.84 > $0.50
-    cluster.backend.put_record(cluster.bill.key(rec["id"]), rec)
-    report = cluster.launch(1)
+    cluster.backend.put_record(cluster.ctx.bill().key(rec["id"]), rec)
+    report = cluster.launcher.launch(1)
     assert report.started == [] and "max_cost" in report.note
+    assert cluster.follow(0.01, until_idle=True, say=lambda line: None) == 3  # and says so
+    assert cluster.inventory.instances() == []
+
+
+def test_the_cluster_interface_reports_what_it_did(profile):
+    """up(None) starts what the queue needs now; ls, down and cleanup return Reports."""
+    p, cluster = profile(max_workers=3)
+    r = cluster.up()
+    assert r.ok and r.lines == (
+        f"0 task(s) waiting and 0 instance(s) running in cluster {cluster.name!r}: none to start",
+    )
+    cluster.backend.queue.put([b"waiting"] * 5)  # five messages: three instances (max_workers)
+    r = cluster.up()
+    assert r.ok and r.lines[0].startswith("started 3 of 3 instances: ")
+    assert "none to start" in str(cluster.up())
+    r = cluster.ls()
+    assert len(r.lines) == 4 and all("$0.0" in line for line in r.lines[:3])
+    assert r.lines[-1].startswith(f"3 instance(s) in cluster {cluster.name!r}; spent $0.00,")
+    r = cluster.down()
+    assert r.ok and r.lines[0] == "terminated 3 instance(s)"
+    assert cluster.down() == Report(("nothing was running",))  # idempotent
+    assert cluster.cost()[1] == 0.0  # their records are closed
+    r = cluster.cleanup()
+    assert r.ok and any("security group" in line for line in r.lines)
+    assert cluster.cleanup() == Report(("nothing to clean up",))
 
 
 def test_ls_down_and_cleanup_leave_nothing(profile, tmp_path):
     p, cluster = profile()
-    cluster.launch(2)
+    cluster.up(2)
     out = cli("ls", "--profile", "aws", cwd=tmp_path)
     assert out.returncode == 0 and "2 instance(s)" in out.stdout and "spent $" in out.stdout
     out = cli("down", "--profile", "aws", cwd=tmp_path)
     assert "terminated 2 instance(s)" in out.stdout, out.stderr
-    assert cluster.instances() == []
+    assert cluster.inventory.instances() == []
     out = cli("cleanup", "--profile", "aws", "--purge", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "IAM role" in out.stdout and "security group" in out.stdout
+    ec2, iam = cluster.ctx.aws.ec2, cluster.ctx.aws.iam
     assert (
-        cluster.ec2.describe_security_groups(
+        ec2.describe_security_groups(
             Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster.settings.cluster]}]
         )["SecurityGroups"]
         == []
     )
-    names = [r["RoleName"] for r in cluster.iam.list_roles()["Roles"]]
-    assert cluster.role not in names
+    names = [r["RoleName"] for r in iam.list_roles()["Roles"]]
+    assert cluster.ctx.role not in names
 
 
 def test_pause_stops_launches(profile, tmp_path):
     p, cluster = profile()
     assert cli("pause", "--profile", "aws", cwd=tmp_path).returncode == 0
+    assert cluster.paused()
     with pytest.raises(Exception, match="paused"):
-        cluster.launch(1)
+        cluster.up(1)
     assert cli("resume", "--profile", "aws", cwd=tmp_path).returncode == 0
-    assert len(cluster.launch(1).started) == 1
+    assert len(cluster.launcher.launch(1).started) == 1
 
 
 def test_bad_ec2_options_are_clear():

@@ -1,6 +1,9 @@
-"""AWS resources a cluster needs besides instances: identity, network, template.
+"""What every part of an ec2 cluster shares, and the AWS resources it needs besides instances.
 
-``cloudloop aws init`` creates, once per cluster (all tagged
+:class:`Ec2Context` is the cluster as its parts see it (its settings, its
+names, its AWS clients, its backend); :func:`aws_errors_in_public_methods`
+makes each part report AWS trouble as a cloudloop error. :class:`Ec2Setup`
+(``cloudloop aws init``) creates, once per cluster (all tagged
 ``cloudloop:cluster=<name>``)::
 
     IAM role cloudloop-<cluster>-worker   trusted by ec2.amazonaws.com; inline policy:
@@ -12,25 +15,178 @@
     security group cloudloop-<cluster>    no inbound rules: workers only call out
     launch template cloudloop-<cluster>   image, user-data, profile, group, IMDSv2 only,
                                           InstanceInitiatedShutdownBehavior=terminate
+                                          (a new version per launch: ec2_launch.py)
 
 plus the backend's bucket and queue. Everything is found again by name or tag,
-so init is idempotent and ``cleanup`` can remove all of it.
+so init is idempotent and ``cleanup`` (ec2_teardown.py) can remove all of it.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import boto3
 from botocore.exceptions import ClientError
 
-from ..backends.aws import error_code
+from ..backends.aws import AwsBackend, SqsQueue, aws_errors, clients, error_code, parse_aws_url
+from ..model import WorkerOptions
+from . import prices
+
+if TYPE_CHECKING:
+    from .ec2 import Ec2Settings
 
 TAG_CLUSTER = "cloudloop:cluster"
 TAG_PROFILE = "cloudloop:profile"
 DEFAULT_IMAGE = "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    """The boto3 clients a cluster calls (one region and endpoint: the backend's)."""
+
+    ec2: Any
+    iam: Any
+    ssm: Any
+    sqs: Any
+    s3: Any
+
+    @classmethod
+    def for_backend(cls, backend_url: str) -> AwsClients:
+        p = parse_aws_url(backend_url)
+        session = boto3.session.Session(region_name=p.get("region"))
+        kw = {"endpoint_url": p.get("endpoint")}
+        sqs, s3 = clients(p.get("region"), p.get("endpoint"))
+        return cls(session.client("ec2", **kw), session.client("iam", **kw),
+                   session.client("ssm", **kw), sqs, s3)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ec2Context:
+    """One ec2 cluster as its parts (setup, launching, inventory, billing, teardown) see it.
+
+    Args:
+        url: the ``aws://`` backend its workers serve.
+        settings: the profile's ec2 options.
+        worker: the options its workers run with (ec2's idle_exit default filled in).
+        profile: the profile's name (a tag on everything it makes).
+        aws: the AWS clients.
+        backend: the backend, opened on first use (by the cluster that owns it).
+    """
+
+    url: str
+    settings: Ec2Settings
+    worker: WorkerOptions
+    profile: str
+    aws: AwsClients
+    backend: Callable[[], AwsBackend]
+
+    @property
+    def cluster(self) -> str:
+        return self.settings.cluster
+
+    @functools.cached_property
+    def _where(self) -> dict[str, Any]:
+        return parse_aws_url(self.url)
+
+    @property
+    def bucket(self) -> str:
+        return str(self._where["bucket"])
+
+    @property
+    def prefix(self) -> str:
+        return str(self._where["prefix"])
+
+    @property
+    def queue_name(self) -> str:
+        return str(self._where["queue"])
+
+    @property
+    def role(self) -> str:
+        """The workers' IAM role and instance profile."""
+        return f"cloudloop-{self.cluster}-worker"[:64]
+
+    @property
+    def group_name(self) -> str:
+        """The security group's name (also the launch template's: :attr:`template_name`)."""
+        return f"cloudloop-{self.cluster}"
+
+    template_name = group_name
+
+    @property
+    def tags(self) -> list[dict[str, str]]:
+        return tags(self.cluster, self.profile)
+
+    def tag_filter(self) -> list[dict[str, Any]]:
+        """The server-side filter for this cluster's resources (check with ``mine`` too)."""
+        return [{"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]}]
+
+    def bill(self) -> prices.Ledger:
+        """The cluster's ledger in the store."""
+        return prices.Ledger(self.backend(), self.cluster)
+
+
+C = TypeVar("C", bound=type)
+
+
+def aws_errors_in_public_methods(cls: C) -> C:
+    """Every public method reports AWS trouble as a cloudloop error, not a boto traceback.
+
+    The class's instances have a ``ctx`` (:class:`Ec2Context`); the error names
+    the method and the cluster (``AWS refused launch for cluster 'x': ...``).
+    """
+    for name, fn in list(vars(cls).items()):
+        if callable(fn) and not name.startswith("_"):
+
+            def wrapped(self: Any, *a: Any, __fn: Any = fn, __name: str = name, **kw: Any) -> Any:
+                with aws_errors(f"{__name.replace('_', ' ')} for cluster {self.ctx.cluster!r}"):
+                    return __fn(self, *a, **kw)
+
+            functools.update_wrapper(wrapped, fn)
+            setattr(cls, name, wrapped)
+    return cls
+
+
+@aws_errors_in_public_methods
+class Ec2Setup:
+    """``cloudloop aws init``: the backend, the workers' identity and their network."""
+
+    def __init__(self, ctx: Ec2Context):
+        self.ctx = ctx
+
+    def init(self) -> list[str]:
+        """Create the bucket, queue, role, instance profile and security group (idempotent)."""
+        c = self.ctx
+        queue = cast(SqsQueue, c.backend().queue)  # open_aws's
+        arn = c.aws.sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["QueueArn"])
+        arn = arn["Attributes"]["QueueArn"]
+        policy = worker_policy(arn, c.bucket, c.prefix)
+        ensure_role(c.aws.iam, c.role, policy, c.tags)
+        vpc = self.vpc()
+        group = ensure_security_group(c.aws.ec2, c.group_name, vpc, c.tags)
+        return [
+            f"bucket s3://{c.bucket}/{c.prefix} and queue {c.queue_name}",
+            f"IAM role and instance profile {c.role} (that queue and that prefix only)",
+            f"security group {group} ({c.group_name}, no inbound rules) in {vpc}",
+        ]
+
+    def vpc(self) -> str:
+        """The VPC of the profile's first subnet, else the region's default VPC."""
+        c = self.ctx
+        if c.settings.subnets:
+            found = c.aws.ec2.describe_subnets(SubnetIds=[c.settings.subnets[0]])["Subnets"]
+            return str(found[0]["VpcId"])
+        return default_vpc(c.aws.ec2)
+
+    def security_group(self) -> str:
+        """The cluster's security group's id (created if missing)."""
+        c = self.ctx
+        return ensure_security_group(c.aws.ec2, c.group_name, self.vpc(), c.tags)
 
 
 def tags(cluster: str, profile: str) -> list[dict[str, str]]:

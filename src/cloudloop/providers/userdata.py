@@ -6,7 +6,9 @@ installs the client's exact cloudloop version (plus the profile's declared
 requirements) into a venv, starts one worker per vCPU (or
 ``workers_per_instance``), waits for them to leave (idle, preempted, past the
 cost deadline, or stopped) and shuts the machine down, which terminates it
-(``InstanceInitiatedShutdownBehavior=terminate``).
+(``InstanceInitiatedShutdownBehavior=terminate``). Its workers get the
+backend URL (``CLOUDLOOP_BACKEND``) and the cluster's name (``CLOUDLOOP_CLUSTER``,
+into their heartbeat records) from the environment, never on a command line.
 
 Environment overrides (for images with another layout, and for tests):
 ``CLOUDLOOP_HOME`` (default /opt/cloudloop), ``CLOUDLOOP_PYTHON`` (python3),
@@ -20,7 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ..model import WorkerOptions
-from .base import worker_argv
+from .base import CLUSTER_ENV, worker_argv
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Bootstrap:
     pip_args: tuple[str, ...] = ()
     workers_per_instance: int | None = None
     stop_at: float | None = None  # unix time: workers leave then (max_cost)
-    cluster: str | None = None  # closes this instance's record in the cluster's bill
+    cluster: str | None = None  # its workers' cluster; closes this instance's bill record
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -52,6 +54,8 @@ def render(b: Bootstrap) -> str:
             f'--cluster {q(b.cluster)} --metadata-url "$META" || true\n'
         )
     env = {**b.env, "CLOUDLOOP_BACKEND": b.backend}  # the workers' backend: never on a command line
+    if b.cluster:
+        env[CLUSTER_ENV] = b.cluster  # into their heartbeat records: `ls` and workers() find them
     exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(env.items()))
     return f"""#!/bin/bash
 # cloudloop {b.version} worker bootstrap. No credentials here: the instance

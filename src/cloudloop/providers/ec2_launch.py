@@ -1,0 +1,231 @@
+"""Starting instances: spot first, many instance types and zones, within the budget.
+
+::
+
+    Ec2Launcher.launch(n)
+      ├─ paused (the backend's flag)? refuse
+      ├─ room: max_workers / workers per instance - instances running now
+      ├─ budget: max_cost - spent so far -> a deadline every new worker leaves by
+      ├─ aws init (ec2_setup.py), user-data (userdata.py) -> a new launch template version
+      ├─ EC2 Fleet, type instant, spot, price-capacity-optimized over
+      │  instance_types x subnets; pools without capacity are reported, not fatal
+      ├─ whatever spot could not supply: a second fleet, on-demand (on_demand_fallback)
+      └─ ledger: each instance's record opened at its price (ec2_billing.py)
+
+:meth:`Ec2Launcher.wanted` is the rule for following the queue: enough
+instances for the waiting tasks, never more than max_workers allows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .. import __version__
+from ..backends.aws import error_code
+from ..errors import ConfigError
+from . import ec2_setup as setup
+from . import prices
+from .base import Report
+from .ec2_billing import Ec2Billing
+from .ec2_inventory import Ec2Inventory
+from .ec2_setup import Ec2Context, Ec2Setup, aws_errors_in_public_methods
+from .userdata import Bootstrap, render
+
+
+@dataclass
+class LaunchReport:
+    """What one launch asked for, what it got, and what it could not get."""
+
+    wanted: int
+    started: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def __str__(self) -> str:
+        groups: dict[tuple[str, str, str], int] = {}
+        for s in self.started:
+            groups[(s["type"], s["market"], s["zone"])] = (
+                groups.get((s["type"], s["market"], s["zone"]), 0) + 1
+            )
+        got = ", ".join(f"{n} x {t} {m} ({z})" for (t, m, z), n in sorted(groups.items()))
+        lines = [
+            f"started {len(self.started)} of {self.wanted} instances" + (f": {got}" if got else "")
+        ]
+        lines += [f"  could not get {f}" for f in self.failed]
+        if self.note:
+            lines.append(f"  {self.note}")
+        return "\n".join(lines)
+
+    def report(self) -> Report:
+        """As a cluster command's report: not ok if it wanted instances and got none."""
+        return Report(tuple(str(self).splitlines()), ok=bool(self.started) or self.wanted <= 0)
+
+
+@aws_errors_in_public_methods
+class Ec2Launcher:
+    """Launches the cluster's instances.
+
+    Args:
+        ctx: the cluster.
+        setup: makes sure its role, group and backend exist before a launch.
+        inventory: what already runs (max_workers counts it).
+        billing: opens each new instance's record; what is spent sets the deadline.
+        paused: whether the backend is paused (then nothing is launched).
+    """
+
+    def __init__(
+        self,
+        ctx: Ec2Context,
+        setup: Ec2Setup,
+        inventory: Ec2Inventory,
+        billing: Ec2Billing,
+        paused: Callable[[], bool],
+    ):
+        self.ctx, self.setup, self.inventory, self.billing = ctx, setup, inventory, billing
+        self.paused = paused
+
+    def workers_per_instance(self) -> int:
+        """The profile's, else the fewest vCPUs among its instance types (2 if unknown)."""
+        s = self.ctx.settings
+        if s.workers_per_instance:
+            return s.workers_per_instance
+        try:
+            info = self.ctx.aws.ec2.describe_instance_types(InstanceTypes=list(s.instance_types))
+            return min(int(t["VCpuInfo"]["DefaultVCpus"]) for t in info["InstanceTypes"])
+        except (ClientError, ValueError, KeyError):
+            return 2
+
+    def wanted(self, waiting: int, live: int, per_instance: int) -> int:
+        """Instances to add so ``waiting`` tasks have a worker each (max_workers allowing)."""
+        cap = math.ceil(self.ctx.settings.max_workers / per_instance)
+        want = min(cap, math.ceil(waiting / per_instance))
+        return want - live if waiting and want > live else 0
+
+    def launch(self, n: int) -> LaunchReport:
+        """Start up to ``n`` instances (fewer if max_workers or max_cost say so)."""
+        c, s = self.ctx, self.ctx.settings
+        if self.paused():
+            raise ConfigError(f"cluster {s.cluster!r} is paused: `cloudloop resume` first")
+        wpi = self.workers_per_instance()
+        room = max(0, math.ceil(s.max_workers / wpi) - len(self.inventory.instances()))
+        report = LaunchReport(wanted=n)
+        if room < n:
+            report.note = f"max_workers = {s.max_workers} allows {room} more instance(s)"
+            n = room
+        stop_at = self.deadline(n)
+        if stop_at is not None and stop_at <= time.time():
+            report.note = f"max_cost ${s.max_cost:.2f} is spent: no instance started"
+            return report
+        if n <= 0:
+            return report
+        self.setup.init()
+        setup.wait_for_profile(c.aws.iam, c.role)
+        user_data = render(
+            Bootstrap(
+                backend=c.url, version=__version__, worker=c.worker, cluster=s.cluster,
+                requirements=s.requirements, install=s.install, pip_args=s.pip_args,
+                workers_per_instance=s.workers_per_instance, stop_at=stop_at,
+            )
+        )  # fmt: skip
+        image = setup.resolve_image(c.aws.ssm, s.image)
+        group = self.setup.security_group()
+        tid, version = setup.template_version(
+            c.aws.ec2, c.template_name, image, user_data, c.role, group, c.tags, s.key_name
+        )
+        nets = setup.subnets(c.aws.ec2, s.subnets)
+        zone_of = {x["SubnetId"]: x["AvailabilityZone"] for x in nets}
+        markets = (
+            ["spot", "on-demand"]
+            if s.spot and s.on_demand_fallback
+            else ["spot" if s.spot else "on-demand"]
+        )
+        want = n
+        for market in markets:
+            if want <= 0:
+                break
+            got = self._fleet(tid, version, nets, market, want, report)
+            for inst in got:
+                inst["zone"] = zone_of.get(inst.pop("subnet"), "?")
+                self.billing.record(inst)
+            report.started += got
+            want -= len(got)
+        return report
+
+    def deadline(self, n: int) -> float | None:
+        """When ``n`` new workers must leave so the cluster stays within max_cost."""
+        s = self.ctx.settings
+        if s.max_cost is None:
+            return None
+        spent, burn = self.billing.cost()
+        top = max((prices.on_demand(t, s.prices) or 0.0) for t in s.instance_types) or 0.5
+        burn += n * top
+        if spent >= s.max_cost or burn <= 0:
+            return time.time()
+        return time.time() + 3600 * (s.max_cost - spent) / burn
+
+    def _fleet(
+        self,
+        tid: str,
+        version: str,
+        nets: list[dict[str, str]],
+        market: str,
+        want: int,
+        report: LaunchReport,
+    ) -> list[dict[str, Any]]:
+        c = self.ctx
+        overrides = [
+            {"InstanceType": t, "SubnetId": net["SubnetId"]}
+            for t in c.settings.instance_types
+            for net in nets
+        ]
+        kw: dict[str, Any] = {
+            "Type": "instant",
+            "LaunchTemplateConfigs": [
+                {
+                    "LaunchTemplateSpecification": {"LaunchTemplateId": tid, "Version": version},
+                    "Overrides": overrides,
+                }
+            ],
+            "TargetCapacitySpecification": {
+                "TotalTargetCapacity": want,
+                "DefaultTargetCapacityType": market,
+            },
+            "TagSpecifications": [
+                {"ResourceType": "fleet", "Tags": c.tags},
+                {"ResourceType": "instance", "Tags": c.tags},
+            ],
+        }
+        if market == "spot":
+            kw["SpotOptions"] = {"AllocationStrategy": "price-capacity-optimized"}
+        else:
+            kw["OnDemandOptions"] = {"AllocationStrategy": "lowest-price"}
+        for attempt in range(6):
+            try:
+                resp = c.aws.ec2.create_fleet(**kw)
+                break
+            except ClientError as e:
+                # a brand-new instance profile is not visible to EC2 for a few seconds
+                if "profile" in str(e).lower() and attempt < 5:
+                    time.sleep(2 + 2 * attempt)
+                    continue
+                report.failed.append(f"{market}: {error_code(e)}: {e}")
+                return []
+        out = []
+        for group in resp.get("Instances", []):
+            o = group.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
+            for iid in group.get("InstanceIds", []):
+                out.append({"id": iid, "type": group.get("InstanceType") or o.get("InstanceType"),
+                            "subnet": o.get("SubnetId"), "market": market})  # fmt: skip
+        for err in resp.get("Errors", []):
+            o = err.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
+            where = f"{o.get('InstanceType', '?')} in {o.get('SubnetId', '?')}"
+            report.failed.append(
+                f"{market} {where}: {err.get('ErrorCode')}: {err.get('ErrorMessage', '')}"
+            )
+        return out
