@@ -29,6 +29,7 @@ demo: $(VENV)/.demo
 lint: $(VENV)/.test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # system packages the tests drive for real (installed only when missing)
 test-deps:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import wait_for
 
 
 def cli(*args, cwd, check=True, timeout=120):
@@ -140,3 +141,54 @@ def test_errors_are_one_clear_line(tmp_path):
 def test_help_is_useful(cmd, tmp_path):
     out = cli(cmd, "--help", cwd=tmp_path).stdout
     assert "--backend" in out and "--profile" in out
+
+
+def test_local_up_and_down_act_on_the_profiles_own_workers_only(tmp_path):
+    """`cloudloop up` starts detached workers of a profile's cluster; `down` stops
+    those and no other worker on the machine (another profile's, a client's own)."""
+    import cloudloop as cl
+    from cloudloop.backends import open_backend
+    from cloudloop.heartbeat import worker_records
+
+    backend = f"sqlite://{tmp_path / 'b'}"
+    (tmp_path / "cloudloop.toml").write_text(
+        "".join(f'[profiles.{p}]\nbackend = "{backend}"\nheartbeat = "0.5s"\n' for p in "ab")
+    )
+
+    def clusters():
+        with open_backend(backend) as b:
+            return sorted(str(r.cluster) for r in worker_records(b) if r.live())
+
+    with cl.Executor(backend=backend, workers=1) as ex:  # a client's own worker
+        assert (
+            "started 1 local workers" in cli("up", "--profile", "a", "-n", "1", cwd=tmp_path).stdout
+        )
+        cli("up", "--profile", "b", "-n", "2", cwd=tmp_path)
+        wait_for(lambda: clusters() == ["None", "a", "b", "b"], timeout=60, what="4 workers")
+        out = cli("ls", "--profile", "b", cwd=tmp_path).stdout
+        assert out.splitlines()[-1] == "2 worker(s) in cluster 'b' (local)"
+        out = cli("down", "--profile", "a", cwd=tmp_path).stdout
+        assert out.strip() == "asked 1 worker(s) of cluster 'a' on this machine to stop"
+        wait_for(lambda: clusters() == ["None", "b", "b"], timeout=30, what="a's worker gone")
+        assert ex.submit(pow, 2, 5).result(timeout=30) == 32  # the client's worker serves on
+        cli("down", "--profile", "b", cwd=tmp_path)
+        wait_for(lambda: clusters() == ["None"], timeout=30, what="b's workers gone")
+        again = cli("down", "--profile", "b", cwd=tmp_path).stdout
+        assert again.strip() == "asked 0 worker(s) of cluster 'b' on this machine to stop"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["aws", "init"], "cluster 'local' (local provider) cannot be set up in a cloud account"),
+        (["up", "--every", "1s"], None),  # no follow on local: up starts workers instead
+    ],
+)
+def test_cluster_capabilities_a_provider_lacks_are_one_line(tmp_path, argv, message):
+    if message is None:
+        proc = cli(*argv, "-n", "0", cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and proc.stdout.strip() == "no workers to start (-n 0)"
+        return
+    proc = cli(*argv, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

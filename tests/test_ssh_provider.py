@@ -16,19 +16,15 @@ ssh: this tests the air-gapped path for real. Each host gets its own HOME
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import netns
 import pytest
 import redis_server as rs
+import sshlab
 from helpers import wait_for, worker_records
+from sshlab import HOSTS, LabRig
 
 import cloudloop as cl
 from cloudloop import cli, codec, keys
@@ -37,101 +33,10 @@ from cloudloop.errors import ConfigError
 from cloudloop.model import WorkerOptions
 from cloudloop.providers.ssh import SshCluster, SshSettings, _shares, _why, parse_hosts
 
-PORT = 2222
-HOSTS = ("n1", "n2", "n3")
-
-
-def _sshd(host, d: Path, home: Path) -> None:
-    cfg = d / f"sshd-{host.name}.conf"
-    cfg.write_text(
-        f"Port {PORT}\nListenAddress {host.address}\nHostKey {d / 'hostkey'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {d / f'sshd-{host.name}.pid'}\nPermitRootLogin prohibit-password\n"
-        f"SetEnv HOME={home}\n"
-    )
-    host.popen(["/usr/sbin/sshd", "-D", "-f", str(cfg), "-E", str(d / f"sshd-{host.name}.log")])
-    netns.wait_port(host.address, PORT, 15)
-
-
-class LabRig:
-    def __init__(self, d: Path):
-        self.d = d
-        for name in ("id", "hostkey", "other"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                           check=True)  # fmt: skip
-        (d / "authorized_keys").write_text((d / "id.pub").read_text())
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.lab = netns.Lab("ssh")
-        self.hosts = {}
-        try:
-            for name in HOSTS:
-                host = self.lab.add_host(name)
-                (d / "home" / name).mkdir(parents=True)
-                _sshd(host, d, d / "home" / name)
-                self.hosts[name] = host
-            self.redis = rs.RedisServer(d / "redis", bind=self.lab.address)
-        except BaseException:
-            self.lab.close()
-            raise
-        entries = [(n, h.address, "id") for n, h in self.hosts.items()]
-        entries += [
-            ("dead", f"{self.lab.net}.99", "id"),
-            ("badkey", self.hosts["n1"].address, "other"),
-        ]
-        self.ssh_config = d / "ssh_config"
-        self.ssh_config.write_text(
-            "".join(
-                f"Host {alias}\n  HostName {addr}\n  Port {PORT}\n  User root\n"
-                f"  IdentityFile {d / key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-                "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-                for alias, addr, key in entries
-            )
-        )
-
-    def restart_sshd(self, name: str) -> None:
-        _sshd(self.hosts[name], self.d, self.d / "home" / name)
-
-    def profile(self, where: Path, name: str, hosts: list[str], url: str = "", **extra) -> str:
-        """Write cloudloop.toml with an ssh profile on its own Redis prefix; returns the URL."""
-        url = url or self.redis.url(prefix=f"{name}{secrets.token_hex(3)}")
-        # the hosts' interpreter: this one's base, so the wheels built here fit it exactly
-        extra.setdefault("python", os.path.realpath(sys._base_executable))
-        lines = [f"[profiles.{name}]", f'backend = "{url}"', 'provider = "ssh"',
-                 f"hosts = {json.dumps(hosts)}", f'ssh_config = "{self.ssh_config}"',
-                 "connect_timeout = 3", 'lease = "3s"', 'heartbeat = "0.5s"']  # fmt: skip
-        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-        (where / "cloudloop.toml").write_text("\n".join(lines) + "\n")
-        return url
-
-    def workers_on(self, name: str) -> list[str]:
-        """Command lines of cloudloop processes inside a host's namespace."""
-        out = []
-        for pid in self.hosts[name].pids():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "cloudloop" in cmd:
-                out.append(cmd)
-        return out
-
-    def close(self) -> None:
-        try:
-            self.redis.stop()
-        finally:
-            self.lab.close()
-
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    netns.require()
-    rs.require()
-    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen"):
-        if not shutil.which(tool):
-            if os.environ.get("CI"):
-                pytest.fail(f"CI must have {tool} (scripts/test-deps.sh installs it)")
-            pytest.skip(f"{tool} is not installed")
+    sshlab.require()
     r = LabRig(tmp_path_factory.mktemp("sshlab"))
     yield r
     r.close()
@@ -163,7 +68,7 @@ def _busy_on(url: str, host: str) -> bool:
 
 def _ready_workers(url: str, n: int) -> None:
     with open_backend(url) as b:
-        wait_for(lambda: len(b.store.list("workers/")) >= n, timeout=60, what=f"{n} workers")
+        wait_for(lambda: len(b.store.list(keys.WORKERS)) >= n, timeout=60, what=f"{n} workers")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -208,7 +113,7 @@ def test_up_runs_a_job_on_all_three_hosts_and_down_leaves_nothing(rig, tmp_path,
         wait_for(lambda n=name: not rig.workers_on(n), timeout=15, what=f"no worker on {name}")
     with open_backend(url) as b:
         assert b.store.list("clusters/lab/ssh/") == []
-        assert len(b.store.list("workers/")) == 0  # they stopped cleanly (SIGTERM, not -9)
+        assert len(b.store.list(keys.WORKERS)) == 0  # they stopped cleanly (SIGTERM, not -9)
 
 
 def test_a_host_dies_mid_job_every_result_exactly_once(rig, tmp_path, capsys):
@@ -317,7 +222,7 @@ def test_index_first_then_wheels_when_the_host_has_no_index(rig):
     )  # fmt: skip
     cluster = SshCluster(settings, rig.redis.url(prefix="idx"), WorkerOptions(lease=3), "idx")
     cluster.released = True  # as if this cloudloop had been installed from an index
-    (report,) = cluster.up()
+    (report,) = cluster.start_workers()
     assert not report.error, report
     assert (
         str(report)

@@ -24,6 +24,7 @@ from .config import Profile, default_backend, load_profile, parse_duration
 from .errors import CloudloopError
 from .job import Job, attach_job, list_jobs
 from .model import WorkerOptions, format_seconds
+from .providers import cluster_for
 
 _SHIP_LIMIT = 50 << 20
 
@@ -161,17 +162,12 @@ def cmd_run(args) -> int:
 
 
 def _cost_line(args, st) -> str | None:
-    """What the job's cluster cost (ec2 profiles), or None where nothing is billed."""
+    """What the job's cluster cost (where the profile's provider bills), or None."""
     if args.backend:
         return None
-    profile = load_profile(args.profile)
-    if profile.provider != "ec2":
+    cluster = cluster_for(load_profile(args.profile))
+    if "job_cost" not in cluster.capabilities():
         return None
-    from .providers.ec2 import Ec2Provider
-
-    cluster = Ec2Provider(profile.provider_options, profile.name).cluster(
-        profile.backend, profile.worker
-    )
     finished = st.created + st.elapsed if st.state.finished else None
     return cluster.job_cost(st.created, finished, st.eta)
 
@@ -266,7 +262,7 @@ def cmd_results(args) -> int:
             "index": i,
             "status": "ok" if o.ok else ("cancelled" if o.cancelled else "failed"),
         }
-        if o.ok:
+        if o.ok and o.value is not None:
             row["value"] = _jsonable(codec.loads(o.value))
         elif o.error is not None:
             row["error"] = f"{o.error.type_name}: {o.error.message}"

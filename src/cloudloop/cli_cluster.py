@@ -1,213 +1,68 @@
 """Cluster commands: ``aws init``, ``up``, ``ls``, ``down``, ``pause``, ``resume``, ``cleanup``.
 
-They act on the workers of a profile's provider. ``ec2`` manages instances;
-``ssh`` bootstraps its hosts and starts workers there (``down`` stops them from
-any client); ``local`` starts detached worker processes on this machine
-(stopped by ``down``).
+They act on a profile's :class:`~cloudloop.providers.base.Cluster` (whatever
+its provider: this module names none) and print what it reports; a capability
+the provider lacks (``aws init`` on a local profile) is one line saying so.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import signal
-import socket
-import subprocess
-import time
-
 from .backends import open_backend
-from .config import Profile, load_profile, parse_duration
+from .config import load_profile, parse_duration
 from .errors import CloudloopError
-from .model import format_seconds
-from .providers.local import worker_command
+from .providers import Cluster, Report, cluster_for
 
 
-def _profile(args) -> Profile:
-    return load_profile(args.profile)
+def _cluster(args) -> Cluster:
+    return cluster_for(load_profile(args.profile))
 
 
-def _cluster(profile: Profile):
-    if profile.provider != "ec2":
-        raise CloudloopError(
-            f"profile {profile.name!r} uses provider {profile.provider!r}, not ec2"
-        )
-    from .providers.ec2 import Ec2Provider
-
-    return Ec2Provider(profile.provider_options, profile.name).cluster(
-        profile.backend, profile.worker
-    )
-
-
-def _ssh(profile: Profile):
-    from .providers.ssh import SshProvider
-
-    return SshProvider(profile.provider_options, profile.name).cluster(
-        profile.backend, profile.worker
-    )
-
-
-def _ssh_up(profile: Profile, n: int | None) -> int:
-    reports = _ssh(profile).up(total=n)
-    for r in reports:
-        print(r, flush=True)
-    ok = [r for r in reports if not r.error]
-    print(f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} host(s) "
-          f"(`cloudloop down --profile {profile.name}` stops them)")  # fmt: skip
-    return 0 if ok else 1
-
-
-def _ssh_down(profile: Profile) -> int:
-    lines = _ssh(profile).stop()
-    for line in lines:
-        print(line)
-    return 1 if any("FAILED" in line for line in lines) else 0
-
-
-def _heartbeats(backend) -> list[dict]:
-    from .heartbeat import worker_records
-
-    return [r.as_dict() for r in worker_records(backend)]
-
-
-def _is_local_worker(pid: int) -> bool:
-    """The process is a ``cloudloop worker`` (a record's pid is checked before it is signalled)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"cloudloop" in b" ".join(argv) and b"worker" in argv
+def _say(report: Report) -> int:
+    for line in report.lines:
+        print(line, flush=True)
+    return 0 if report.ok else 1
 
 
 def cmd_aws_init(args) -> int:
-    for line in _cluster(_profile(args)).init():
-        print(line)
-    return 0
+    return _say(_cluster(args).init())
 
 
 def cmd_up(args) -> int:
-    profile = _profile(args)
-    if profile.provider == "ssh":
-        return _ssh_up(profile, args.n)
-    if profile.provider == "local":
-        n = args.n or os.cpu_count() or 1
-        backend = open_backend(profile.backend)
-        cmd = worker_command(profile.worker)
-        env = {
-            **os.environ,
-            "CLOUDLOOP_BACKEND": backend.connect_url,
-            "CLOUDLOOP_PROVIDER": "local",
-        }
-        for _ in range(n):
-            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
-        print(f"started {n} local workers for {backend.url} (`cloudloop down` stops them)")
-        return 0
-    cluster = _cluster(profile)
-    if args.n:
-        print(cluster.launch(math.ceil(args.n / cluster.workers_per_instance())))
-        return 0
-    return _scale_to_queue(cluster, args)
-
-
-def _scale_to_queue(cluster, args) -> int:
-    """Keep enough instances for the waiting work; stop at max_cost; workers leave when idle."""
-    s = cluster.settings
-    wpi = cluster.workers_per_instance()
-    every = parse_duration(args.every) or 15.0
-    print(f"scaling cluster {s.cluster!r} to its queue every {every:g} s (Ctrl-C stops scaling; "
-          "workers still leave by themselves when idle)", flush=True)  # fmt: skip
-    quiet_since = None
-    while True:
-        stats = cluster.backend.queue.stats()
-        live = cluster.instances()
-        spent, burn = cluster.cost()
-        if s.max_cost is not None and spent >= s.max_cost:
-            ids = cluster.terminate()
-            print(
-                f"max_cost ${s.max_cost:.2f} reached (${spent:.2f} spent): terminated {len(ids)} instance(s)"
-            )
-            return 3
-        want = min(math.ceil(s.max_workers / wpi), math.ceil(stats.total / wpi))
-        if stats.total and want > len(live) and not cluster.paused():
-            print(cluster.launch(want - len(live)), flush=True)
-        if stats.total or live:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif args.until_idle and time.monotonic() - quiet_since > every:
-            print(f"queue empty and no instances left; spent ${spent:.2f}")
-            return 0
-        time.sleep(every)
+    cluster = _cluster(args)
+    if args.n is None and "follow" in cluster.capabilities():
+        every = parse_duration(args.every) or 15.0
+        return cluster.follow(every, args.until_idle, lambda line: print(line, flush=True))
+    return _say(cluster.up(args.n))
 
 
 def cmd_ls(args) -> int:
-    profile = _profile(args)
-    if profile.provider != "ec2":
-        backend = open_backend(profile.backend)
-        now = time.time()
-        for w in _heartbeats(backend):
-            seen = format_seconds(now - w.get("last_seen", 0))
-            print(f"{w['id']:32s} {w.get('provider', '?'):8s} {w.get('state', '?'):9s} "
-                  f"tasks {w.get('tasks_done', 0):6d}  seen {seen} ago")  # fmt: skip
-        return 0
-    cluster = _cluster(profile)
-    spent, burn = cluster.cost()
-    ledger = {r["id"]: r for r in cluster.ledger()}
-    now = time.time()
-    rows = cluster.instances(["pending", "running", "stopping", "stopped", "shutting-down"])
-    for i in rows:
-        r = ledger.get(i["id"], {})
-        up = format_seconds(now - i["launched"])
-        price = r.get("price", 0.0)
-        print(f"{i['id']:20s} {i['type']:11s} {i['market']:9s} {i['zone']:11s} {i['state']:13s} "
-              f"up {up:>8s}  ${price:.4f}/h")  # fmt: skip
-    budget = f" of max ${cluster.settings.max_cost:.2f}" if cluster.settings.max_cost else ""
-    print(f"{len(rows)} instance(s) in cluster {cluster.settings.cluster!r}; "
-          f"spent ${spent:.2f}{budget}, burning ${burn:.3f}/h")  # fmt: skip
-    return 0
+    return _say(_cluster(args).ls())
 
 
 def cmd_down(args) -> int:
-    profile = _profile(args)
-    if profile.provider == "ssh":
-        return _ssh_down(profile)
-    if profile.provider != "ec2":
-        backend = open_backend(profile.backend)
-        host, n = socket.gethostname(), 0
-        for w in _heartbeats(backend):
-            if w.get("host") == host and _is_local_worker(w["pid"]):
-                try:
-                    os.kill(w["pid"], signal.SIGTERM)
-                    n += 1
-                except (ProcessLookupError, PermissionError):
-                    pass
-        print(f"asked {n} worker(s) on this machine to stop")
-        return 0
-    for line in _cluster(profile).down(purge=args.purge) or ["nothing was running"]:
-        print(line)
-    return 0
+    report = _cluster(args).down(purge=args.purge)
+    return _say(report if report.lines else Report(("nothing was running",), report.ok))
 
 
 def cmd_pause(args) -> int:
-    cluster = _cluster(_profile(args))
+    cluster = _cluster(args)
     cluster.pause()
-    print(f"cluster {cluster.settings.cluster!r} paused: no new instances, workers take no new "
-          "tasks, finish what they hold and leave when idle (`cloudloop resume` to go on)")  # fmt: skip
+    print(f"cluster {cluster.name!r} paused: no new machines, and every worker of its backend "
+          "takes no new tasks, finishes what it holds and leaves when idle "
+          "(`cloudloop resume` to go on)")  # fmt: skip
     return 0
 
 
 def cmd_resume(args) -> int:
-    cluster = _cluster(_profile(args))
+    cluster = _cluster(args)
     cluster.resume()
-    print(f"cluster {cluster.settings.cluster!r} resumed (`cloudloop up` starts workers again)")
+    print(f"cluster {cluster.name!r} resumed (`cloudloop up` starts workers again)")
     return 0
 
 
 def cmd_cleanup(args) -> int:
-    for line in _cluster(_profile(args)).cleanup(purge=args.purge) or ["nothing to clean up"]:
-        print(line)
-    return 0
+    report = _cluster(args).cleanup(purge=args.purge)
+    return _say(report if report.lines else Report(("nothing to clean up",), report.ok))
 
 
 def cmd_instance_ended(args) -> int:

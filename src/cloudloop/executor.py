@@ -51,7 +51,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import logging
-import os
 import secrets
 import threading
 import time
@@ -64,7 +63,7 @@ from .config import Profile, check_workers, job_options, load_profile, worker_op
 from .errors import CloudloopError, ConfigError, InitializerFailed
 from .job import Job, attach_job
 from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES
-from .providers import WorkerPool, get_provider
+from .providers import WorkerPool, provider_for
 from .session import _relay, _Session
 from .submit import JobWriter, chunk_sizes, length_hint, zip_items
 
@@ -145,8 +144,9 @@ class Executor(cf.Executor):
         self.backend: Backend = open_backend(backend or self._profile.backend)
         if workers is None:
             workers = self._profile.workers
+        provider = provider_for(self._profile)
         if workers is None:  # locally one per core; elsewhere `cloudloop up` manages workers
-            workers = (os.cpu_count() or 1) if self._profile.provider == "local" else 0
+            workers = provider.default_workers()
         self.workers = workers
         self._wrap = None if initializer is None else _Initializer(initializer, tuple(initargs))
         self._relay = bool(relay_output)
@@ -156,9 +156,6 @@ class Executor(cf.Executor):
         self._jobs: list[Job] = []
         self._pool: WorkerPool | None = None
         if workers:
-            provider = get_provider(
-                self._profile.provider, self._profile.provider_options, self._profile.name
-            )
             self._pool = provider.start(self.backend.connect_url, workers, self._worker_options)
         _live.add(self)
 

@@ -320,7 +320,7 @@ class Job:
         self, return_exceptions: bool = False, deadline: float | None = None
     ) -> Iterator[Any]:
         """Yield values in input order as they become available, holding little in memory."""
-        nxt, consumed, pending = 0, set(), {}
+        nxt, consumed, pending = 0, set[str](), dict[int, Outcome]()
         pause = self.backend.poll_interval
         while True:
             total = self._total

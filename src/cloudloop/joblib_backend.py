@@ -43,6 +43,7 @@ from . import codec, context, keys
 from .config import load_profile
 from .errors import ConfigError
 from .executor import Executor
+from .providers import provider_for
 
 SHARE_BYTES = 1 << 20  # arguments at least this large are stored once, not sent per batch
 _loaded: dict[str, Any] = {}  # worker side: shared arguments already loaded, by key
@@ -179,7 +180,7 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
         prof = load_profile(self.profile)
         if prof.workers:
             return prof.workers
-        if prof.provider != "local":  # workers `cloudloop up` started: their heartbeats
+        if not provider_for(prof).default_workers():  # `cloudloop up` starts them: count them
             from .backends import open_backend
             from .job import Job
 
@@ -197,8 +198,8 @@ class CloudloopBackend(AutoBatchingMixin, ParallelBackendBase):
             workers = self.workers
             if workers is None:
                 prof = load_profile(self.profile)
-                if prof.provider == "local" and prof.workers is None:
-                    workers = n
+                if prof.workers is None and provider_for(prof).default_workers():
+                    workers = n  # the provider starts workers per client: as many as asked
             self._executor = Executor(
                 backend=self.url, workers=workers, profile=self.profile, **self.options
             )

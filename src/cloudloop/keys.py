@@ -25,7 +25,10 @@
     workers/<worker>                             signed JSON heartbeat
     control/paused                               signed: workers take no new work while it exists
     control/probe/<who>                          written and removed at once: does the store take writes?
-    clusters/<name>/instances/<id>               JSON ledger of an instance's price and life
+    clusters/<name>/instances/<id>               signed JSON LedgerRecord: an EC2 instance's
+                                                 price and life (the cluster's bill)
+    clusters/<profile>/ssh/<host>/<tag>          signed JSON {host, tag, pids, workers, started,
+                                                 by}: workers an ssh profile started there
     deadletter/<time>-<message>-<nonce>          raw bytes of a message that failed verification
                                                  or kept breaking its workers (never acted on)
     deadletter/<time>-<message>-<nonce>.why      signed JSON {at, why, worker}: the reason
@@ -222,6 +225,12 @@ def deadletter_reason(name: str) -> str:
 
 def is_deadletter_reason(name: str) -> bool:
     return name.endswith(".why")
+
+
+def ssh_starts(profile: str, host: str | None = None) -> str:
+    """Where an ssh profile records the workers it started (per host, per start)."""
+    base = f"clusters/{profile}/ssh/"
+    return base + (re.sub(r"[^A-Za-z0-9_.=+@-]", "_", host) + "/" if host else "")
 
 
 def ledger(cluster: str, instance: str) -> str:

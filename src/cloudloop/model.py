@@ -458,6 +458,7 @@ class WorkerRecord:
     instance_type: str | None = None
     market: str | None = None
     error: str | None = None  # the worker's current trouble, in words (a failing store)
+    cluster: str | None = None  # the cluster (`cloudloop up`) that started it, if one did
 
     @classmethod
     def from_dict(cls, data: Any) -> WorkerRecord:

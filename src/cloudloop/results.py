@@ -209,7 +209,7 @@ def read_outcome(o: Outcome, job_id: str) -> tuple[bool, Any]:
     if o.cancelled:
         return False, CancelledError(f"task {o.index} of job {job_id} was cancelled")
     try:
-        if o.ok:
+        if o.ok and o.value is not None:
             return True, codec.loads(o.value)
         if o.error is None:
             raise ValueError("the outcome holds neither a value nor an error")

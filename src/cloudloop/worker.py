@@ -124,6 +124,7 @@ class Worker(ChunkRunner):
         self.host = (os.environ.get("CLOUDLOOP_HOST") or socket.gethostname())[:200]
         self.id = f"{keys.safe_name(self.host)}-{os.getpid()}-{secrets.token_hex(2)}"
         self.provider = provider or os.environ.get("CLOUDLOOP_PROVIDER", "external")
+        self.cluster = os.environ.get("CLOUDLOOP_CLUSTER") or None  # set by `cloudloop up`
         self.scratch = Path(tempfile.mkdtemp(prefix="cloudloop-worker-"))
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         self.runner = RunnerProcess(self.scratch, {**env, "CLOUDLOOP_WORKER_ID": self.id})
@@ -220,7 +221,8 @@ class Worker(ChunkRunner):
             "message": st.message if st else "",
             "tasks_done": self.tasks_done, "failures": self.failures,
             "rss": self.runner.rss() if self.runner.alive else 0,
-            "load": os.getloadavg()[0], "error": self.trouble(), **self.machine,
+            "load": os.getloadavg()[0], "error": self.trouble(), "cluster": self.cluster,
+            **self.machine,
         }  # fmt: skip
 
     def run(self) -> None:
@@ -292,9 +294,10 @@ class Worker(ChunkRunner):
             backoff.reset()
 
     def _paused(self) -> bool:
-        """``cloudloop pause`` (checked every 10 s): take no new work."""
+        """``cloudloop pause`` (checked every two heartbeats, at least every 10 s): take no
+        new work."""
         now = time.monotonic()
-        if now - self._paused_checked > 10.0:
+        if now - self._paused_checked > min(10.0, 2 * self.every):
             self._paused_checked = now
             self._is_paused = paused(self.backend)
         return self._is_paused

@@ -341,7 +341,7 @@ def _grid(total: int | None, tasks: dict[int, Outcome], running: dict[int, Any])
         elif any(i in running for i in idx):
             cells.append("r")
         elif all(o is not None for o in outs):
-            cells.append("c" if all(o.cancelled for o in outs) else "o")
+            cells.append("c" if all(o is not None and o.cancelled for o in outs) else "o")
         elif any(o is not None for o in outs):
             cells.append("p")
         else:
@@ -430,7 +430,7 @@ class DashboardView:
         unfinished = sum(1 for j in self._jobs.values() if not j.finished)
         # the more jobs run at once, the less often each is re-listed (S3 LIST costs money)
         interval = max(self.list_every / 2, 0.25 * unfinished)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for job_id in reversed(self._job_ids[-limit:]):
             broken = self._broken.get(job_id)
             if broken is not None and time.monotonic() - broken[0] < self.cost_every:

@@ -21,11 +21,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+from .. import keys
 from ..config import check_known
 from ..errors import ConfigError
 from ..model import WorkerOptions
-from .base import Provider, WorkerPool, worker_argv
+from .base import CLUSTER_ENV, Cluster, Provider, Report, WorkerPool, worker_argv
 
 log = logging.getLogger("cloudloop.local")
 _CRASH_LOOP = 5  # consecutive deaths within _QUICK seconds of start
@@ -151,20 +153,140 @@ class LocalPool(WorkerPool):
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, options=None, profile: str = ""):
+    def __init__(self, options: dict[str, Any] | None = None, profile: str = ""):
         super().__init__(options, profile)
         check_known(self.options, {"python"}, "local provider")
 
-    def start(self, backend_url: str, n: int, worker: WorkerOptions) -> LocalPool:
-        log_dir = private_dir(Path(tempfile.gettempdir()) / f"cloudloop-{os.getuid()}") / "workers"
-        log_dir.mkdir(mode=0o700, exist_ok=True)
-        cmd = worker_command(worker) + ["--parent-pid", str(os.getpid())]
+    def default_workers(self) -> int:
+        return os.cpu_count() or 1  # one per core, started and stopped with the client
+
+    def command(self, worker: WorkerOptions, n: int, cluster: str | None = None):
+        """The command and environment of ``n`` workers (of ``cluster``, if one started them)."""
+        cmd = worker_command(worker)
         if "python" in self.options:
             cmd[0] = str(self.options["python"])
-        env = {**os.environ, "CLOUDLOOP_PROVIDER": "local", "CLOUDLOOP_BACKEND": backend_url}
+        env = {**os.environ, "CLOUDLOOP_PROVIDER": "local"}
+        env.pop(CLUSTER_ENV, None)  # a task that starts workers: they are not its worker's
+        if cluster is not None:
+            env[CLUSTER_ENV] = cluster
         # n workers each running numerical code with a thread per core would
         # oversubscribe the machine; share the cores unless the user chose.
         threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, threads)
-        return LocalPool(cmd, env, n, log_dir)
+        return cmd, env
+
+    def start(self, backend_url: str, n: int, worker: WorkerOptions) -> LocalPool:
+        cmd, env = self.command(worker, n)
+        cmd += ["--parent-pid", str(os.getpid())]
+        env["CLOUDLOOP_BACKEND"] = backend_url
+        return LocalPool(cmd, env, n, _log_dir())
+
+    def cluster(self, backend_url: str, worker: WorkerOptions) -> LocalCluster:
+        return LocalCluster(self, backend_url, worker, self.profile or "local")
+
+
+def _log_dir() -> Path:
+    log_dir = _private_root() / "workers"
+    log_dir.mkdir(mode=0o700, exist_ok=True)
+    return log_dir
+
+
+def _private_root() -> Path:
+    return private_dir(Path(tempfile.gettempdir()) / f"cloudloop-{os.getuid()}")
+
+
+def _started_at(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot; None if there is none):
+    with its pid, what tells it from a later process that got the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may hold spaces or ')'
+    fields = stat_line[stat_line.rindex(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+class LocalCluster(Cluster):
+    """Detached workers on this machine for one profile (``cloudloop up``).
+
+    They outlive the command that starts them and stop with ``cloudloop
+    down`` (or their ``idle_exit``). Each start leaves a file per worker under
+    ``$TMPDIR/cloudloop-<uid>/clusters/<name>/`` naming its pid and the moment
+    it started, so ``down`` stops exactly this profile's workers, not a
+    process that later got the same pid, nor workers of other profiles or
+    clients on the same machine.
+    """
+
+    provider = "local"
+
+    def __init__(self, owner: LocalProvider, backend_url: str, worker: WorkerOptions, name: str):
+        super().__init__(name, backend_url, worker)
+        self.owner = owner
+
+    def _run_dir(self) -> Path:
+        clusters = _private_root() / "clusters"
+        clusters.mkdir(mode=0o700, exist_ok=True)
+        return private_dir(clusters / keys.safe_name(self.name))
+
+    def up(self, n: int | None = None) -> Report:
+        n = n if n is not None else self.owner.default_workers()
+        if n < 1:
+            return Report((f"no workers to start (-n {n})",), ok=False)
+        backend = self.backend  # a wrong URL fails here, before anything starts
+        cmd, env = self.owner.command(self.worker, n, cluster=self.name)
+        env["CLOUDLOOP_BACKEND"] = backend.connect_url
+        run, logs = self._run_dir(), _log_dir()
+        for _ in range(n):
+            path = logs / f"{keys.safe_name(self.name)}-{time.time_ns()}.log"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            with open(fd, "ab") as logf:
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                     start_new_session=True, env=env)  # fmt: skip
+            (run / str(p.pid)).write_text(f"{_started_at(p.pid) or ''}\n")
+        return Report((
+            f"started {n} local workers for {backend.url} "
+            f"(`cloudloop down --profile {self.name}` stops them)",
+        ))  # fmt: skip
+
+    def _started(self) -> list[tuple[Path, int]]:
+        """(pid file, pid) of this cluster's workers still running (stale files removed)."""
+        out = []
+        for path in sorted(self._run_dir().iterdir()):
+            try:
+                pid, started = int(path.name), path.read_text().strip()
+            except (ValueError, OSError):
+                continue
+            if started and _started_at(pid) == started and _is_worker(pid):
+                out.append((path, pid))
+            else:
+                path.unlink(missing_ok=True)
+        return out
+
+    def down(self, purge: bool = False) -> Report:
+        procs, n = self._started(), 0
+        for path, pid in procs:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                n += 1
+            except ProcessLookupError:
+                pass
+            path.unlink(missing_ok=True)
+        lines = [f"asked {n} worker(s) of cluster {self.name!r} on this machine to stop"]
+        if purge:
+            lines.append(
+                "--purge: the backend's data stays where it is (only workers were started)"
+            )
+        return Report(tuple(lines))
+
+
+def _is_worker(pid: int) -> bool:
+    """The process is a ``cloudloop worker`` (checked before it is signalled)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"cloudloop" in b" ".join(argv) and b"worker" in argv

@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, keys
 from ..backends.base import secret_from_env
 from ..config import check_known
 from ..errors import ConfigError, TamperedError
 from ..model import WorkerOptions
 from . import wheelhouse
-from .base import Provider, WorkerPool, worker_argv
+from .base import CLUSTER_ENV, Cluster, Provider, Report, WorkerPool, worker_argv
 
 # run on a host before its workers start: can it open the backend? (one clear line if not)
 _CHECK = """import os, sys
@@ -241,13 +241,16 @@ def _kv(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-class SshCluster:
+class SshCluster(Cluster):
     """One profile's workers on its SSH hosts: bootstrap, start, record, stop."""
+
+    provider = "ssh"
 
     def __init__(
         self, settings: SshSettings, backend_url: str, worker: WorkerOptions, profile: str
     ):
-        self.s, self.url, self.worker = settings, backend_url, worker
+        super().__init__(profile, backend_url, worker)
+        self.s = settings
         # the name goes into remote paths and store keys: keep it to safe characters
         self.profile = re.sub(r"[^A-Za-z0-9_.-]", "_", profile) or "default"
         self.hosts = SshHosts(settings, self.profile)
@@ -259,19 +262,9 @@ class SshCluster:
         self.digest = wheelhouse.digest(tree, self.extras, self.s.requirements)
         self._wheels: Path | None = None
         self._lock = threading.Lock()
-        self._backend = None
-
-    @property
-    def backend(self):
-        if self._backend is None:
-            from ..backends import open_backend
-
-            self._backend = open_backend(self.url)
-        return self._backend
 
     def _record_prefix(self, alias: str | None = None) -> str:
-        base = f"clusters/{self.profile}/ssh/"
-        return base + (re.sub(r"[^A-Za-z0-9_.=+@-]", "_", alias) + "/" if alias else "")
+        return keys.ssh_starts(self.profile, alias)
 
     # ---------------------------------------------------------------- bootstrap
 
@@ -370,6 +363,8 @@ fi
         argv = " ".join(shlex.quote(a) for a in args)
         run = f'"$D/run/{self.profile}/{tag}"'
         log = f'"$D/logs/{self.profile}-{tag}-$i.log"'
+        # the workers `up` starts carry the cluster's name into their heartbeats (not a client's)
+        cluster = "" if tag.startswith("ex-") else f"{CLUSTER_ENV}={shlex.quote(self.name)} "
         return f"""set -e
 D={self.hosts.dir}
 mkdir -p {run} "$D/logs"
@@ -391,7 +386,7 @@ i=0
 while [ $i -lt {n} ]; do
   i=$((i + 1))
   CLOUDLOOP_BACKEND="$(cat {run}/backend)" \\
-  CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh \\
+  CLOUDLOOP_HOST={shlex.quote(alias)} CLOUDLOOP_PROVIDER=ssh {cluster}\\
     nohup setsid "$D/venvs/{self.digest}/bin/python" -m cloudloop {argv} \\
     > {log} 2>&1 < /dev/null &
   echo $! > {run}/$i.pid
@@ -453,7 +448,24 @@ echo "killed=$(echo $alive | wc -w)"
         self.backend.put_record(self._record_prefix(spec.alias) + tag, record)
         return report
 
-    def up(self, total: int | None = None, tag: str | None = None) -> list[HostReport]:
+    def up(self, n: int | None = None) -> Report:
+        """Workers on every host (``n`` spread over them, else each host's own count)."""
+        reports = self.start_workers(total=n)
+        ok = [r for r in reports if not r.error]
+        lines = [str(r) for r in reports]
+        lines.append(f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} "
+                     f"host(s) (`cloudloop down --profile {self.name}` stops them)")  # fmt: skip
+        return Report(tuple(lines), ok=bool(ok))
+
+    def down(self, purge: bool = False) -> Report:
+        lines = self.stop()
+        if purge:
+            lines.append(
+                "--purge: the backend's data stays where it is (only workers were started)"
+            )
+        return Report(tuple(lines), ok=not any("FAILED" in line for line in lines))
+
+    def start_workers(self, total: int | None = None, tag: str | None = None) -> list[HostReport]:
         """Bootstrap every host and start workers (``total`` spread over hosts, else per spec)."""
         tag = tag or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         shares = _shares([h.workers for h in self.s.hosts], total)
@@ -535,7 +547,7 @@ def _shares(capacity: list[int | None], total: int | None) -> list[int | None]:
     out = [total * w // sum(weights) for w in weights]
     for i in sorted(range(len(out)), key=lambda i: -weights[i])[: total - sum(out)]:
         out[i] += 1
-    return out
+    return list[int | None](out)
 
 
 class SshPool(WorkerPool):
@@ -573,7 +585,7 @@ class SshProvider(Provider):
         """Start ``n`` workers spread over the hosts; failed hosts are reported on stderr."""
         cluster = self.cluster(backend_url, worker)
         tag = "ex-" + time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        reports = cluster.up(total=n, tag=tag)
+        reports = cluster.start_workers(total=n, tag=tag)
         for r in reports:
             if r.error:
                 print(f"cloudloop ssh: {r}", file=sys.stderr)
