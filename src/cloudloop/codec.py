@@ -42,7 +42,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import RemoteError, RemoteTraceback, SerializationError, TamperedError
-from .model import ErrorInfo, Outcome, OutcomeRow
+from .model import ClaimedHeader, ErrorInfo, Outcome, OutcomeRow
 
 _BLOB = b"CLS2"
 _MSG = b"CLM2"
@@ -104,16 +104,16 @@ def encode_message(key: bytes, header: dict[str, Any], payload: bytes = b"") -> 
     return _MSG + _mac(key, b"message", "", body) + body
 
 
-def peek_header(body: bytes) -> dict[str, Any] | None:
-    """The claimed header of a message, unverified: for error reports only, never acted on."""
+def peek_header(body: bytes) -> ClaimedHeader:
+    """What a message claims to be, unverified: for error reports only, never acted on
+    (a message too damaged to claim anything claims job "?" and no tasks)."""
     try:
         (n,) = struct.unpack(">I", body[4 + _MAC : 8 + _MAC])
         if n > _PEEK_MAX:
-            return None
-        header = json.loads(body[8 + _MAC : 8 + _MAC + n])
-        return header if isinstance(header, dict) else None
+            return ClaimedHeader()
+        return ClaimedHeader.from_dict(json.loads(body[8 + _MAC : 8 + _MAC + n]))
     except Exception:
-        return None
+        return ClaimedHeader()
 
 
 def decode_message(key: bytes, body: bytes) -> tuple[dict[str, Any], bytes]:

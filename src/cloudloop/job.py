@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as _CfTimeout
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import codec, keys
@@ -26,7 +26,17 @@ from .backends import Backend
 from .display import job_html, progress_display
 from .errors import JobCancelled, JobNotFound, RemoteTraceback, TamperedError
 from .heartbeat import worker_records
-from .model import JobManifest, JobState, JobStatus, Outcome, WorkerRecord
+from .model import (
+    Cancelled,
+    DeadLetterReason,
+    Finished,
+    JobManifest,
+    JobState,
+    JobStatus,
+    Outcome,
+    Sealed,
+    WorkerRecord,
+)
 from .results import LogParts, ResultParts, better, read_outcome
 
 log = logging.getLogger("cloudloop")
@@ -122,10 +132,12 @@ class Job:
         rec = self._marked(keys.sealed(self.id))
         if rec is None:
             return None
-        tasks = rec.get("tasks") if isinstance(rec, dict) else None
-        if type(tasks) is not int or tasks < 0:
-            raise TamperedError(f"the sealed record of job {self.id} is malformed: {rec!r:.80}")
-        return tasks
+        try:
+            return Sealed.from_dict(rec).tasks
+        except ValueError:
+            raise TamperedError(
+                f"the sealed record of job {self.id} is malformed: {rec!r:.80}"
+            ) from None
 
     def _marked(self, name: str) -> Any:
         """A signed marker record (None if absent; a forged one is ignored, said once
@@ -197,27 +209,29 @@ class Job:
         for name in self.backend.store.list(keys.DEADLETTER):
             if keys.is_deadletter_reason(name):
                 continue
-            claimed = codec.peek_header(self.backend.store.get_or_none(name) or b"") or {}
-            if claimed.get("job") != self.id:
+            claimed = codec.peek_header(self.backend.store.get_or_none(name) or b"")
+            if claimed.job != self.id:
                 continue
-            runs = claimed.get("runs")
-            tasks = (
-                ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:20])
-                if isinstance(runs, list) and all(_pair(r) for r in runs[:20])
-                else "?"
-            )
+            runs = claimed.runs
+            tasks = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) if runs else "?"
             try:
-                why = (self.backend.get_record(keys.deadletter_reason(name)) or {}).get("why", "")
+                rec = self.backend.get_record(keys.deadletter_reason(name))
+                why = "" if rec is None else DeadLetterReason.from_dict(rec).why
             except TamperedError:
                 why = "(its reason record failed verification)"
+            except ValueError as e:
+                why = f"(its reason record is malformed: {e})"
             out.append(f"a queue message for tasks {tasks} was dead-lettered ({name}): {why}")
         return out
 
     def _finish_time(self, observed: bool) -> float:
         """When the job finished: recorded by the first client to see it finish."""
         rec = self._marked(keys.finished(self.id))
-        if isinstance(rec, dict) and isinstance(rec.get("at"), (int, float)):
-            return float(rec["at"])
+        try:
+            if rec is not None:
+                return Finished.from_dict(rec).at
+        except ValueError as e:  # said and left: a new time cannot replace it (if_absent)
+            log.warning("ignoring %s: %s", keys.finished(self.id), e)
         if observed:  # this handle watched it run: now is within one poll of the end
             at = time.time()
         else:  # it finished unwatched: the last task's end time, from the results
@@ -225,7 +239,7 @@ class Job:
                 o.ended for k in list(self._parts.spans) for o in self._parts.read(k) if o.ended
             ]
             at = max(ends) if ends else time.time()
-        self.backend.put_record(keys.finished(self.id), {"at": at}, if_absent=True)
+        self.backend.put_record(keys.finished(self.id), asdict(Finished(at)), if_absent=True)
         return at
 
     def done(self) -> bool:
@@ -296,7 +310,8 @@ class Job:
         """Stop the job: queued tasks are dropped; running ones are killed, or, with
         ``running=False``, allowed to finish (what ``concurrent.futures`` does when
         ``map``'s iterator is abandoned or ``shutdown(cancel_futures=True)``)."""
-        self.backend.put_record(keys.cancelled(self.id), {"at": time.time(), "running": running})
+        record = Cancelled(time.time(), running=running)
+        self.backend.put_record(keys.cancelled(self.id), asdict(record))
         self._cancelled = True
 
     # ---------------------------------------------------------------- results
@@ -408,10 +423,6 @@ class Job:
         for i, text in self.new_log_lines():
             for line in text.splitlines():
                 sys.stderr.write(f"[task {i}] {line}\n")
-
-
-def _pair(r: Any) -> bool:
-    return isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)
 
 
 def list_jobs(backend: Backend) -> list[Job]:

@@ -11,11 +11,12 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from . import keys
 from .backends import Backend
 from .errors import TamperedError
-from .model import JobManifest
+from .model import Cancelled, JobManifest
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -67,7 +68,8 @@ class JobData:
             try:
                 rec = self.backend.get_record(name)
                 job.cancelled = rec is not None
-                job.cancel_running = not (isinstance(rec, dict) and rec.get("running") is False)
+                if rec is not None:
+                    job.cancel_running = _cancel_running(rec)
             except TamperedError as e:  # a forged marker cancels nothing
                 log.warning("ignoring %s: %s", name, e)
         return job.cancelled
@@ -115,3 +117,13 @@ def paused(backend: Backend) -> bool:
     except TamperedError as e:
         log.warning("ignoring %s: %s", keys.PAUSED, e)
         return False
+
+
+def _cancel_running(rec: Any) -> bool:
+    """Whether a cancel record stops running tasks too (a malformed one does: cancelling
+    more than asked loses no result, leaving a task running that should stop costs)."""
+    try:
+        return Cancelled.from_dict(rec).running
+    except ValueError as e:
+        log.warning("cancel record %.80r is malformed (%s): running tasks stop too", rec, e)
+        return True

@@ -423,6 +423,121 @@ class Outcome:
         return self.error is None and not self.cancelled
 
 
+# ---------------------------------------------------------------- job markers
+#
+# Small signed records a client writes beside a job (keys.sealed, .cancelled,
+# .finished) and a worker beside a dead-lettered message. They are read by
+# other machines, so each is decoded by :func:`_marker` (one check of every
+# field's type; an extra field, written by a newer cloudloop, is ignored).
+
+
+def _marker(cls: Any, data: Any, what: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind, has_default = str(f.type), f.default is not dataclasses.MISSING
+        if f.name not in data or data[f.name] is None:  # null: as if not written
+            if not has_default:
+                raise ValueError(f"{what} has no {f.name!r}")
+            continue
+        v = data[f.name]
+        if kind.startswith("bool"):
+            ok = type(v) is bool
+        elif kind.startswith("int"):
+            ok = type(v) is int and v >= 0
+        elif kind.startswith("float"):
+            ok = type(v) in (int, float) and math.isfinite(v) and v >= 0
+            v = float(v) if ok else v
+        else:
+            ok = isinstance(v, str)
+            v = v[:2000] if ok else v
+        if not ok:
+            raise ValueError(f"{what}: field {f.name!r} is {type(v).__name__}, not {kind}")
+        out[f.name] = v
+    return cls(**out)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """``jobs/<job>/sealed``: submission finished with ``tasks`` tasks in ``chunks`` messages."""
+
+    tasks: int
+    chunks: int = 0
+    at: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Sealed:
+        out: Sealed = _marker(cls, data, "a sealed record")
+        return out
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """``jobs/<job>/cancelled``: the job was cancelled (``running``: running tasks too;
+    ``discarded``: its client gave up on it before it was sealed)."""
+
+    at: float = 0.0
+    running: bool = True
+    discarded: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Cancelled:
+        out: Cancelled = _marker(cls, data, "a cancel record")
+        return out
+
+
+@dataclass(frozen=True)
+class Finished:
+    """``jobs/<job>/finished``: when the job finished, as its first observer saw it."""
+
+    at: float
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Finished:
+        out: Finished = _marker(cls, data, "a finished record")
+        return out
+
+
+@dataclass(frozen=True)
+class DeadLetterReason:
+    """``deadletter/<name>.why``: why a worker set a message aside."""
+
+    why: str
+    at: float = 0.0
+    worker: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DeadLetterReason:
+        out: DeadLetterReason = _marker(cls, data, "a dead-letter reason")
+        return out
+
+
+@dataclass(frozen=True)
+class ClaimedHeader:
+    """What a message that failed verification claims to be: never believed or
+    acted on, only reported (:func:`cloudloop.codec.peek_header`)."""
+
+    job: str = "?"
+    runs: tuple[tuple[int, int], ...] = ()  # empty: it claims none that can be shown
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ClaimedHeader:
+        if not isinstance(data, dict):
+            return cls()
+        job = data.get("job")
+        raw = data.get("runs")
+        pairs = raw[:20] if isinstance(raw, list) else []
+        runs = tuple(
+            (r[0], r[1])
+            for r in pairs
+            if isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)
+        )
+        if len(runs) != len(pairs):
+            runs = ()
+        return cls(job[:80] if isinstance(job, str) else "?", runs)
+
+
 _FRESH = 30.0  # a worker whose last heartbeat is older than this (or 3 periods) has left
 
 

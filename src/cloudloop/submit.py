@@ -29,13 +29,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from . import __version__, codec, keys
 from .backends import Backend
 from .errors import SerializationError
-from .model import JobManifest, JobOptions, MessageHeader
+from .model import Cancelled, JobManifest, JobOptions, MessageHeader, Sealed
 
 _SEND_BATCH = 64  # messages per queue.put
 _SEND_BYTES = 4 << 20
@@ -149,7 +150,7 @@ class JobWriter:
         if not self._opened:
             return
         backend = self.backend
-        backend.put_record(keys.cancelled(self.id), {"at": time.time(), "discarded": True})
+        backend.put_record(keys.cancelled(self.id), asdict(Cancelled(time.time(), discarded=True)))
         backend.store.delete(keys.index_entry(self.id))
         for key in backend.store.list(keys.job_prefix(self.id)):
             if key != keys.cancelled(self.id):
@@ -248,8 +249,8 @@ class JobWriter:
         """Mark submission finished: the job has ``self.tasks`` tasks."""
         self.open()
         self.flush()
-        record = {"tasks": self.tasks, "chunks": self.chunks, "at": time.time()}
-        self.backend.put_record(keys.sealed(self.id), record)
+        record = Sealed(self.tasks, self.chunks, time.time())
+        self.backend.put_record(keys.sealed(self.id), asdict(record))
 
     def write_items(self, fn: Any, items: Iterable[tuple], sizes: Iterator[int]) -> None:
         """Stream ``fn(*args)`` for each args tuple, ``next(sizes)`` per message."""

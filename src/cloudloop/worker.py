@@ -45,6 +45,7 @@ A worker never dies of one message, and never loops on one:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -67,7 +68,7 @@ from .errors import (
 )
 from .heartbeat import Heartbeat
 from .jobdata import JobData, paused
-from .model import Lease, MessageHeader, WorkerOptions
+from .model import DeadLetterReason, Lease, MessageHeader, WorkerOptions
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
 from .taskrun import ChunkRunner, _Chunk, _Flag, _said
@@ -349,7 +350,8 @@ class Worker(ChunkRunner):
         at = time.time()
         name = keys.deadletter(lease.id, at)
         self.store.put(name, lease.body)
-        self.backend.put_record(name + ".why", {"at": at, "why": why, "worker": self.id})
+        reason = DeadLetterReason(why, at, self.id)
+        self.backend.put_record(keys.deadletter_reason(name), dataclasses.asdict(reason))
         if fail_tasks:
             try:
                 header, _ = codec.decode_message(self.key, lease.body)
@@ -408,8 +410,7 @@ class Worker(ChunkRunner):
     def _corrupt(self, lease: Lease, err: Exception) -> None:
         """A message that failed verification: keep its bytes and drop it. Nothing in it
         is believed, so it fails no task (a forger could otherwise fail a real job's)."""
-        claimed = codec.peek_header(lease.body) or {}
-        job = str(claimed.get("job", "?"))[:80]
+        job = codec.peek_header(lease.body).job
         log.error(
             "message %s (claiming job %r) failed verification (%s); dead-lettered",
             lease.id,
