@@ -454,16 +454,23 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("job", help="job id (see `cloudloop status`)")
         return sp
 
-    r = common(sub.add_parser("run", help="run a function or a command once per item", description=(
-        "Run TARGET (module:function, called with each item; a JSON object as keywords) or the "
-        "command after '--' once per row of --items. Command fields like {alpha} take the row's "
-        "value as data (never as code: a template that would let the shell read a value as code, "
-        "such as '{v}' in single quotes or sh -c \"... {v}\", is refused with what to write "
-        "instead); {index}, {seed} and {job} always exist. Each task runs in a fresh directory "
-        "holding the files the command names that are in this directory (relative paths, no "
-        "'..', '~' or dot-files, not --opt=FILE), plus --files. Example:\n"
-        "  cloudloop run --items params.csv -- Rscript fit.R --alpha {alpha}"),
-        formatter_class=argparse.RawDescriptionHelpFormatter))  # fmt: skip
+    r = common(
+        sub.add_parser(
+            "run",
+            help="run a function or a command once per item",
+            description=(
+                "Run TARGET (module:function, called with each item; a JSON object as keywords) or the "
+                "command after '--' once per row of --items. Command fields like {alpha} take the row's "
+                "value as data (never as code: a template that would let the shell read a value as code, "
+                "such as '{v}' in single quotes or sh -c \"... {v}\", is refused with what to write "
+                "instead); {index}, {seed} and {job} always exist. Each task runs in a fresh directory "
+                "holding the files the command names that are in this directory (relative paths, no "
+                "'..', '~' or dot-files, not --opt=FILE), plus --files. Example:\n"
+                "  cloudloop run --items params.csv -- Rscript fit.R --alpha {alpha}"
+            ),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     r.add_argument("target", nargs="?", help="module:function to call per item")
     r.add_argument("--items", help="items: .csv (one task per row), .jsonl or .json")
     r.add_argument("--workers", type=int, help="local workers to start (0: none)")
@@ -503,15 +510,27 @@ def _parser() -> argparse.ArgumentParser:
     c = common(sub.add_parser("cancel", help="cancel a job"), job=True)
     c.set_defaults(fn=cmd_cancel)
 
-    w = common(sub.add_parser("worker", help="serve a backend's queue until stopped", description=(
-        "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
-        "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop).")))  # fmt: skip
+    w = common(
+        sub.add_parser(
+            "worker",
+            help="serve a backend's queue until stopped",
+            description=(
+                "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
+                "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop)."
+            ),
+        )
+    )
     # one flag per WorkerOptions field, kept as typed for WorkerOptions.from_args to read
     for f in dataclasses.fields(WorkerOptions):
         switch = f.default is False
-        w.add_argument(WorkerOptions.flag(f.name), action=_WorkerFlag, dest="worker_flags",
-                       nargs=0 if switch else None, metavar=None if switch else f.name.upper(),
-                       help=_WORKER_HELP[f.name])  # fmt: skip
+        w.add_argument(
+            WorkerOptions.flag(f.name),
+            action=_WorkerFlag,
+            dest="worker_flags",
+            nargs=0 if switch else None,
+            metavar=None if switch else f.name.upper(),
+            help=_WORKER_HELP[f.name],
+        )
     w.set_defaults(worker_flags=[])
     w.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -521,13 +540,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     d.add_argument("--port", default="8787", help="port, 1-65535 (default 8787; 0: any free port)")
     d.add_argument(
-        "--interval", type=parse_duration, default=2.0,
+        "--interval",
+        type=parse_duration,
+        default=2.0,
         help="minimum seconds between store reads of a watched job (default 2s)",
-    )  # fmt: skip
+    )
     d.set_defaults(fn=cmd_dashboard)
 
-    rp = common(sub.add_parser("report", help="write a self-contained HTML report of a job"),
-                job=True)  # fmt: skip
+    rp = common(
+        sub.add_parser("report", help="write a self-contained HTML report of a job"), job=True
+    )
     rp.add_argument("-o", "--output", help="file to write (default: JOB.html)")
     rp.set_defaults(fn=cmd_report)
     add_commands(sub, common)

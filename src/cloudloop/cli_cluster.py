@@ -47,9 +47,11 @@ def cmd_down(args) -> int:
 def cmd_pause(args) -> int:
     cluster = _cluster(args)
     cluster.pause()
-    print(f"cluster {cluster.name!r} paused: no new machines, and every worker of its backend "
-          "takes no new tasks, finishes what it holds and leaves when idle "
-          "(`cloudloop resume` to go on)")  # fmt: skip
+    print(
+        f"cluster {cluster.name!r} paused: no new machines, and every worker of its backend "
+        "takes no new tasks, finishes what it holds and leaves when idle "
+        "(`cloudloop resume` to go on)"
+    )
     return 0
 
 
@@ -77,8 +79,10 @@ def cmd_instance_ended(args) -> int:
     if not iid:
         raise CloudloopError(f"{args.metadata_url} gave no instance id: not an EC2 instance?")
     n = Ledger(open_backend(args.backend), args.cluster).close([iid], by="instance")
-    print(f"instance {iid}: {'closed its record' if n else 'no open record'} in cluster "
-          f"{args.cluster!r}")  # fmt: skip
+    print(
+        f"instance {iid}: {'closed its record' if n else 'no open record'} in cluster "
+        f"{args.cluster!r}"
+    )
     return 0
 
 

@@ -77,8 +77,12 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-_STATE_COLOURS = {"completed": "#15803d", "failed": "#b91c1c", "cancelled": "#b45309",
-                  "running": "#1d4ed8"}  # fmt: skip
+_STATE_COLOURS = {
+    "completed": "#15803d",
+    "failed": "#b91c1c",
+    "cancelled": "#b45309",
+    "running": "#1d4ed8",
+}
 
 
 def job_html(st: JobStatus, backend: str = "") -> str:

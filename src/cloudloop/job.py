@@ -193,9 +193,20 @@ class Job:
             f"worker {w.id}: {w.error}" for w in live if w.error
         )
         return JobStatus(
-            self.id, manifest.name, state, total, done, failed, running, len(live),
-            manifest.created, elapsed, rate, eta, problems,
-        )  # fmt: skip
+            self.id,
+            manifest.name,
+            state,
+            total,
+            done,
+            failed,
+            running,
+            len(live),
+            manifest.created,
+            elapsed,
+            rate,
+            eta,
+            problems,
+        )
 
     def problems(self) -> list[str]:
         """What is keeping this job from finishing, in words: workers' troubles (a store
@@ -302,8 +313,9 @@ class Job:
             log.warning(
                 "job %s: no worker has been seen for 30 s; start some with "
                 "`cloudloop worker --backend %s` (or use Executor(workers=N))",
-                self.id, self.backend.url,
-            )  # fmt: skip
+                self.id,
+                self.backend.url,
+            )
         return bool(problems) or st.workers == 0
 
     def cancel(self, running: bool = True) -> None:
@@ -399,7 +411,7 @@ class Job:
                         self.logs(index, attempt=o.attempt),
                         o.worker,
                         o.host,
-                    )  # fmt: skip
+                    )
                 )
         return out
 

@@ -122,7 +122,11 @@ def file(job: str, name: str) -> str:
 
 
 def inputs(job: str, chunk: int) -> str:
-    return f"jobs/{job}/inputs/{chunk:0{W}d}"
+    return f"{inputs_prefix(job)}{chunk:0{W}d}"
+
+
+def inputs_prefix(job: str) -> str:
+    return f"jobs/{job}/inputs/"
 
 
 def sealed(job: str) -> str:

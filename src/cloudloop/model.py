@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeGuard
 
+from . import keys
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -311,7 +313,7 @@ class MessageHeader:
         if not isinstance(nested, bool):
             raise ValueError("nested must be true or false")
         if spill is not None and (
-            not isinstance(spill, str) or not spill.startswith(f"jobs/{job}/inputs/")
+            not isinstance(spill, str) or not spill.startswith(keys.inputs_prefix(job))
         ):
             raise ValueError("spill must name an input of the message's own job")
         return cls(job, chunk, lo, hi, tuple(runs), tuple(fns), nested, spill)

@@ -95,8 +95,13 @@ def write_report(backend: Backend, job_id: str, path: str | Path) -> Path:
     return path
 
 
-_JSON_IN_HTML = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                 "\u2028": "\\u2028", "\u2029": "\\u2029"}  # fmt: skip
+_JSON_IN_HTML = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 
 
 def _data(snapshot: dict[str, Any]) -> str:

@@ -157,8 +157,11 @@ class Worker(ChunkRunner):
         if not self.options.metadata_url:
             return {}
         imds, out = Imds(self.options.metadata_url), dict[str, str]()
-        for key, path in (("instance", "instance-id"), ("instance_type", "instance-type"),
-                          ("market", "instance-life-cycle")):  # fmt: skip
+        for key, path in (
+            ("instance", "instance-id"),
+            ("instance_type", "instance-type"),
+            ("market", "instance-life-cycle"),
+        ):
             try:
                 value = imds.get(path)
             except OSError:
@@ -213,18 +216,28 @@ class Worker(ChunkRunner):
         st = self.runner.status() if self.runner.alive else None
         state = "preempted" if self.preempted_at else "busy" if chunk else "idle"
         return {
-            "id": self.id, "host": self.host, "pid": os.getpid(), "provider": self.provider,
-            "version": __version__, "backend": self.backend.url, "started": self.started,
-            "last_seen": time.time(), "every": self.every, "state": state,
+            "id": self.id,
+            "host": self.host,
+            "pid": os.getpid(),
+            "provider": self.provider,
+            "version": __version__,
+            "backend": self.backend.url,
+            "started": self.started,
+            "last_seen": time.time(),
+            "every": self.every,
+            "state": state,
             "job": chunk.job_id if chunk else None,
             "task": st.index if st and st.index >= 0 else None,
             "progress": st.progress if st and st.progress >= 0 else None,
             "message": st.message if st else "",
-            "tasks_done": self.tasks_done, "failures": self.failures,
+            "tasks_done": self.tasks_done,
+            "failures": self.failures,
             "rss": self.runner.rss() if self.runner.alive else 0,
-            "load": os.getloadavg()[0], "error": self.trouble(), "cluster": self.cluster,
+            "load": os.getloadavg()[0],
+            "error": self.trouble(),
+            "cluster": self.cluster,
             **self.machine,
-        }  # fmt: skip
+        }
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():

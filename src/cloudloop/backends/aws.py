@@ -315,8 +315,15 @@ def aws_errors(what: str, url: str = "") -> Iterator[None]:
     except ClientError as e:
         code = error_code(e)
         hint = ""
-        if code in ("AuthFailure", "UnauthorizedOperation", "AccessDenied", "InvalidClientTokenId",
-                    "SignatureDoesNotMatch", "ExpiredToken", "AccessDeniedException"):  # fmt: skip
+        if code in (
+            "AuthFailure",
+            "UnauthorizedOperation",
+            "AccessDenied",
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "AccessDeniedException",
+        ):
             hint = " (check the credentials and that their policy allows this call)"
         raise BackendError(f"AWS refused {what}: {code}: {e}{hint}") from None
     except BotoCoreError as e:

@@ -44,13 +44,19 @@ from .view import DashboardView, page_json
 
 log = logging.getLogger("cloudloop.dashboard")
 
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 _COOKIE = "cloudloop_token"
 #: sent with every response; style-src has no 'unsafe-inline': app.js sets widths through the
 #: CSSOM (element.style), which a policy does not govern, and never writes style="..."
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def static_file(name: str) -> bytes:
@@ -92,8 +98,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if not self._authorised(query):
-            self._send(HTTPStatus.FORBIDDEN, b"403 forbidden: open the URL with the token "
-                       b"that `cloudloop dashboard` printed\n", "text/plain; charset=utf-8")  # fmt: skip
+            self._send(
+                HTTPStatus.FORBIDDEN,
+                b"403 forbidden: open the URL with the token that `cloudloop dashboard` printed\n",
+                "text/plain; charset=utf-8",
+            )
             return
         path = unquote(url.path)
         try:
@@ -141,8 +150,14 @@ class DashboardServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 8787,
-                 token: str | None = None, job_every: float = 2.0):  # fmt: skip
+    def __init__(
+        self,
+        backend: Backend,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        token: str | None = None,
+        job_every: float = 2.0,
+    ):
         self.token = token or secrets.token_urlsafe(18)
         self.view = DashboardView(backend, job_every=job_every)
         super().__init__((host, port), _Handler)

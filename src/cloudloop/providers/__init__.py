@@ -46,6 +46,13 @@ def cluster_for(profile: Profile, backend_url: str | None = None) -> Cluster:
 
 
 __all__ = [
-    "REGISTRY", "Cluster", "Provider", "Report", "Unsupported", "WorkerPool",
-    "cluster_for", "get_provider", "provider_for",
-]  # fmt: skip
+    "REGISTRY",
+    "Cluster",
+    "Provider",
+    "Report",
+    "Unsupported",
+    "WorkerPool",
+    "cluster_for",
+    "get_provider",
+    "provider_for",
+]

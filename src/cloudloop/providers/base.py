@@ -178,8 +178,7 @@ class Cluster(abc.ABC):
 def _worker_line(w: WorkerRecord, now: float) -> str:
     seen = format_seconds(max(0.0, now - w.last_seen))
     where = f"{w.host}:{w.pid}" if w.pid else w.host
-    return (f"{w.id:32s} {where:24s} {w.state or '?':9s} tasks {w.tasks_done:6d}  "
-            f"seen {seen} ago")  # fmt: skip
+    return f"{w.id:32s} {where:24s} {w.state or '?':9s} tasks {w.tasks_done:6d}  seen {seen} ago"
 
 
 class Provider(abc.ABC):

@@ -243,13 +243,21 @@ class LocalCluster(Cluster):
             path = logs / f"{keys.safe_name(self.name)}-{time.time_ns()}.log"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             with open(fd, "ab") as logf:
-                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                     start_new_session=True, env=env)  # fmt: skip
+                p = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    start_new_session=True,
+                    env=env,
+                )
             (run / str(p.pid)).write_text(f"{_started_at(p.pid) or ''}\n")
-        return Report((
-            f"started {n} local workers for {backend.url} "
-            f"(`cloudloop down --profile {self.name}` stops them)",
-        ))  # fmt: skip
+        return Report(
+            (
+                f"started {n} local workers for {backend.url} "
+                f"(`cloudloop down --profile {self.name}` stops them)",
+            )
+        )
 
     def _started(self) -> list[tuple[Path, int]]:
         """(pid file, pid) of this cluster's workers still running (stale files removed)."""

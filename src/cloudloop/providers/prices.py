@@ -29,17 +29,41 @@ from ..errors import TamperedError
 log = logging.getLogger("cloudloop.ec2")
 
 ON_DEMAND: dict[str, float] = {
-    "t3.medium": 0.0416, "t3.large": 0.0832, "t3.xlarge": 0.1664,
-    "c5.large": 0.085, "c5.xlarge": 0.17, "c5.2xlarge": 0.34,
-    "c6i.large": 0.085, "c6i.xlarge": 0.17, "c6i.2xlarge": 0.34,
-    "c6a.large": 0.0765, "c6a.xlarge": 0.153, "c6a.2xlarge": 0.306,
-    "c7i.large": 0.08925, "c7i.xlarge": 0.1785, "c7i.2xlarge": 0.357,
-    "c7a.large": 0.10264, "c7a.xlarge": 0.20528, "c7a.2xlarge": 0.41056,
-    "m5.large": 0.096, "m5.xlarge": 0.192, "m6i.large": 0.096, "m6i.xlarge": 0.192,
-    "m6a.large": 0.0864, "m6a.xlarge": 0.1728, "m7i.large": 0.1008, "m7i.xlarge": 0.2016,
-    "m7a.large": 0.11592, "m7a.xlarge": 0.23184, "r6i.large": 0.126, "r7a.large": 0.15215,
-    "c7g.large": 0.0725, "c7g.xlarge": 0.145, "m7g.large": 0.0816, "m7g.xlarge": 0.1632,
-}  # fmt: skip
+    "t3.medium": 0.0416,
+    "t3.large": 0.0832,
+    "t3.xlarge": 0.1664,
+    "c5.large": 0.085,
+    "c5.xlarge": 0.17,
+    "c5.2xlarge": 0.34,
+    "c6i.large": 0.085,
+    "c6i.xlarge": 0.17,
+    "c6i.2xlarge": 0.34,
+    "c6a.large": 0.0765,
+    "c6a.xlarge": 0.153,
+    "c6a.2xlarge": 0.306,
+    "c7i.large": 0.08925,
+    "c7i.xlarge": 0.1785,
+    "c7i.2xlarge": 0.357,
+    "c7a.large": 0.10264,
+    "c7a.xlarge": 0.20528,
+    "c7a.2xlarge": 0.41056,
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "m6i.large": 0.096,
+    "m6i.xlarge": 0.192,
+    "m6a.large": 0.0864,
+    "m6a.xlarge": 0.1728,
+    "m7i.large": 0.1008,
+    "m7i.xlarge": 0.2016,
+    "m7a.large": 0.11592,
+    "m7a.xlarge": 0.23184,
+    "r6i.large": 0.126,
+    "r7a.large": 0.15215,
+    "c7g.large": 0.0725,
+    "c7g.xlarge": 0.145,
+    "m7g.large": 0.0816,
+    "m7g.xlarge": 0.1632,
+}
 SPOT_SHARE = 0.35
 
 
@@ -125,10 +149,15 @@ class LedgerRecord:
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise ValueError(f"field {name!r} must be text, or null")
         return cls(
-            data["id"], data["type"], float(data["price"]), float(data["launched"]),
-            data.get("zone"), data.get("market"), None if ended is None else float(ended),
+            data["id"],
+            data["type"],
+            float(data["price"]),
+            float(data["launched"]),
+            data.get("zone"),
+            data.get("market"),
+            None if ended is None else float(ended),
             data.get("ended_by"),
-        )  # fmt: skip
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

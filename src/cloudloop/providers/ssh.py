@@ -174,9 +174,16 @@ def _why(stderr: str, rc: int) -> str:
             return f"host key not trusted (ssh it once by hand, or fix known_hosts): {last}"
         if any(
             w in text
-            for w in ("connection refused", "no route to host", "timed out", "could not resolve",
-                      "network is unreachable", "connection closed", "connection reset")
-        ):  # fmt: skip
+            for w in (
+                "connection refused",
+                "no route to host",
+                "timed out",
+                "could not resolve",
+                "network is unreachable",
+                "connection closed",
+                "connection reset",
+            )
+        ):
             return f"unreachable: {last}"
         return f"ssh failed: {last}"
     return last
@@ -201,8 +208,17 @@ class SshHosts:
         b64 = base64.b64encode(script.encode()).decode()
         remote = f"""sh -c 'eval "$(echo {b64} | base64 -d)"'"""
         timeout_s = max(1, math.ceil(self.s.connect_timeout))
-        cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}",
-                "-o", "ServerAliveInterval=15", "-T", alias, remote]  # fmt: skip
+        cmd += [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={timeout_s}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-T",
+            alias,
+            remote,
+        ]
         try:
             r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -349,9 +365,11 @@ fi
             hint = ""
             here_py = platform.python_version()
             if "No matching distribution" in r.stdout and pyfull and pyfull != here_py:
-                hint = (f" (the wheels were chosen for Python {here_py} here, the host has "
-                        f"{pyfull}: set python = a {here_py} interpreter there, or let the "
-                        "host reach a package index)")  # fmt: skip
+                hint = (
+                    f" (the wheels were chosen for Python {here_py} here, the host has "
+                    f"{pyfull}: set python = a {here_py} interpreter there, or let the "
+                    "host reach a package index)"
+                )
             raise HostFailed(f"could not {what}: {_tail(r.stdout or r.stderr)}{hint}")
         return "from wheels copied over"
 
@@ -443,8 +461,14 @@ echo "killed=$(echo $alive | wc -w)"
         if int(out.get("alive", "0")) == 0:
             raise HostFailed(f"workers exited at start: {out.get('log', '').strip() or '?'}")
         report = HostReport(spec.alias, len(pids), pids, note)
-        record = {"host": spec.alias, "tag": tag, "pids": pids, "workers": len(pids),
-                  "started": time.time(), "by": socket.gethostname()}  # fmt: skip
+        record = {
+            "host": spec.alias,
+            "tag": tag,
+            "pids": pids,
+            "workers": len(pids),
+            "started": time.time(),
+            "by": socket.gethostname(),
+        }
         self.backend.put_record(self._record_prefix(spec.alias) + tag, record)
         return report
 
@@ -453,8 +477,10 @@ echo "killed=$(echo $alive | wc -w)"
         reports = self.start_workers(total=n)
         ok = [r for r in reports if not r.error]
         lines = [str(r) for r in reports]
-        lines.append(f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} "
-                     f"host(s) (`cloudloop down --profile {self.name}` stops them)")  # fmt: skip
+        lines.append(
+            f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} "
+            f"host(s) (`cloudloop down --profile {self.name}` stops them)"
+        )
         return Report(tuple(lines), ok=bool(ok))
 
     def down(self, purge: bool = False) -> Report:
@@ -491,8 +517,9 @@ echo "killed=$(echo $alive | wc -w)"
                     records.setdefault(real, []).append(key)
         targets = aliases if aliases is not None else [h.alias for h in self.s.hosts]
         targets = list(dict.fromkeys([*targets, *records]))
-        got = self.hosts.each(targets, lambda a: _kv(self.hosts.run(a, self._stop_script(tag),
-                                                                       timeout=60)))  # fmt: skip
+        got = self.hosts.each(
+            targets, lambda a: _kv(self.hosts.run(a, self._stop_script(tag), timeout=60))
+        )
         lines = []
         for alias in targets:
             r = got[alias]
@@ -590,8 +617,9 @@ class SshProvider(Provider):
             if r.error:
                 print(f"cloudloop ssh: {r}", file=sys.stderr)
         if all(r.error for r in reports):
-            raise ConfigError("ssh provider: no host could start workers:\n" +
-                              "\n".join(str(r) for r in reports))  # fmt: skip
+            raise ConfigError(
+                "ssh provider: no host could start workers:\n" + "\n".join(str(r) for r in reports)
+            )
         return SshPool(cluster, tag, reports)
 
 

@@ -79,8 +79,18 @@ def build(
     spec = str(tree) if tree else f"cloudloop=={__version__}"
     if extras:
         spec += f"[{','.join(extras)}]"
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-           "--wheel-dir", str(tmp), spec, *requirements]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--wheel-dir",
+        str(tmp),
+        spec,
+        *requirements,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         shutil.rmtree(tmp, ignore_errors=True)
