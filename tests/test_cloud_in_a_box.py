@@ -158,14 +158,15 @@ def test_spot_workers_survive_a_notice_and_a_dead_machine(box, tmp_path):
 
 def _cluster(home: Path):
     from cloudloop.config import load_profile
-    from cloudloop.providers.ec2 import Ec2Provider
+    from cloudloop.providers import cluster_for
 
-    p = load_profile("aws")
-    return Ec2Provider(p.provider_options, p.name).cluster(p.backend, p.worker)
+    return cluster_for(load_profile("aws"))  # as the CLI gets it
 
 
 def _cluster_instances(home: Path) -> int:
-    return len(_cluster(home).instances(["pending", "running", "stopping", "stopped"]))
+    from cloudloop.providers.ec2_inventory import STOPPABLE
+
+    return len(_cluster(home).inventory.instances(STOPPABLE))
 
 
 def test_worker_credentials_come_from_instance_metadata_only(box, tmp_path):
@@ -179,6 +180,9 @@ def test_worker_credentials_come_from_instance_metadata_only(box, tmp_path):
     job = cl.Executor(profile="aws").map_job(_env_keys, [0])
     (seen,) = job.results(timeout=120)
     assert seen["keys"] == [] and seen["creds"] == "ASIAINSTANCEPROFILE"
+    # its worker carries the cluster's name (the profile's) into its heartbeat record
+    (w,) = wait_for(_cluster(home).workers, timeout=30, what="the worker's record")
+    assert w.cluster == "aws" and w.instance == m.instance_id
     script = (box.root / m.instance_id / "user-data.sh").read_text()
     assert "testing" not in script and "AWS_SECRET" not in script
     cli("down", "--profile", "aws", cwd=home)
@@ -219,7 +223,7 @@ def test_up_follows_the_queue_and_scales_to_zero(box, tmp_path):
     assert "started 2 of 2 instances" in out and "queue empty and no instances left" in out
     assert len(box.history) == 2  # max_workers = 2, one worker per instance
     assert not box.running() and _cluster_instances(home) == 0
-    bill = {r["id"]: r for r in _cluster(home).ledger()}
+    bill = {r["id"]: r for r in _cluster(home).billing.ledger()}
     for iid in box.history:  # each machine left by itself once idle, and shut down
         assert "shutting down" in (box.root / iid / "opt" / "bootstrap.log").read_text()
         # ... closing its own record in the bill on the way out

@@ -7,6 +7,10 @@ keeps dying at start-up is reported with the tail of its log instead.
 Workers started for a client exit by themselves a few seconds after they run
 out of work once that client is gone, so killing the client neither stops the
 job nor leaves processes behind for long.
+
+``cloudloop up`` on a local profile starts :class:`LocalCluster` workers
+instead: the same command and thread caps, detached, kept until ``cloudloop
+down`` (or their ``idle_exit``), which stops that profile's workers only.
 """
 
 from __future__ import annotations
