@@ -59,7 +59,14 @@ from typing import Any
 
 from .backends import Backend, open_backend
 from .commands import compile_template
-from .config import Profile, check_workers, job_options, load_profile, worker_options
+from .config import (
+    Profile,
+    check_known,
+    check_workers,
+    job_options,
+    load_profile,
+    worker_options,
+)
 from .errors import CloudloopError, ConfigError, InitializerFailed
 from .job import Job, attach_job
 from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES
@@ -131,10 +138,7 @@ class Executor(cf.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be a callable, not {initializer!r}")
         self._profile: Profile = load_profile(profile)
-        unknown = set(options) - JOB_OPTION_NAMES - WORKER_OPTION_NAMES
-        if unknown:
-            known = sorted(JOB_OPTION_NAMES | WORKER_OPTION_NAMES)
-            raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {known}")
+        check_known(options, JOB_OPTION_NAMES | WORKER_OPTION_NAMES)
         self._job_options = job_options(
             self._profile.job, **{k: v for k, v in options.items() if k in JOB_OPTION_NAMES}
         )

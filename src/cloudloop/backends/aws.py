@@ -44,6 +44,7 @@ from botocore.exceptions import (
     NoRegionError,
 )
 
+from ..config import check_known
 from ..errors import BackendError, ConfigError, ConnectionFailed, LeaseLost
 from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, secret_from_env
@@ -272,11 +273,7 @@ class AwsBackend(Backend):
 def parse_aws_url(url: str) -> dict[str, str]:
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"region", "endpoint", "queue"}
-    if unknown:
-        raise ConfigError(
-            f"backend {url!r}: unknown parameter(s) {sorted(unknown)}; known: endpoint, queue, region"
-        )
+    check_known(query, {"region", "endpoint", "queue"}, f"backend {url!r}", "parameter")
     bucket = parts.netloc
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket or ""):
         raise ConfigError(

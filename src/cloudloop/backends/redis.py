@@ -48,6 +48,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ..config import check_known
 from ..errors import BackendError, ConfigError, ConnectionFailed, LeaseLost
 from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, redact_url, secret_from_env
@@ -347,12 +348,9 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     if not path.isdigit():
         raise ConfigError(f"backend {shown!r}: {path!r} is not a database number; {example}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    known = {"prefix", "ca_certs", "cert_reqs", "store"}
-    unknown = set(query) - known
-    if unknown:
-        raise ConfigError(
-            f"backend {shown!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}"
-        )
+    check_known(
+        query, {"prefix", "ca_certs", "cert_reqs", "store"}, f"backend {shown!r}", "parameter"
+    )
     if "store" in query:
         raise ConfigError(
             f"backend {shown!r}: store= is not supported yet; the Redis backend keeps blobs "
