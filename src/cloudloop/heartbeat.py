@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import codec, keys
 from .errors import LeaseLost, TamperedError
 from .model import Lease, WorkerRecord
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -100,7 +103,7 @@ class Heartbeat(threading.Thread):
             log.warning("could not write heartbeat: %s", e)
 
 
-def worker_records(backend: Any, prune_after: float | None = None) -> list[WorkerRecord]:
+def worker_records(backend: Backend, prune_after: float | None = None) -> list[WorkerRecord]:
     """Every worker's latest heartbeat record, verified and validated.
 
     A record that fails its signature or its checks is skipped (logged once

@@ -23,9 +23,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec, keys
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 _dir: Path | None = None  # the running task's output directory (in the runner child)
 
@@ -54,7 +57,7 @@ def current_dir() -> Path | None:
     return _dir
 
 
-def upload(backend: Any, directory: Path, job_id: str, index: int) -> list[str]:
+def upload(backend: Backend, directory: Path, job_id: str, index: int) -> list[str]:
     """Worker side: store every file under a task's output ``directory``
     (signed under that task's keys); returns their names. Symbolic links are
     not followed: a task's outputs are the files it wrote there."""

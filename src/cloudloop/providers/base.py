@@ -28,11 +28,14 @@ import abc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import keys
 from ..errors import CloudloopError
 from ..model import WorkerOptions, WorkerRecord, format_seconds
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 CLUSTER_ENV = "CLOUDLOOP_CLUSTER"  # the cluster a worker belongs to (into its heartbeat)
 
@@ -91,10 +94,10 @@ class Cluster(abc.ABC):
 
     def __init__(self, name: str, backend_url: str, worker: WorkerOptions):
         self.name, self.url, self.worker = name, backend_url, worker
-        self._backend: Any = None
+        self._backend: Any = None  # a provider may hold a narrower kind (AwsBackend)
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         if self._backend is None:
             from ..backends import open_backend
 

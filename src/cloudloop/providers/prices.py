@@ -21,10 +21,13 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..errors import TamperedError
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 log = logging.getLogger("cloudloop.ec2")
 
@@ -200,7 +203,7 @@ class Ledger:
     the cluster, so one rewritten in the store (a price of 0) is not believed.
     """
 
-    def __init__(self, backend: Any, cluster: str):
+    def __init__(self, backend: Backend, cluster: str):
         self.backend, self.cluster = backend, cluster
 
     def key(self, iid: str) -> str:
@@ -238,7 +241,7 @@ class Ledger:
         return n
 
 
-def read_ledger_record(backend: Any, key: str) -> LedgerRecord | None:
+def read_ledger_record(backend: Backend, key: str) -> LedgerRecord | None:
     """One instance's bill record, verified and checked (None: absent or not believed)."""
     try:
         data = backend.get_record(key)
