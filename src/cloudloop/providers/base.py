@@ -102,7 +102,8 @@ class Cluster(abc.ABC):
             from ..backends import open_backend
 
             self._backend = open_backend(self.url)
-        return self._backend
+        backend: Backend = self._backend
+        return backend
 
     # ------------------------------------------------------------ every provider
 
