@@ -166,7 +166,8 @@ def test_local_up_and_down_act_on_the_profiles_own_workers_only(tmp_path):
         cli("up", "--profile", "b", "-n", "2", cwd=tmp_path)
         wait_for(lambda: clusters() == ["None", "a", "b", "b"], timeout=60, what="4 workers")
         out = cli("ls", "--profile", "b", cwd=tmp_path).stdout
-        assert out.splitlines()[-1] == "2 worker(s) in cluster 'b' (local)"
+        summary = "2 worker(s) in cluster 'b' (local); 2 other worker(s) serve its backend"
+        assert out.splitlines()[-1] == summary
         out = cli("down", "--profile", "a", cwd=tmp_path).stdout
         assert out.strip() == "asked 1 worker(s) of cluster 'a' on this machine to stop"
         wait_for(lambda: clusters() == ["None", "b", "b"], timeout=30, what="a's worker gone")

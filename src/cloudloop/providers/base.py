@@ -117,18 +117,25 @@ class Cluster(abc.ABC):
         """Stop every worker (and machine) this cluster started, from any client;
         with ``purge`` also what the provider made to hold the backend. Idempotent."""
 
-    def workers(self) -> list[WorkerRecord]:
-        """Heartbeat records of this cluster's live workers (verified, newest listing)."""
+    def workers(self, others: bool = False) -> list[WorkerRecord]:
+        """Heartbeat records of this cluster's live workers (verified, newest listing);
+        with ``others``, those of the backend's other live workers instead (a client's
+        own, another profile's, ones started by hand or by a batch system)."""
         from ..heartbeat import worker_records
 
-        return [r for r in worker_records(self.backend) if r.cluster == self.name and r.live()]
+        live = [r for r in worker_records(self.backend) if r.live()]
+        return [r for r in live if (r.cluster == self.name) != others]
 
     def ls(self) -> Report:
         """One line per live worker, then a summary (providers with machines add theirs)."""
         now = time.time()
         rows = self.workers()
         lines = [_worker_line(w, now) for w in rows]
-        lines.append(f"{len(rows)} worker(s) in cluster {self.name!r} ({self.provider})")
+        summary = f"{len(rows)} worker(s) in cluster {self.name!r} ({self.provider})"
+        others = len(self.workers(others=True))
+        if others:
+            summary += f"; {others} other worker(s) serve its backend"
+        lines.append(summary)
         return Report(tuple(lines))
 
     def cleanup(self, purge: bool = False) -> Report:
