@@ -13,8 +13,9 @@
             credentials, as EC2 serves them), and the instance's actual
             user-data run by bash, with pip pointed at a local wheelhouse
             (no index is reachable) and a `shutdown` that tells the simulator
-        terminated in the API (or the machine ran `shutdown`) ──► every process
-            of the machine is killed and its namespace removed
+        terminated in the API (or the machine ran `shutdown`) ──► the machine
+            shuts down as EC2's do (SIGTERM to every process, the plug 5 s
+            later) and its namespace is removed
 
 Workers on a machine have no AWS keys in their environment: boto3 finds the
 instance-profile credentials through the metadata service, as on EC2. A test
@@ -194,8 +195,10 @@ class CloudBox:
             self.machines[iid] = m
 
     def _halt(self, m: Machine) -> None:
+        """Terminated in the API, or halted: EC2 shuts the OS down (SIGTERM, then the
+        plug after a grace), unlike :meth:`kill`, a machine that just dies."""
         m.ended = time.time()
-        m.host.remove()
+        m.host.remove(grace=5.0)
 
     # ---------------------------------------------------------------- what tests do
 

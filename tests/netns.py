@@ -129,7 +129,23 @@ class Host:
             except subprocess.TimeoutExpired:
                 pass
 
-    def remove(self) -> None:
+    def shut_down(self, grace: float = 5.0) -> None:
+        """An operating system's shutdown: SIGTERM to every process, then, after
+        ``grace`` seconds, the plug for whatever is left."""
+        for pid in _ns_pids(self.ns):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while _ns_pids(self.ns) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.kill_all()
+
+    def remove(self, grace: float = 0.0) -> None:
+        """Remove the host (``grace`` > 0: shut it down first, else pull the plug)."""
+        if grace > 0:
+            self.shut_down(grace)
         self.kill_all()
         _ip("netns", "delete", self.ns, check=False)
         self.lab.hosts.pop(self.name, None)
