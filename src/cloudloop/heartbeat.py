@@ -7,7 +7,9 @@ cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
 done, memory, and any trouble it is in) so ``status``, the dashboard and
 clients can see every worker. Records are signed by the worker; readers go
 through :func:`worker_records`, which verifies and validates each one, so a
-forged or malformed record is never shown or counted.
+forged or malformed record is never shown or counted. A worker started by a
+cluster (``cloudloop up``) also names it (``CLOUDLOOP_CLUSTER``), which is how
+``ls`` tells a profile's workers from the rest.
 """
 
 from __future__ import annotations

@@ -1,7 +1,23 @@
 """Plain records passed between the client, the worker and the task runner.
 
 None of them holds a connection or does I/O; they are what flows through the
-queue and the store, after :mod:`cloudloop.codec` has turned them into bytes.
+queue and the store, after :mod:`cloudloop.codec` has turned them into bytes:
+
+* options: :class:`JobOptions`, :class:`WorkerOptions` (which is also the one
+  translation to and from ``cloudloop worker`` flags);
+* a job: :class:`JobManifest`, and the runner's view of it, :class:`RunnerJob`;
+* a queue message: :class:`MessageHeader`; what a forged one claims:
+  :class:`ClaimedHeader`;
+* a task's result: :class:`OutcomeRow` on the wire, :class:`Outcome` as read;
+* a worker: :class:`WorkerRecord` (its heartbeat);
+* markers beside a job: :class:`Sealed`, :class:`Cancelled`, :class:`Finished`,
+  and beside a dead letter, :class:`DeadLetterReason`.
+
+Whatever comes from another machine has one decode that checks every field
+(``from_dict``, or :func:`cloudloop.codec.unpack_rows` for rows) and raises
+ValueError naming the first wrong one; nothing else reads those dicts. (The
+ec2 provider's bill record, :class:`cloudloop.providers.prices.LedgerRecord`,
+lives beside its only writer.)
 """
 
 from __future__ import annotations
