@@ -45,6 +45,7 @@ host name) are checked here before they become part of a key.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from urllib.parse import quote, unquote
@@ -65,6 +66,7 @@ def nonce() -> str:
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAME_PART = re.compile(r"[^A-Za-z0-9_.=+@-]+")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_job_id(job: str) -> str:
@@ -81,6 +83,17 @@ def check_job_id(job: str) -> str:
 def safe_name(text: str, limit: int = 64) -> str:
     """``text`` made usable inside a key: other characters become '_'."""
     return _NAME_PART.sub("_", text)[:limit].strip(".") or "_"
+
+
+def cluster_dir(name: str) -> str:
+    """A cluster's name as one path component (its pid files, its start records),
+    different for different names: a plain name (``[A-Za-z0-9_.-]``, at most 64,
+    not ``.`` or ``..``) as it is, any other as its safe characters, ``=`` (which
+    no plain name holds) and a digest of the whole name."""
+    if _PLAIN_NAME.fullmatch(name) and name not in (".", ".."):
+        return name
+    digest = hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40] + "=" + digest
 
 
 def job_prefix(job: str) -> str:

@@ -233,7 +233,7 @@ class LocalCluster(Cluster):
     def _run_dir(self) -> Path:
         clusters = _private_root() / "clusters"
         clusters.mkdir(mode=0o700, exist_ok=True)
-        return private_dir(clusters / keys.safe_name(self.name))
+        return private_dir(clusters / keys.cluster_dir(self.name))
 
     def up(self, n: int | None = None) -> Report:
         n = n if n is not None else self.owner.default_workers()

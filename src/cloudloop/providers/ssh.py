@@ -267,8 +267,8 @@ class SshCluster(Cluster):
     ):
         super().__init__(profile, backend_url, worker)
         self.s = settings
-        # the name goes into remote paths and store keys: keep it to safe characters
-        self.profile = re.sub(r"[^A-Za-z0-9_.-]", "_", profile) or "default"
+        # the name goes into remote paths and store keys: safe characters, one per name
+        self.profile = keys.cluster_dir(profile or "default")
         self.hosts = SshHosts(settings, self.profile)
         scheme = backend_url.split("://", 1)[0].lower()
         self.extras = _EXTRAS.get(scheme, ())

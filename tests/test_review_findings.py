@@ -1,0 +1,67 @@
+"""Regression tests for problems found reviewing the cluster interface, results reader
+and worker-flag changes (one test per finding)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from cloudloop.model import WorkerOptions
+from cloudloop.providers.local import LocalProvider, _started_at
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """$TMPDIR (where local clusters keep their pid files) in the test's own directory."""
+    d = tmp_path / "tmp"
+    d.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def _fake_worker() -> subprocess.Popen:
+    """A process whose command line looks like a worker's (what `down` checks)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "cloudloop", "worker"],
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize(("mine", "other"), [("a/b", "a_b"), ("..", "_"), ("x" * 70, "x" * 64)])
+def test_local_down_never_stops_the_workers_of_a_profile_with_a_similar_name(
+    private_tmp, url, mine, other
+):
+    """Two profile names that differ must not share the directory of pid files:
+    `down --profile a_b` stopped the workers `up --profile a/b` had started."""
+    provider = LocalProvider({}, profile=other)
+    theirs = provider.cluster(url, WorkerOptions())
+    ours = LocalProvider({}, profile=mine).cluster(url, WorkerOptions())
+    p = _fake_worker()
+    try:
+        (theirs._run_dir() / str(p.pid)).write_text(f"{_started_at(p.pid)}\n")
+        ours.down()
+        time.sleep(0.2)
+        assert p.poll() is None, f"down of {mine!r} stopped a worker of {other!r}"
+        assert theirs._run_dir() != ours._run_dir()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_ssh_profile_names_never_leave_or_share_the_run_directory(url):
+    """The ssh cluster's name goes into remote paths ($D/run/<name>) that `down` finds
+    pid files under and removes: '..' reached every profile's workers."""
+    from cloudloop.providers.ssh import SshProvider
+
+    def cluster(name):
+        return SshProvider({"hosts": ["n1"]}, profile=name).cluster(url, WorkerOptions())
+
+    dirs = {name: cluster(name).profile for name in ("..", ".", "a/b", "a_b", "lab")}
+    assert dirs["lab"] == "lab"  # a plain name keeps its remote directory
+    assert not {dirs[".."], dirs["."]} & {".", ".."}
+    assert len(set(dirs.values())) == len(dirs)
+    assert '/run/.."' not in cluster("..")._stop_script(None)
