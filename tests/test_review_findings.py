@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from cloudloop import cli
 from cloudloop.model import WorkerOptions
 from cloudloop.providers.local import LocalProvider, _started_at
 
@@ -65,3 +66,19 @@ def test_ssh_profile_names_never_leave_or_share_the_run_directory(url):
     assert not {dirs[".."], dirs["."]} & {".", ".."}
     assert len(set(dirs.values())) == len(dirs)
     assert '/run/.."' not in cluster("..")._stop_script(None)
+
+
+def test_local_up_with_a_python_that_is_not_there_is_one_line_not_a_traceback(
+    private_tmp, tmp_path, monkeypatch, capsys
+):
+    config = tmp_path / "cloudloop.toml"
+    config.write_text(
+        f'[profiles.p]\nbackend = "sqlite://{tmp_path}/b"\npython = "/nonexistent/python"\n'
+    )
+    config.chmod(0o600)
+    monkeypatch.setenv("CLOUDLOOP_CONFIG", str(config))
+    rc = cli.main(["up", "-n", "1", "--profile", "p"])
+    out = capsys.readouterr()
+    assert rc != 0
+    assert "Traceback" not in out.err + out.out
+    assert "/nonexistent/python" in out.err + out.out

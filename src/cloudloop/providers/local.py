@@ -243,18 +243,22 @@ class LocalCluster(Cluster):
         cmd, env = self.owner.command(self.worker, n, cluster=self.name)
         env["CLOUDLOOP_BACKEND"] = backend.connect_url
         run, logs = self._run_dir(), _log_dir()
-        for _ in range(n):
+        for i in range(n):
             path = logs / f"{keys.safe_name(self.name)}-{time.time_ns()}.log"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            with open(fd, "ab") as logf:
-                p = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=logf,
-                    start_new_session=True,
-                    env=env,
-                )
+            try:
+                with open(fd, "ab") as logf:
+                    p = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=logf,
+                        start_new_session=True,
+                        env=env,
+                    )
+            except OSError as e:  # e.g. the profile's python is not there
+                why = f"cannot start {cmd[0]}: {e.strerror or e}"
+                return Report((f"{why} ({i} of {n} local workers started)",), ok=i > 0)
             (run / str(p.pid)).write_text(f"{_started_at(p.pid) or ''}\n")
         return Report(
             (
