@@ -82,3 +82,12 @@ def test_local_up_with_a_python_that_is_not_there_is_one_line_not_a_traceback(
     assert rc != 0
     assert "Traceback" not in out.err + out.out
     assert "/nonexistent/python" in out.err + out.out
+
+
+@pytest.mark.parametrize("value", [1e-05, 2.5e-07, 0.1 + 0.2, 1e16 + 2])
+@pytest.mark.parametrize("name", ["idle_exit", "heartbeat", "split_after", "preempt_grace"])
+def test_worker_durations_round_trip_through_flags_however_small(name, value):
+    """A profile may say idle_exit = 0.00001 (a valid duration); to_args wrote '1e-05',
+    which from_args (and so every worker `up` starts) refused."""
+    opts = WorkerOptions(**{name: value})
+    assert WorkerOptions.from_args(opts.to_args()) == opts

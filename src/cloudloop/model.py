@@ -28,6 +28,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeGuard
 
 from . import keys
@@ -171,7 +172,8 @@ class WorkerOptions:
                 # a flag cannot say "unset" or "off": those are the defaults
                 raise ValueError(f"worker option {f.name}={value!r} has no command-line form")
             elif isinstance(value, float):
-                text = str(int(value)) if value.is_integer() else repr(value)
+                # positional, never '1e-05' (a duration's syntax has no exponent)
+                text = str(int(value)) if value.is_integer() else f"{Decimal(repr(value)):f}"
                 out += [self.flag(f.name), text]
             else:
                 out += [self.flag(f.name), str(value)]
