@@ -7,12 +7,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import pytest
 
-from cloudloop import cli
-from cloudloop.model import WorkerOptions
+from cloudloop import cli, codec, keys
+from cloudloop.backends import open_backend
+from cloudloop.job import Job
+from cloudloop.model import OutcomeRow, WorkerOptions
 from cloudloop.providers.local import LocalProvider, _started_at
+from cloudloop.session import _Session
 
 
 @pytest.fixture
@@ -91,3 +95,34 @@ def test_worker_durations_round_trip_through_flags_however_small(name, value):
     which from_args (and so every worker `up` starts) refused."""
     opts = WorkerOptions(**{name: value})
     assert WorkerOptions.from_args(opts.to_args()) == opts
+
+
+def test_session_keeps_the_outcomes_read_before_a_store_error_in_the_same_round(url):
+    """_gather reads every new part; a transient store error on one part must not lose
+    the outcomes of the parts read before it in that round (their futures would hang)."""
+    backend = open_backend(url)
+    job = "j1"
+    for i in (0, 1):
+        name = keys.result(job, i, i, 0)
+        row = OutcomeRow(i, 1, codec.dumps(i, "value"), None, 1.0, 2.0)
+        backend.store.put(
+            name, codec.encode_part(backend.key, name, "w", "h", [codec.pack_rows([row])])
+        )
+    real, calls = backend.store.get_or_none, []
+
+    def flaky(key):
+        calls.append(key)
+        if len(calls) == 2:  # the second part read in the first round
+            raise ConnectionError("the store blinked")
+        return real(key)
+
+    backend.store.get_or_none = flaky
+    writer = types.SimpleNamespace(id=job)
+    session = types.SimpleNamespace(job=Job(backend, job), read=set(), writer=writer)
+    got = []
+    for _ in range(3):
+        try:
+            got += _Session._gather(session)  # type: ignore[arg-type]
+        except ConnectionError:
+            pass
+    assert sorted(o.index for o in got) == [0, 1]

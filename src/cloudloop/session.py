@@ -215,7 +215,15 @@ class _Session(threading.Thread):
         parts = self.job.parts
         parts.refresh()
         # a part joins self.read once read: a read that fails leaves it (and the rest) to retry
-        return [o for outcomes in parts.unread(self.read) for o in outcomes]
+        out: list[Outcome] = []
+        try:
+            for outcomes in parts.unread(self.read):
+                out += outcomes
+        except Exception as e:  # the parts read before it are in self.read: keep theirs
+            if not out:
+                raise
+            log.warning("session job %s: %s: %s", self.writer.id, type(e).__name__, e)
+        return out
 
     def _complete(self, o: Outcome) -> None:
         fut = self.futures.get(o.index)
