@@ -6,15 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import types
 
 import pytest
 
 from cloudloop import cli, codec, keys
 from cloudloop.backends import open_backend
-from cloudloop.job import Job
-from cloudloop.model import OutcomeRow, WorkerOptions
+from cloudloop.model import JobOptions, OutcomeRow, WorkerOptions
 from cloudloop.providers.local import LocalProvider, _started_at
 from cloudloop.session import _Session
 
@@ -97,17 +96,28 @@ def test_worker_durations_round_trip_through_flags_however_small(name, value):
     assert WorkerOptions.from_args(opts.to_args()) == opts
 
 
-def test_session_keeps_the_outcomes_read_before_a_store_error_in_the_same_round(url):
+@pytest.fixture
+def session(url):
+    """A real executor session (its thread idles: it has no futures to watch)."""
+    s = _Session(open_backend(url), JobOptions(), 1)
+    yield s
+    s.close(abandon=True)
+
+
+def _part(backend, job: str, i: int) -> tuple[str, bytes]:
+    name = keys.result(job, i, i, 1)
+    row = OutcomeRow(i, 1, codec.dumps(i, "value"), None, 1.0, 2.0)
+    return name, codec.encode_part(backend.key, name, "w", "h", [codec.pack_rows([row])])
+
+
+def test_session_keeps_the_outcomes_read_before_a_store_error_in_the_same_round(
+    session, monkeypatch
+):
     """_gather reads every new part; a transient store error on one part must not lose
     the outcomes of the parts read before it in that round (their futures would hang)."""
-    backend = open_backend(url)
-    job = "j1"
+    backend, job = session.backend, session.writer.id
     for i in (0, 1):
-        name = keys.result(job, i, i, 0)
-        row = OutcomeRow(i, 1, codec.dumps(i, "value"), None, 1.0, 2.0)
-        backend.store.put(
-            name, codec.encode_part(backend.key, name, "w", "h", [codec.pack_rows([row])])
-        )
+        backend.store.put(*_part(backend, job, i))
     real, calls = backend.store.get_or_none, []
 
     def flaky(key):
@@ -116,13 +126,54 @@ def test_session_keeps_the_outcomes_read_before_a_store_error_in_the_same_round(
             raise ConnectionError("the store blinked")
         return real(key)
 
-    backend.store.get_or_none = flaky
-    writer = types.SimpleNamespace(id=job)
-    session = types.SimpleNamespace(job=Job(backend, job), read=set(), writer=writer)
+    monkeypatch.setattr(backend.store, "get_or_none", flaky)
     got = []
     for _ in range(3):
         try:
-            got += _Session._gather(session)  # type: ignore[arg-type]
+            got += session._gather()
         except ConnectionError:
             pass
     assert sorted(o.index for o in got) == [0, 1]
+
+
+def test_a_user_watching_the_session_job_races_nothing_with_the_session_thread(
+    session, monkeypatch
+):
+    """Executor.session_job() hands the user the Job the session thread reads results
+    through; both refreshing its one ResultParts at once raised 'dictionary changed size
+    during iteration' in the user's status() (or the session's round)."""
+    backend, job = session.backend, session.writer.id
+    blobs = dict(_part(backend, job, i) for i in range(3000))
+    listed: list[str] = []
+    monkeypatch.setattr(backend.store, "list", lambda prefix: list(listed))
+    monkeypatch.setattr(backend.store, "get_or_none", blobs.get)
+    user = session.job  # what Executor.session_job() returns
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                user.parts.refresh()
+                user.parts.containing(7)
+                user.parts.failing()
+            except RuntimeError as e:
+                errors.append(e)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        for name in blobs:
+            listed.append(name)
+            session._gather()
+            if errors or time.monotonic() > deadline:
+                break
+    finally:
+        done.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert not errors

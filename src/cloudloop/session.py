@@ -32,7 +32,7 @@ from .backends import Backend
 from .errors import CloudloopError, InitializerFailed, TamperedError
 from .job import Job
 from .model import JobOptions, Outcome
-from .results import read_outcome
+from .results import ResultParts, read_outcome
 from .submit import JobWriter
 
 _LINGER = 0.002
@@ -92,6 +92,8 @@ class _Session(threading.Thread):
             backend, options.replace(name=options.name or "submit"), session=True, wrap=wrap
         )
         self.job = Job(backend, self.writer.id, self.writer.manifest)
+        # its own reader: the Job is the user's too (Executor.session_job), read from their thread
+        self.parts = ResultParts(backend, self.writer.id, problems=self.job.parts.problems)
         self.workers = max(workers, 1)
         self.relay = relay
         self.cond = threading.Condition()
@@ -212,7 +214,7 @@ class _Session(threading.Thread):
 
     def _gather(self) -> list[Outcome]:
         """The outcomes of result parts not read before (forged ones count for nothing)."""
-        parts = self.job.parts
+        parts = self.parts
         parts.refresh()
         # a part joins self.read once read: a read that fails leaves it (and the rest) to retry
         out: list[Outcome] = []
