@@ -13,8 +13,19 @@ import pytest
 
 from cloudloop import cli, codec, keys
 from cloudloop.backends import open_backend
-from cloudloop.model import JobOptions, OutcomeRow, WorkerOptions
+from cloudloop.heartbeat import worker_records
+from cloudloop.model import (
+    Cancelled,
+    DeadLetterReason,
+    Finished,
+    JobOptions,
+    OutcomeRow,
+    Sealed,
+    WorkerOptions,
+    WorkerRecord,
+)
 from cloudloop.providers.local import LocalProvider, _started_at
+from cloudloop.providers.prices import LedgerRecord
 from cloudloop.session import _Session
 
 
@@ -177,3 +188,31 @@ def test_a_user_watching_the_session_job_races_nothing_with_the_session_thread(
         t.join()
         sys.setswitchinterval(interval)
     assert not errors
+
+
+HUGE = 10**400  # JSON holds it as an int; as a float it overflows
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [
+        lambda: Finished.from_dict({"at": HUGE}),
+        lambda: Cancelled.from_dict({"at": HUGE}),
+        lambda: Sealed.from_dict({"tasks": 1, "at": HUGE}),
+        lambda: DeadLetterReason.from_dict({"why": "x", "at": HUGE}),
+        lambda: WorkerRecord.from_dict({"id": "w", "last_seen": HUGE}),
+        lambda: LedgerRecord.from_dict({"id": "i", "type": "t", "price": HUGE, "launched": 0}),
+    ],
+)
+def test_a_number_too_big_for_a_float_is_a_value_error_like_any_malformed_field(decode):
+    """The checked decoders promise ValueError (what every caller catches); math.isfinite
+    of a 400-digit int raised OverflowError, which went past them (status, ls, a worker's
+    cancel check)."""
+    with pytest.raises(ValueError):
+        decode()
+
+
+def test_ls_skips_a_heartbeat_record_with_a_number_too_big(url):
+    backend = open_backend(url)
+    backend.put_record(keys.worker("w-1"), {"id": "w-1", "last_seen": HUGE})
+    assert worker_records(backend) == []

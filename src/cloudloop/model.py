@@ -451,6 +451,14 @@ class Outcome:
 # field's type; an extra field, written by a newer cloudloop, is ignored).
 
 
+def finite(v: int | float) -> bool:
+    """A finite number that is a float too (JSON may hold an int of 400 digits)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _marker(cls: Any, data: Any, what: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{what} is not a JSON object")
@@ -467,7 +475,7 @@ def _marker(cls: Any, data: Any, what: str) -> Any:
         elif kind.startswith("int"):
             ok = type(v) is int and v >= 0
         elif kind.startswith("float"):
-            ok = type(v) in (int, float) and math.isfinite(v) and v >= 0
+            ok = type(v) in (int, float) and finite(v) and v >= 0
             v = float(v) if ok else v
         else:
             ok = isinstance(v, str)
@@ -630,7 +638,7 @@ def _field_value(name: str, kind: str, value: Any) -> Any:
         if type(value) is not int or not -(2**63) <= value < 2**63:
             raise ValueError(f"worker record field {name!r} must be a whole number")
         return value
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if type(value) not in (int, float) or not finite(value):
         raise ValueError(f"worker record field {name!r} must be a finite number")
     return float(value)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..errors import TamperedError
+from ..model import finite
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -258,4 +258,4 @@ def read_ledger_record(backend: Backend, key: str) -> LedgerRecord | None:
 
 
 def _number(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+    return type(v) in (int, float) and finite(v) and v >= 0
