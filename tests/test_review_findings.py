@@ -26,6 +26,7 @@ from cloudloop.model import (
 )
 from cloudloop.providers.local import LocalProvider, _started_at
 from cloudloop.providers.prices import LedgerRecord
+from cloudloop.results import LogParts
 from cloudloop.session import _Session
 
 
@@ -216,3 +217,15 @@ def test_ls_skips_a_heartbeat_record_with_a_number_too_big(url):
     backend = open_backend(url)
     backend.put_record(keys.worker("w-1"), {"id": "w-1", "last_seen": HUGE})
     assert worker_records(backend) == []
+
+
+@pytest.mark.parametrize("attempt", [[1], float("inf"), "1"])
+def test_a_log_part_with_a_segment_of_the_wrong_shape_reads_as_a_note(url, attempt):
+    """read_log_part promises a part that is malformed reads as a note; int() of a list
+    (TypeError) or of Infinity (OverflowError) went past it (Job.logs, the dashboard)."""
+    backend = open_backend(url)
+    name = keys.logs("j1", 0, 0)
+    backend.put_record(name, {"0": [[attempt, 0, "hello\n"]]})
+    reader = LogParts(backend, "j1", keep=True)
+    reader.refresh()
+    assert "could not be read" in reader.log(0)

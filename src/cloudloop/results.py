@@ -330,7 +330,13 @@ def _check_log_part(rec: Any, span: tuple[int, int], key: str) -> dict[int, list
         if not span[0] <= index <= span[1] or not isinstance(segments, list):
             raise ValueError(f"log part {key} holds task {index} outside its span")
         for seg in segments:
-            if not (isinstance(seg, list) and len(seg) == 3 and isinstance(seg[2], str)):
+            if not (
+                isinstance(seg, list)
+                and len(seg) == 3
+                and type(seg[0]) is int
+                and type(seg[1]) is int
+                and isinstance(seg[2], str)
+            ):
                 raise ValueError(f"log part {key} holds a malformed segment")
-            out.setdefault(index, []).append((int(seg[0]), int(seg[1]), seg[2]))
+            out.setdefault(index, []).append((seg[0], seg[1], seg[2]))
     return out
