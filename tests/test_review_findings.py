@@ -229,3 +229,18 @@ def test_a_log_part_with_a_segment_of_the_wrong_shape_reads_as_a_note(url, attem
     reader = LogParts(backend, "j1", keep=True)
     reader.refresh()
     assert "could not be read" in reader.log(0)
+
+
+def test_cluster_commands_act_on_the_backend_given_with_backend(tmp_path, monkeypatch):
+    """`--backend URL` is accepted by up/ls/down/pause/resume ("default: the profile's")
+    but was ignored: `cloudloop pause --backend B` paused the profile's backend."""
+    from cloudloop.jobdata import paused
+
+    config = tmp_path / "cloudloop.toml"
+    config.write_text(f'[profiles.p]\nbackend = "sqlite://{tmp_path}/mine"\n')
+    config.chmod(0o600)
+    monkeypatch.setenv("CLOUDLOOP_CONFIG", str(config))
+    other = f"sqlite://{tmp_path}/other"
+    assert cli.main(["pause", "--profile", "p", "--backend", other]) == 0
+    assert paused(open_backend(other))
+    assert not paused(open_backend(f"sqlite://{tmp_path}/mine"))

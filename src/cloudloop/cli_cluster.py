@@ -14,7 +14,7 @@ from .providers import Cluster, Report, cluster_for
 
 
 def _cluster(args) -> Cluster:
-    return cluster_for(load_profile(args.profile))
+    return cluster_for(load_profile(args.profile), args.backend)
 
 
 def _say(report: Report) -> int:
