@@ -244,3 +244,22 @@ def test_cluster_commands_act_on_the_backend_given_with_backend(tmp_path, monkey
     assert cli.main(["pause", "--profile", "p", "--backend", other]) == 0
     assert paused(open_backend(other))
     assert not paused(open_backend(f"sqlite://{tmp_path}/mine"))
+
+
+@pytest.mark.parametrize("name", ["lease", "split_after", "preempt_grace"])
+def test_a_worker_option_that_must_have_a_value_refuses_none(name):
+    """worker_options (Executor(**options) goes through it) took split_after=None, which
+    no flag can say (Executor(workers=N) then failed with a bare ValueError from to_args;
+    lease=None with a TypeError)."""
+    from cloudloop.config import worker_options
+    from cloudloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=name):
+        worker_options(**{name: None})
+
+
+@pytest.mark.parametrize("name", ["idle_exit", "heartbeat", "metadata_url", "stop_at"])
+def test_a_worker_option_that_may_be_unset_still_takes_none(name):
+    from cloudloop.config import worker_options
+
+    assert getattr(worker_options(**{name: None}), name) is None

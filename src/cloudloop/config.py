@@ -183,6 +183,9 @@ _MORE_THAN_ZERO = ("lease", "heartbeat", "split_after")
 
 
 def _worker_value(k: str, v: Any) -> Any:
+    default = WorkerOptions.__dataclass_fields__[k].default
+    if v is None and default is not None:  # no flag can say "unset": the worker needs one
+        raise ConfigError(f"{k} must have a value (default {default!r}), not None")
     if k == "exit_when_orphaned":
         if not isinstance(v, bool):
             raise ConfigError(f"{k} must be true or false, not {v!r}")
