@@ -263,3 +263,31 @@ def test_a_worker_option_that_may_be_unset_still_takes_none(name):
     from cloudloop.config import worker_options
 
     assert getattr(worker_options(**{name: None}), name) is None
+
+
+def test_a_part_added_as_another_is_removed_is_still_seen():
+    """Progress is read from listings: a listing of the same length (one part gone,
+    one new) must not hide the new part."""
+    from types import SimpleNamespace
+
+    from cloudloop.results import ResultParts
+
+    a, b, c = keys.result("j", 0, 9, 0), keys.result("j", 10, 19, 0), keys.result("j", 20, 29, 0)
+    listed = [a, b]
+    store = SimpleNamespace(list=lambda prefix: list(listed))
+    parts = ResultParts(SimpleNamespace(store=store), "j")  # type: ignore[arg-type]
+    assert parts.refresh() and parts.done == 20
+    listed[:] = [a, c]  # b removed (say, by a cleanup) while c was added
+    assert parts.refresh() and parts.covers(25)
+    assert not parts.refresh()  # nothing new
+
+
+def test_up_while_the_backend_is_paused_says_so(tmp_path):
+    cluster = LocalProvider({}, "paused-up").cluster(f"sqlite://{tmp_path / 'b'}", WorkerOptions())
+    cluster.pause()
+    try:
+        report = cluster.up(1)
+        assert report.ok and "paused" in report.lines[-1] and "cloudloop resume" in report.lines[-1]
+    finally:
+        cluster.down()
+        cluster.resume()

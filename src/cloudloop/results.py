@@ -78,15 +78,15 @@ class ResultParts:
     def refresh(self) -> bool:
         """List the job's parts again; True if the listing changed."""
         listed = self.backend.store.list(keys.results_prefix(self.job_id))
-        if len(listed) == len(self.spans) + len(self._junk):
+        new = [k for k in listed if k not in self.spans and k not in self._junk]
+        if not new:  # (a count would miss a part removed while another was added)
             return False
-        for key in listed:
-            if key not in self.spans and key not in self._junk:
-                try:
-                    self.spans[key] = keys.parse_result(key)
-                except ValueError:  # not a part's name: nothing a worker wrote
-                    self._junk.add(key)
-                    log.warning("ignoring %s: not a result part", key)
+        for key in new:
+            try:
+                self.spans[key] = keys.parse_result(key)
+            except ValueError:  # not a part's name: nothing a worker wrote
+                self._junk.add(key)
+                log.warning("ignoring %s: not a result part", key)
         self._merge()
         return True
 

@@ -121,18 +121,32 @@ class Cluster(abc.ABC):
         """Heartbeat records of this cluster's live workers (verified, newest listing);
         with ``others``, those of the backend's other live workers instead (a client's
         own, another profile's, ones started by hand or by a batch system)."""
+        return self._live_workers()[1 if others else 0]
+
+    def _live_workers(self) -> tuple[list[WorkerRecord], list[WorkerRecord]]:
+        """(this cluster's, the others'): live heartbeat records, from one listing."""
         from ..heartbeat import worker_records
 
-        live = [r for r in worker_records(self.backend) if r.live()]
-        return [r for r in live if (r.cluster == self.name) != others]
+        mine: list[WorkerRecord] = []
+        others: list[WorkerRecord] = []
+        for r in worker_records(self.backend):
+            if r.live():
+                (mine if r.cluster == self.name else others).append(r)
+        return mine, others
+
+    def _paused_note(self) -> tuple[str, ...]:
+        """A line for ``up`` when the backend is paused (its workers take nothing yet)."""
+        if not self.paused():
+            return ()
+        return ("the backend is paused: these workers take no tasks until `cloudloop resume`",)
 
     def ls(self) -> Report:
         """One line per live worker, then a summary (providers with machines add theirs)."""
         now = time.time()
-        rows = self.workers()
+        rows, other_rows = self._live_workers()  # one listing (a billed LIST on S3)
         lines = [_worker_line(w, now) for w in rows]
         summary = f"{len(rows)} worker(s) in cluster {self.name!r} ({self.provider})"
-        others = len(self.workers(others=True))
+        others = len(other_rows)
         if others:
             summary += f"; {others} other worker(s) serve its backend"
         lines.append(summary)

@@ -260,12 +260,11 @@ class LocalCluster(Cluster):
                 why = f"cannot start {cmd[0]}: {e.strerror or e}"
                 return Report((f"{why} ({i} of {n} local workers started)",), ok=i > 0)
             (run / str(p.pid)).write_text(f"{_started_at(p.pid) or ''}\n")
-        return Report(
-            (
-                f"started {n} local workers for {backend.url} "
-                f"(`cloudloop down --profile {self.name}` stops them)",
-            )
+        started = (
+            f"started {n} local workers for {backend.url} "
+            f"(`cloudloop down --profile {self.name}` stops them)"
         )
+        return Report((started, *self._paused_note()))
 
     def _started(self) -> list[tuple[Path, int]]:
         """(pid file, pid) of this cluster's workers still running (stale files removed)."""

@@ -481,7 +481,7 @@ echo "killed=$(echo $alive | wc -w)"
             f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} "
             f"host(s) (`cloudloop down --profile {self.name}` stops them)"
         )
-        return Report(tuple(lines), ok=bool(ok))
+        return Report((*lines, *self._paused_note()), ok=bool(ok))
 
     def down(self, purge: bool = False) -> Report:
         lines = self.stop()
