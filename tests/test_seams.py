@@ -1,5 +1,6 @@
-"""Regression tests for problems found reviewing the cluster interface, results reader
-and worker-flag changes (one test per finding)."""
+"""Where modules meet: cluster run directories and pid files, worker flags, the
+results and log readers shared by several threads, checked record decoders, and
+the cluster commands' options. Each test pins one way these seams broke."""
 
 from __future__ import annotations
 
