@@ -192,6 +192,8 @@ class Job:
         problems = tuple(self._suspect.values()) + tuple(
             f"worker {w.id}: {w.error}" for w in live if w.error
         )
+        if not state.finished:
+            problems += _runnable_by(manifest.python, live)
         return JobStatus(
             self.id,
             manifest.name,
@@ -435,6 +437,18 @@ class Job:
         for i, text in self.new_log_lines():
             for line in text.splitlines():
                 sys.stderr.write(f"[task {i}] {line}\n")
+
+
+def _runnable_by(needs: str, live: list[WorkerRecord]) -> tuple[str, ...]:
+    """A problem when workers are up but none runs the Python the job was pickled with
+    (they set its tasks aside: it would wait for ever without a word)."""
+    have = {w.python for w in live}
+    if not needs or not live or needs in have or "" in have:  # "" : a worker too old to say
+        return ()
+    return (
+        f"no worker can run this job: it needs Python {needs}, workers have "
+        f"{', '.join(sorted(have))} (start workers with Python {needs})",
+    )
 
 
 def list_jobs(backend: Backend) -> list[Job]:

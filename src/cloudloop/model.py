@@ -26,12 +26,15 @@ import dataclasses
 import enum
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeGuard
 
 from . import keys
+
+PYTHON = "{}.{}".format(*sys.version_info[:2])  # this interpreter's minor version
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,8 @@ class JobManifest:
     command: str | None = None  # command template for kind == "command"
     files: tuple[str, ...] = ()  # names of files shipped to each task's directory
     session: bool = False  # an Executor's submit() job: tasks may be cancelled one by one
+    # the Python minor version ("3.11") its pickles need ("": any, as for command jobs)
+    python: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -601,6 +606,7 @@ class WorkerRecord:
     instance_type: str | None = None
     market: str | None = None
     error: str | None = None  # the worker's current trouble, in words (a failing store)
+    python: str = ""  # the Python minor version it runs tasks with ("3.11")
     cluster: str | None = None  # the cluster (`cloudloop up`) that started it, if one did
 
     @classmethod

@@ -36,7 +36,7 @@ from typing import Any
 from . import __version__, codec, keys
 from .backends import Backend
 from .errors import SerializationError
-from .model import Cancelled, JobManifest, JobOptions, MessageHeader, Sealed
+from .model import PYTHON, Cancelled, JobManifest, JobOptions, MessageHeader, Sealed
 
 _SEND_BATCH = 64  # messages per queue.put
 _SEND_BYTES = 4 << 20
@@ -123,6 +123,9 @@ class JobWriter:
             command=command,
             files=tuple(sorted(files or {})),
             session=session,
+            # a function and its arguments are pickled by this Python: workers need its
+            # minor version (a command job's rows are plain data any version reads)
+            python="" if kind == "command" else PYTHON,
         )
         return cls(backend, manifest, files, wrap)
 

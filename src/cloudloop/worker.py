@@ -66,9 +66,9 @@ from .errors import (
     CorruptMessage,
     TamperedError,
 )
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, worker_records
 from .jobdata import JobData, paused
-from .model import DeadLetterReason, Lease, MessageHeader, WorkerOptions
+from .model import PYTHON, DeadLetterReason, Lease, MessageHeader, WorkerOptions
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
 from .taskrun import ChunkRunner, _Chunk, _Flag, _said
@@ -148,6 +148,9 @@ class Worker(ChunkRunner):
         self._paused_checked = -math.inf
         self._is_paused = False
         self._trouble: str | None = None
+        self._aside: dict[str, int] = {}  # message of another Python's job -> times met
+        self._aside_jobs: set[str] = set()
+        self._pythons_seen: tuple[float, set[str]] | None = None
         self._heartbeat = Heartbeat(backend, self)
 
     # ---------------------------------------------------------------- main loop
@@ -236,6 +239,7 @@ class Worker(ChunkRunner):
             "load": os.getloadavg()[0],
             "error": self.trouble(),
             "cluster": self.cluster,
+            "python": PYTHON,
             **self.machine,
         }
 
@@ -283,9 +287,8 @@ class Worker(ChunkRunner):
             self._trouble = None
             if paused:
                 time.sleep(self.backend.idle_wait)
-            if leases:
-                for lease in leases:
-                    self._process(lease)
+            # (a message set aside for another Python is no work: it does not keep us here)
+            if [self._process(lease) for lease in leases].count(True):
                 idle_since = time.monotonic()
             elif self._should_exit(time.monotonic() - idle_since):
                 return
@@ -324,12 +327,14 @@ class Worker(ChunkRunner):
 
     # ---------------------------------------------------------------- one message
 
-    def _process(self, lease: Lease) -> None:
-        """Handle one message; whatever goes wrong, the worker goes on."""
+    def _process(self, lease: Lease) -> bool:
+        """Handle one message; whatever goes wrong, the worker goes on. False if it was
+        set aside for workers of another Python."""
         try:
-            self._handle(lease)
+            return self._handle(lease)
         except Exception as e:
             self._message_failed(lease, e)
+            return True
         finally:
             self.current = None
 
@@ -358,6 +363,44 @@ class Worker(ChunkRunner):
         )
         self._deadletter(lease, why, fail_tasks=True)
 
+    def _set_aside(self, lease: Lease, job_id: str, needs: str) -> None:
+        """A job pickled by another Python minor version: its tasks are not ours to run,
+        nor to fail or to dead-letter.
+
+        While a live worker that can run it is about (its heartbeat record says which
+        Python it runs), this worker hands the message back at once and waits before
+        leasing again (2 s, doubling to 30 s for a message met again), so that worker
+        takes it. With none about, the message is hidden from every worker for a
+        while (2.5 s, doubling to a minute) and this one goes on to the messages behind
+        it. Either way the deliveries it adds (an SQS queue counts them) fall to a few
+        a minute; the job's status says when no live worker can run it.
+        """
+        if job_id not in self._aside_jobs:
+            self._aside_jobs.add(job_id)
+            log.warning("job %s needs Python %s; this worker runs %s: leaving its tasks to "
+                        "workers that can", job_id, needs, PYTHON)  # fmt: skip
+        if len(self._aside) > 10_000:  # message ids: forget the oldest half
+            self._aside = dict(list(self._aside.items())[5_000:])
+        met = self._aside[lease.id] = self._aside.get(lease.id, 0) + 1
+        if self._someone_runs(needs):
+            self.committer.finish(lease, ack=False)
+            _Backoff(self.stopping, first=min(30.0, 2.0 * 2 ** (met - 1))).sleep()
+        else:
+            self.queue.extend([lease], min(60.0, 2.5 * 2 ** (met - 1)))
+
+    def _someone_runs(self, python: str) -> bool:
+        """Whether a live worker of the backend runs ``python`` (re-listed every 10 s)."""
+        now = time.monotonic()
+        seen = self._pythons_seen
+        if seen is None or now - seen[0] > 10.0:
+            try:
+                live = {r.python for r in worker_records(self.backend) if r.live()}
+            except Exception as e:  # a listing that fails: as if nobody could
+                log.warning("cannot list the workers: %s", _said(e))
+                live = set()
+            seen = self._pythons_seen = (now, live)
+        return python in seen[1]
+
     def _deadletter(self, lease: Lease, why: str, fail_tasks: bool) -> None:
         """Keep the message's bytes and the reason; fail its tasks if it verifies; drop it."""
         at = time.time()
@@ -378,25 +421,29 @@ class Worker(ChunkRunner):
                 self._flush(chunk)
         self.committer.finish(lease, ack=True)
 
-    def _handle(self, lease: Lease) -> None:
+    def _handle(self, lease: Lease) -> bool:
+        """Run a message's tasks; False if they were set aside for another Python."""
         try:
             raw, payload = codec.decode_message(self.key, lease.body)
             header = MessageHeader.from_dict(raw)
         except (TamperedError, ValueError) as e:
             self._corrupt(lease, e)
-            return
+            return True
         try:
             job = self.data.job(header.job)
         except TamperedError as e:
             self._deadletter(lease, f"its job's manifest {e}", fail_tasks=False)
-            return
+            return True
         if job is None:
             log.warning("dropping message %s: job %s no longer exists", lease.id, header.job)
             self.committer.finish(lease, ack=True)
-            return
+            return True
         if self.data.is_cancelled(job, force=True):
             self.committer.finish(lease, ack=True)
-            return
+            return True
+        if job.manifest.python not in ("", PYTHON):
+            self._set_aside(lease, job.manifest.id, job.manifest.python)
+            return False
         todo = dict.fromkeys(header.tasks(), 1)
         careful = lease.attempt > 1
         if careful:
@@ -417,6 +464,7 @@ class Worker(ChunkRunner):
         if self.runner.alive and self.runner.log_size() > 64 << 20:
             self.committer.drain()  # every log byte is read; start the file afresh
             self.runner.truncate_log()
+        return True
 
     # ---------------------------------------------------------------- running
 
