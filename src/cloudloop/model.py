@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, ClassVar, NamedTuple, TypeGuard, TypeVar
 
 from . import keys
 
@@ -491,59 +491,61 @@ def _marker(cls: Any, data: Any, what: str) -> Any:
     return cls(**out)
 
 
+_M = TypeVar("_M", bound="_Marker")
+
+
+class _Marker:
+    """A job marker: decoded by :func:`_marker`, named in its errors by ``WHAT``."""
+
+    WHAT: ClassVar[str] = "a record"
+
+    @classmethod
+    def from_dict(cls: type[_M], data: Any) -> _M:
+        out: _M = _marker(cls, data, cls.WHAT)
+        return out
+
+
 @dataclass(frozen=True)
-class Sealed:
+class Sealed(_Marker):
     """``jobs/<job>/sealed``: submission finished with ``tasks`` tasks in ``chunks`` messages."""
+
+    WHAT: ClassVar[str] = "a sealed record"
 
     tasks: int
     chunks: int = 0
     at: float = 0.0
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Sealed:
-        out: Sealed = _marker(cls, data, "a sealed record")
-        return out
-
 
 @dataclass(frozen=True)
-class Cancelled:
+class Cancelled(_Marker):
     """``jobs/<job>/cancelled``: the job was cancelled (``running``: running tasks too;
     ``discarded``: its client gave up on it before it was sealed)."""
+
+    WHAT: ClassVar[str] = "a cancel record"
 
     at: float = 0.0
     running: bool = True
     discarded: bool = False
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Cancelled:
-        out: Cancelled = _marker(cls, data, "a cancel record")
-        return out
-
 
 @dataclass(frozen=True)
-class Finished:
+class Finished(_Marker):
     """``jobs/<job>/finished``: when the job finished, as its first observer saw it."""
+
+    WHAT: ClassVar[str] = "a finished record"
 
     at: float
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Finished:
-        out: Finished = _marker(cls, data, "a finished record")
-        return out
-
 
 @dataclass(frozen=True)
-class DeadLetterReason:
+class DeadLetterReason(_Marker):
     """``deadletter/<name>.why``: why a worker set a message aside."""
+
+    WHAT: ClassVar[str] = "a dead-letter reason"
 
     why: str
     at: float = 0.0
     worker: str = ""
-
-    @classmethod
-    def from_dict(cls, data: Any) -> DeadLetterReason:
-        out: DeadLetterReason = _marker(cls, data, "a dead-letter reason")
-        return out
 
 
 @dataclass(frozen=True)
