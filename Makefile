@@ -35,7 +35,27 @@ lint: $(VENV)/.test
 test-deps:
 	bash scripts/test-deps.sh
 
-test: lint test-deps
+# A second SQS/S3 implementation for the aws backend's tests: LocalStack, run
+# without Docker. It needs Python 3.13 (pyenv's on these machines; set
+# LOCALSTACK_PYTHON to use another), in a venv of its own.
+LS_VENV    := .venv-localstack
+LS_PINS    := 'localstack-core[base-runtime]==4.14.0' 'cbor2<6' 'pyopenssl<24.3' 'cryptography<44' service-identity
+LOCALSTACK_PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13.*/bin/python) $(shell command -v python3.13))
+
+$(LS_VENV)/.installed:
+	@if [ -z "$(LOCALSTACK_PYTHON)" ] || ! "$(LOCALSTACK_PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then \
+	  echo "localstack: needs Python 3.13 (found '$(LOCALSTACK_PYTHON)'); install it (pyenv install 3.13) or set LOCALSTACK_PYTHON=/path/to/python3.13" >&2; \
+	  exit 1; \
+	fi
+	rm -rf $(LS_VENV)
+	"$(LOCALSTACK_PYTHON)" -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(LS_PINS)
+	touch $@
+
+.PHONY: localstack
+localstack: $(LS_VENV)/.installed
+
+test: lint test-deps localstack
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench
@@ -46,7 +66,7 @@ bench-aws: $(VENV)/.bench
 	$(PY) benchmarks/bench_aws.py
 
 clean:
-	rm -rf $(VENV) .cloudloop .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) .cloudloop .pytest_cache .ruff_cache
 
 # the other examples, each on the embedded default (see examples/*.py)
 .PHONY: demo-loo demo-forest demo-text demo-montecarlo demo-r

@@ -96,6 +96,35 @@ def aws_url(moto_endpoint, request) -> str:
     return f"aws://{bucket}/jobs?region=us-east-1&endpoint={moto_endpoint}"
 
 
+@pytest.fixture(scope="session")
+def localstack_endpoint(tmp_path_factory):
+    """LocalStack's S3 and SQS (implementations of their own, not moto's) in a network
+    namespace of their own, for the whole session; skipped locally where it cannot
+    run (see tests/localstack.py), failed in CI."""
+    import localstack
+
+    localstack.require()
+    ls = localstack.LocalStack(tmp_path_factory.mktemp("localstack"))
+    saved = {k: os.environ.get(k) for k in _FAKE_AWS}
+    os.environ.update(_FAKE_AWS)
+    yield ls.endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    ls.close()
+
+
+@pytest.fixture
+def localstack_aws_url(localstack_endpoint) -> str:
+    """A fresh aws:// backend (its own bucket and queue) on LocalStack."""
+    import secrets
+
+    bucket = f"cl-{secrets.token_hex(4)}"
+    return f"aws://{bucket}/jobs?region=us-east-1&endpoint={localstack_endpoint}"
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip

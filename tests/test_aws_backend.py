@@ -104,6 +104,12 @@ GONE = [
     ("moto", "ReceiptHandleIsInvalid", "The input receipt handle is invalid."),
     (
         "localstack",
+        "InvalidParameterValueException",
+        "Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist or is "
+        "not available for visibility timeout change.",
+    ),  # fmt: skip
+    (
+        "sqs-as-users-report",
         "InvalidParameterValue",
         "Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist or is "
         "not available for visibility timeout change.",

@@ -1,7 +1,9 @@
 """One factory per backend scheme; the contract suites run against each.
 
 The suites are parametrised from the live registry, so registering a backend
-without adding its factory here fails the suite instead of skipping it.
+without adding its factory here fails the suite instead of skipping it. The aws
+scheme runs twice: on moto (``aws``) and on LocalStack (``aws-localstack``),
+two independent implementations of SQS and S3.
 """
 
 from __future__ import annotations
@@ -36,15 +38,25 @@ def _rediss(tmp_path, request) -> Iterator[str]:
     yield request.getfixturevalue("rediss_server").url(prefix=f"t{secrets.token_hex(4)}")
 
 
+@contextlib.contextmanager
+def _aws_localstack(tmp_path, request) -> Iterator[str]:
+    yield request.getfixturevalue("localstack_aws_url")
+
+
 FACTORIES = {"sqlite": _sqlite, "aws": _aws, "redis": _redis, "rediss": _rediss}
 
+# a second implementation of a registered scheme's services, run beside the first:
+# what passes on one emulator only is that emulator's reading of the API
+SECOND_IMPLEMENTATIONS = {"aws-localstack": _aws_localstack}
 
-@pytest.fixture(params=sorted(REGISTRY))
+
+@pytest.fixture(params=sorted(REGISTRY) + sorted(SECOND_IMPLEMENTATIONS))
 def backend(request, tmp_path) -> Iterator[Backend]:
-    scheme = request.param
-    if scheme not in FACTORIES:
-        pytest.fail(f"backend {scheme!r} is registered but has no contract-test factory")
-    with FACTORIES[scheme](tmp_path, request) as url:
+    name = request.param
+    factory = FACTORIES.get(name) or SECOND_IMPLEMENTATIONS.get(name)
+    if factory is None:
+        pytest.fail(f"backend {name!r} is registered but has no contract-test factory")
+    with factory(tmp_path, request) as url:
         b = open_backend(url)
         try:
             yield b

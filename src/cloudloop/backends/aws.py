@@ -68,13 +68,14 @@ _GONE_CODES = {
 def _gone(failure: dict[str, Any]) -> bool:
     """A batch entry failed because its message is gone or no longer leased by us.
 
-    moto answers ``ReceiptHandleIsInvalid``; LocalStack (and, users report, SQS
-    itself) ``InvalidParameterValue`` with "Message does not exist or is not
+    moto answers ``ReceiptHandleIsInvalid``; LocalStack
+    ``InvalidParameterValueException`` and, users report, SQS itself
+    ``InvalidParameterValue``, both with "Message does not exist or is not
     available for visibility timeout change".
     """
     code, message = failure.get("Code", ""), str(failure.get("Message", "")).lower()
     return code in _GONE_CODES or (
-        code == "InvalidParameterValue"
+        code in ("InvalidParameterValue", "InvalidParameterValueException")
         and ("does not exist" in message or "not available" in message)
     )
 
