@@ -6,13 +6,22 @@
       boto3 ──────────────────────────────────────► "aws" namespace: moto_server :5000
                                                      (S3, SQS, EC2, IAM)
       Simulator thread: every 0.3 s DescribeInstances (tag cloudloop:cluster)
-        new pending/running instance ──► boot a "machine":
+        new pending/running instance ──► boot a "machine" from its *image*:
             a fresh namespace with its own address on the lab network,
             its own directory (HOME, /opt/cloudloop), an IMDSv2 server on its
-            own 127.0.0.1 (instance id, type, spot notices, and instance-profile
-            credentials, as EC2 serves them), and the instance's actual
-            user-data run by bash, with pip pointed at a local wheelhouse
-            (no index is reachable) and a `shutdown` that tells the simulator
+            own 127.0.0.1 (instance id, type, image, region, spot notices, and
+            instance-profile credentials, as EC2 serves them), and the
+            instance's actual user-data run by bash with the image's PATH only,
+            a `shutdown` that tells the simulator
+
+An :class:`Image` is what an AMI gives a machine, no kinder than AWS: its own
+PATH of tools (nothing else of this machine's is looked up), the Pythons it
+has (real interpreters of other versions, from pyenv) or none, a package
+manager that can install some Pythons or none, no view of the client's
+site-packages, and no package index (the lab network reaches only the API
+server). By default the region's Amazon Linux 2023 AMIs (as SSM publishes them
+in moto) are :data:`AL2023`: ``python3`` is 3.9 and ``dnf`` installs 3.11 and
+3.12, as on AWS. :meth:`CloudBox.register` adds an image of a test's own.
         terminated in the API (or the machine ran `shutdown`) ──► the machine
             shuts down as EC2's do (SIGTERM to every process, the plug 5 s
             later) and its namespace is removed
@@ -27,11 +36,12 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -46,6 +56,47 @@ FAKE_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+PYENV = Path(
+    subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    or Path.home() / ".pyenv"
+)
+TOOLS = ("bash sh cat chmod cp date env gzip base64 grep head id kill ln ls mkdir mv nproc rm "
+         "sed seq sleep sort tail tee touch tr uname wc xargs").split()  # fmt: skip
+AL2023_SSM = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+
+
+def pyenv_python(version: str) -> Path:
+    """A real interpreter of ``version`` ("3.9" or "3.9.18"), from this machine's pyenv."""
+    found = sorted((PYENV / "versions").glob(f"{version}*"))
+    if not found:
+        raise RuntimeError(f"no Python {version} under {PYENV}/versions")
+    return found[-1] / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Image:
+    """What an AMI gives a machine.
+
+    Attributes:
+        pythons: command name -> the version it runs ("python3": "3.9").
+        installable: what the package manager (``dnf``) can install: package -> version
+            ("python3.11": "3.11"); empty and ``dnf`` is absent.
+        tools: the commands on its PATH besides the Pythons.
+    """
+
+    name: str
+    pythons: dict[str, str] = field(default_factory=dict)
+    installable: dict[str, str] = field(default_factory=dict)
+    tools: tuple[str, ...] = tuple(TOOLS)
+
+
+AL2023 = Image(
+    "al2023",
+    pythons={"python3": "3.9"},
+    installable={"python3.11": "3.11", "python3.12": "3.12"},
+)
 
 
 @dataclass
@@ -75,10 +126,10 @@ class Machine:
 class CloudBox:
     """moto_server in its own namespace plus an EC2 instance simulator."""
 
-    def __init__(self, root: Path, wheelhouse: Path, region: str = "us-east-1"):
+    def __init__(self, root: Path, region: str = "us-east-1"):
         self.root = root
-        self.wheelhouse = wheelhouse
         self.region = region
+        self.images: dict[str, Image] = {}
         self.lab = netns.Lab("box")
         self.machines: dict[str, Machine] = {}
         self.history: list[str] = []
@@ -103,9 +154,61 @@ class CloudBox:
                 aws_access_key_id="testing",
                 aws_secret_access_key="testing",
             )
+            ssm = boto3.client("ssm", endpoint_url=self.endpoint, region_name=region,
+                               aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+            for arch in ("x86_64", "arm64"):
+                ami = ssm.get_parameter(Name=AL2023_SSM.format(arch=arch))["Parameter"]["Value"]
+                self.images[ami] = AL2023
         except Exception:
             self.close()
             raise
+
+    def register(self, image: Image) -> str:
+        """An AMI of ``image`` in the API (``image = "ami-…"`` in a profile); its id."""
+        ami = self.ec2.register_image(Name=f"box-{image.name}", RootDeviceName="/dev/xvda")
+        self.images[ami["ImageId"]] = image
+        return str(ami["ImageId"])
+
+    def _image_bin(self, image: Image) -> Path:
+        """The image's PATH: its tools and its Pythons, nothing else."""
+        bin_dir = self.root / "images" / image.name / "bin"
+        if not bin_dir.exists():
+            tmp = bin_dir.with_name("bin.tmp")
+            tmp.mkdir(parents=True)
+            for tool in image.tools:
+                found = shutil.which(tool)
+                if found:
+                    (tmp / tool).symlink_to(found)
+            for name, version in image.pythons.items():
+                (tmp / name).symlink_to(pyenv_python(version))
+            tmp.rename(bin_dir)
+        return bin_dir
+
+    def _package_manager(self, image: Image, machine_bin: Path, installed: Path) -> None:
+        """``dnf install -y PKG...``: links the Pythons it can install into the machine's
+        own /usr/bin (``installed``); anything else fails as dnf does."""
+        if not image.installable:
+            return
+        cases = "".join(
+            f'    {pkg}) ln -sf {pyenv_python(v)} "{installed}/{pkg}" ;;\n    {pkg}-pip) ;;\n'
+            for pkg, v in image.installable.items()
+        )
+        script = f"""#!/bin/bash
+# dnf as the image has it: installs what its repositories hold
+[ "$1" = install ] || {{ echo "dnf: only install is simulated" >&2; exit 1; }}
+shift
+for pkg in "$@"; do
+  case "$pkg" in
+    -y) ;;
+{cases}    *) echo "Error: Unable to find a match: $pkg" >&2; exit 1 ;;
+  esac
+done
+sleep 1
+echo "Complete!"
+"""
+        dnf = machine_bin / "dnf"
+        dnf.write_text(script)
+        dnf.chmod(0o755)
 
     # ---------------------------------------------------------------- the simulator
 
@@ -158,6 +261,10 @@ class CloudBox:
         shutdown.write_text(f'#!/bin/sh\necho "shutdown $*" >&2\ntouch {root}/halted\n')
         shutdown.chmod(0o755)
         market = "spot" if inst.get("InstanceLifecycle") == "spot" else "on-demand"
+        image = self.images.get(inst.get("ImageId", ""), Image("unknown", tools=("bash",)))
+        installed = root / "usr" / "bin"  # the machine's own: what its package manager adds
+        installed.mkdir(parents=True)
+        self._package_manager(image, root / "bin", installed)
         host = self.lab.add_host(f"m{len(self.history)}")
         m = Machine(iid, host, root, inst["InstanceType"], market, time.time())
         m.state_file.write_text(
@@ -167,6 +274,8 @@ class CloudBox:
                     "instance_type": m.instance_type,
                     "market": market,
                     "role": "cloudloop-worker",
+                    "image": inst.get("ImageId"),
+                    "region": self.region,
                 }
             )
         )
@@ -177,20 +286,20 @@ class CloudBox:
             stdout=subprocess.DEVNULL, stderr=open(root / "imds.log", "wb"),
         )  # fmt: skip
         env = {
-            "PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "PATH": f"{root / 'bin'}:{installed}:{self._image_bin(image)}",
             "HOME": str(root / "home"),
             "LANG": "C.UTF-8",
             "CLOUDLOOP_HOME": str(root / "opt"),
-            "CLOUDLOOP_PYTHON": sys.executable,
             "CLOUDLOOP_METADATA_URL": imds,
             "CLOUDLOOP_HOST": iid,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds + "/",
-            "PIP_NO_INDEX": "1",
-            "PIP_FIND_LINKS": str(self.wheelhouse),
             "PIP_NO_CACHE_DIR": "1",
+            "TMPDIR": str(root / "tmp"),
         }
+        (root / "tmp").mkdir()
         netns.wait_port_in(host, IMDS_PORT)
-        host.popen(["bash", str(root / "user-data.sh")], env=env, cwd=str(root / "home"))
+        bash = shutil.which("bash") or "/bin/bash"  # what cloud-init runs user-data with
+        host.popen([bash, str(root / "user-data.sh")], env=env, cwd=str(root / "home"))
         with self._lock:
             self.machines[iid] = m
 

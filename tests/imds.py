@@ -27,6 +27,8 @@ class Machine:
     market: str = "spot"
     notice: dict | None = None
     role: str | None = None  # an instance profile role: serves credentials like EC2 does
+    image: str = "ami-00000000000000000"
+    region: str = "us-east-1"
     tokens: set[str] = field(default_factory=set)
 
 
@@ -46,7 +48,15 @@ class MetadataServer:
                     with open(server.state) as f:
                         fields = json.load(f)
                     m = server.default
-                    for k in ("instance_id", "instance_type", "market", "notice", "role"):
+                    for k in (
+                        "instance_id",
+                        "instance_type",
+                        "market",
+                        "notice",
+                        "role",
+                        "image",
+                        "region",
+                    ):
                         if k in fields:
                             setattr(m, k, fields[k])
                     return m
@@ -78,6 +88,10 @@ class MetadataServer:
                     return self.reply(200, json.dumps(m.notice), "application/json")
                 if path == "instance-id":
                     return self.reply(200, m.instance_id)
+                if path == "ami-id":
+                    return self.reply(200, m.image)
+                if path == "placement/region":
+                    return self.reply(200, m.region)
                 if path == "instance-type":
                     return self.reply(200, m.instance_type)
                 if path == "instance-life-cycle":

@@ -21,6 +21,7 @@ tests skip locally without it but fail in CI (``CI=true``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -102,7 +103,8 @@ class Host:
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def argv(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, *argv]
+        # `ip` by its full path: the process may get a PATH of its own (a machine's image)
+        return [shutil.which("ip") or "ip", "netns", "exec", self.ns, *argv]
 
     def popen(self, argv: list[str], **kw) -> subprocess.Popen:
         """Start a process inside this host, in its own session (process group)."""

@@ -57,13 +57,10 @@ def box(tmp_path, monkeypatch):
     netns.require()
     from cloudbox import FAKE_KEYS, CloudBox
 
-    from cloudloop.providers import wheelhouse
-
     for k, v in FAKE_KEYS.items():  # the client's own keys; machines get none
         monkeypatch.setenv(k, v)
-    wheels = wheelhouse.build(("aws",))
     (tmp_path / "box").mkdir()
-    box = CloudBox(tmp_path / "box", wheels).start()
+    box = CloudBox(tmp_path / "box").start()
     yield box
     box.close()
 

@@ -22,13 +22,24 @@
                                                  share (joblib batches), stored once
     jobs/<job>/starts/<index>/<worker>-<nonce>   signed: a re-delivered task was started
                                                  (poison detection)
+    jobs/<job>/aside/<worker>                    signed JSON SetAside {worker, needs, have, at}:
+                                                 the worker lacks pins the job requires and
+                                                 leaves its tasks alone (written once)
     workers/<worker>                             signed JSON heartbeat
     control/paused                               signed: workers take no new work while it exists
     control/probe/<who>                          written and removed at once: does the store take writes?
     clusters/<name>/instances/<id>               signed JSON LedgerRecord: an EC2 instance's
                                                  price and life (the cluster's bill)
+    clusters/<name>/boots/<id>                   signed JSON BootRecord: an EC2 instance's boot
+                                                 phases, or why it failed (providers/boots.py)
+    clusters/<name>/boots-reset                  signed JSON {at}: boots that failed before
+                                                 this do not hold launches back (resume)
     clusters/<profile>/ssh/<host>/<tag>          signed JSON {host, tag, pids, workers, started,
                                                  by}: workers an ssh profile started there
+    wheelhouse/<digest>/files/<wheel>            a wheel, as pip built it (checked against
+                                                 the manifest's SHA-256 before use)
+    wheelhouse/<digest>/manifest                 signed JSON {files: {wheel: sha256}, install,
+                                                 python, arch}: written last
     deadletter/<time>-<message>-<nonce>          raw bytes of a message that failed verification
                                                  or kept breaking its workers (never acted on)
     deadletter/<time>-<message>-<nonce>.why      signed JSON {at, why, worker}: the reason
@@ -222,6 +233,15 @@ def start(job: str, index: int, worker: str) -> str:
     return f"{starts_prefix(job, index)}{worker}-{nonce()}"
 
 
+def aside_prefix(job: str) -> str:
+    return f"jobs/{job}/aside/"
+
+
+def aside(job: str, worker: str) -> str:
+    """Where ``worker`` says why it leaves the job's tasks alone."""
+    return f"{aside_prefix(job)}{safe_name(worker, 200)}"
+
+
 def probe(who: str) -> str:
     """A throwaway key a worker or client writes to learn whether the store takes writes."""
     return f"control/probe/{safe_name(who)}"
@@ -233,6 +253,30 @@ def worker(wid: str) -> str:
 
 def deadletter(message_id: str, at: float) -> str:
     return f"deadletter/{int(at)}-{message_id}-{nonce()}"
+
+
+def boots_prefix(cluster: str) -> str:
+    return f"{CLUSTERS}{cluster_dir(cluster)}/boots/"
+
+
+def boot(cluster: str, instance: str) -> str:
+    return boots_prefix(cluster) + safe_name(instance)
+
+
+def boots_reset(cluster: str) -> str:
+    return f"{CLUSTERS}{cluster_dir(cluster)}/boots-reset"
+
+
+def wheelhouse_prefix(digest: str) -> str:
+    return f"wheelhouse/{digest}/"
+
+
+def wheelhouse_manifest(digest: str) -> str:
+    return f"wheelhouse/{digest}/manifest"
+
+
+def wheelhouse_file(digest: str, wheel: str) -> str:
+    return f"wheelhouse/{digest}/files/{wheel}"
 
 
 def deadletter_reason(name: str) -> str:

@@ -51,15 +51,12 @@ def ec2_world(tmp: Path) -> Iterator[Ec2Cluster]:
     netns.require()
     from cloudbox import FAKE_KEYS, CloudBox
 
-    from cloudloop.providers import wheelhouse
-
     saved = {k: os.environ.get(k) for k in FAKE_KEYS}
     os.environ.update(FAKE_KEYS)
     box = None
     try:
-        wheels = wheelhouse.build(("aws",))
         (tmp / "box").mkdir(parents=True, exist_ok=True)
-        box = CloudBox(tmp / "box", wheels).start()
+        box = CloudBox(tmp / "box").start()
         tag = secrets.token_hex(3)
         url = f"aws://box-{tag}/jobs?region=us-east-1&endpoint={box.endpoint}"
         options = {**OPTIONS, "cluster": f"contract-{tag}"}

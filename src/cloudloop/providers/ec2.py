@@ -26,6 +26,8 @@ base class's ``pause``/``resume``): a paused cluster launches nothing.
 from __future__ import annotations
 
 import math
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +35,9 @@ from typing import Any, ClassVar
 
 from ..backends.aws import AwsBackend, open_aws
 from ..backends.base import secret_from_env
-from ..config import check_known
+from ..config import check_known, parse_duration
 from ..errors import ConfigError
 from ..model import WorkerOptions, format_seconds
-from . import ec2_setup as setup
 from .base import Cluster, Provider, Report, WorkerPool
 from .ec2_billing import Ec2Billing
 from .ec2_inventory import LISTED, Ec2Inventory
@@ -63,9 +64,12 @@ class Ec2Settings:
     on_demand_fallback: bool = True
     max_workers: int = 100
     max_cost: float | None = None
-    image: str = setup.DEFAULT_IMAGE
-    requirements: tuple[str, ...] = ()
-    install: str | None = None
+    image: str = "auto"  # AWS's Amazon Linux 2023 for each architecture, or an AMI / ssm:NAME
+    python: str = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the client's: pickles need it
+    requirements: tuple[str, ...] | str = ()  # or "auto": what the waiting jobs record
+    install: str | None = None  # a pip spec from the package index instead of the wheelhouse
+    boot_timeout: float = 900.0  # an instance with no worker by then is terminated
+    max_failed_boots: int = 3  # failed boots in a row before launches stop
     pip_args: tuple[str, ...] = ()
     workers_per_instance: int | None = None
     subnets: tuple[str, ...] = ()
@@ -76,15 +80,27 @@ class Ec2Settings:
     def from_options(cls, profile: str, options: dict[str, Any]) -> Ec2Settings:
         opts = dict(options)
         check_known(opts, cls.__dataclass_fields__, "ec2 provider")
+        if opts.get("requirements") == "auto":
+            opts["requirements"] = "auto"
+        elif "requirements" in opts and isinstance(opts["requirements"], str):
+            raise ConfigError('ec2 provider: requirements must be a list of strings, or "auto"')
         for k in ("instance_types", "requirements", "pip_args", "subnets"):
-            if k in opts:
+            if k in opts and opts[k] != "auto":
                 if isinstance(opts[k], str) or not all(isinstance(x, str) for x in opts[k]):
                     raise ConfigError(f"ec2 provider: {k} must be a list of strings")
                 opts[k] = tuple(opts[k])
         for k in ("spot", "on_demand_fallback"):
             if k in opts and not isinstance(opts[k], bool):
                 raise ConfigError(f"ec2 provider: {k} must be true or false")
-        for k in ("max_workers", "workers_per_instance"):
+        if "python" in opts and (
+            not isinstance(opts["python"], str) or not re.fullmatch(r"3\.\d{1,2}", opts["python"])
+        ):
+            raise ConfigError('ec2 provider: python must be a minor version such as "3.11"')
+        if "boot_timeout" in opts:
+            opts["boot_timeout"] = parse_duration(opts["boot_timeout"], "boot_timeout")
+            if not opts["boot_timeout"] or opts["boot_timeout"] < 60:
+                raise ConfigError("ec2 provider: boot_timeout must be at least 60 s")
+        for k in ("max_workers", "workers_per_instance", "max_failed_boots"):
             if k in opts and (not isinstance(opts[k], int) or opts[k] < 1):
                 raise ConfigError(f"ec2 provider: {k} must be a whole number >= 1")
         if "max_cost" in opts and (
@@ -138,8 +154,12 @@ class Ec2Cluster(Cluster):
         """Start instances for ``n`` workers (workers_per_instance each, rounded up);
         ``None``: as many as the queue's waiting tasks need now (one step of :meth:`follow`)."""
         if n is None:
-            return self._up_for_queue()
-        return self.launcher.launch(math.ceil(n / self.launcher.workers_per_instance())).report()
+            report = self._up_for_queue()
+        else:
+            wpi = self.launcher.workers_per_instance()
+            report = self.launcher.launch(math.ceil(n / wpi)).report()
+        problems = self.boot_problems(limit=1)
+        return Report(report.lines + tuple(problems), report.ok) if problems else report
 
     def _up_for_queue(self) -> Report:
         waiting = self.backend.queue.stats().total
@@ -157,22 +177,54 @@ class Ec2Cluster(Cluster):
         return Report(tuple(lines or ["nothing was running"]), ok)
 
     def ls(self) -> Report:
-        """One line per instance (type, market, zone, state, age, price), then the bill."""
+        """One line per instance (type, market, zone, state, age, price, boot), the bill,
+        then the boots that failed lately (why, and their log's last lines)."""
         spent, burn = self.billing.cost()
         ledger = {r["id"]: r for r in self.billing.ledger()}
         now = time.time()
         rows = self.inventory.instances(LISTED)
+        live = {i["id"] for i in rows if i["state"] in ("pending", "running")}
+        boots = {r.instance: r for r in self.launcher.boots.records()}
         lines = []
         for i in rows:
             up = format_seconds(now - i["launched"])
             price = ledger.get(i["id"], {}).get("price", 0.0)
+            boot = boots.get(i["id"])
+            said = f"  {boot.outcome(live, now)[1]}" if boot else ""
             lines.append(f"{i['id']:20s} {i['type']:11s} {i['market']:9s} {i['zone']:11s} "
-                         f"{i['state']:13s} up {up:>8s}  ${price:.4f}/h")  # fmt: skip
+                         f"{i['state']:13s} up {up:>8s}  ${price:.4f}/h{said}")  # fmt: skip
         s = self.settings
         budget = f" of max ${s.max_cost:.2f}" if s.max_cost else ""
         lines.append(f"{len(rows)} instance(s) in cluster {s.cluster!r}; "
                      f"spent ${spent:.2f}{budget}, burning ${burn:.3f}/h")  # fmt: skip
+        lines += self.boot_problems(live, boots=list(boots.values()))
         return Report(tuple(lines))
+
+    def boot_problems(
+        self, live: set[str] | None = None, boots: list[Any] | None = None, limit: int = 3
+    ) -> list[str]:
+        """The latest failed boots, each with the last lines of its log, and whether
+        launching has stopped for them (also for ``status`` and ``up``)."""
+        if live is None:
+            live = {i["id"] for i in self.inventory.instances()}
+        records = boots if boots is not None else self.launcher.boots.records()
+        now = time.time()
+        failed = [r for r in reversed(records) if r.outcome(live, now)[0] == "failed"]
+        lines = []
+        for r in failed[:limit]:
+            lines.append(f"boot failed: {r.line(live, now)}")
+            lines += [f"    | {x}" for x in r.log[-5:]]
+        if failed:
+            recent = [r for r in reversed(records) if r.outcome(live, now)[0] != "booting"]
+            run = 0
+            for r in recent:
+                if r.outcome(live, now)[0] != "failed" or r.config != recent[0].config:
+                    break
+                run += 1
+            if run >= self.settings.max_failed_boots:
+                lines.append(f"launching stopped: the last {run} boots failed; fix the profile "
+                             "(a changed profile launches again) or `cloudloop resume`")  # fmt: skip
+        return lines
 
     def cleanup(self, purge: bool = False) -> Report:
         """``down``, then everything ``init`` and launching made (template, role, group)."""
@@ -186,8 +238,16 @@ class Ec2Cluster(Cluster):
         return self.billing.cost()
 
     def job_cost(self, created: float, finished: float | None, eta: float | None) -> str:
-        """One line for ``cloudloop status``: this cluster's cost while a job ran, and to go."""
-        return self.billing.job_cost(created, finished, eta)
+        """For ``cloudloop status``: this cluster's cost while a job ran, and to go; while
+        it runs, also the cluster's latest failed boot (why its tasks may be waiting)."""
+        line = self.billing.job_cost(created, finished, eta)
+        problems = [] if finished else self.boot_problems(limit=1)
+        return "\n".join([line, *problems])
+
+    def resume(self) -> None:
+        """Workers take work again; boots that failed so far hold launches back no more."""
+        super().resume()
+        self.launcher.boots.reset()
 
     def init(self) -> Report:
         """Create the bucket, queue, IAM role and instance profile, security group."""
@@ -205,6 +265,8 @@ class Ec2Cluster(Cluster):
         say(f"scaling cluster {s.cluster!r} to its queue every {every:g} s (Ctrl-C stops scaling; "
             "workers still leave by themselves when idle)")  # fmt: skip
         quiet_since = None
+        said: dict[str, str] = {}  # instance -> what was last said of its boot
+        last_launch = ""
         while True:
             stats = self.backend.queue.stats()
             live = self.inventory.instances()
@@ -214,9 +276,14 @@ class Ec2Cluster(Cluster):
                 say(f"max_cost ${s.max_cost:.2f} reached (${spent:.2f} spent): "
                     f"terminated {len(ids)} instance(s)")  # fmt: skip
                 return 3
+            for line in self.watch_boots({i["id"] for i in live}, said):
+                say(line)
             add = self.launcher.wanted(stats.total, len(live), wpi)
             if add > 0 and not self.paused():
-                say(str(self.launcher.launch(add)))
+                text = str(self.launcher.launch(add))
+                if text != last_launch:  # a launch held back says so once, not every round
+                    say(text)
+                last_launch = text if "boots in a row failed" in text else ""
             if stats.total or live:
                 quiet_since = None
             elif quiet_since is None:
@@ -225,6 +292,29 @@ class Ec2Cluster(Cluster):
                 say(f"queue empty and no instances left; spent ${spent:.2f}")
                 return 0
             time.sleep(every)
+
+    def watch_boots(self, live: set[str], said: dict[str, str]) -> list[str]:
+        """What changed in the boots since ``said`` (updated), and the instances past the
+        boot deadline terminated (billed while they sit; their own watchdog may be broken)."""
+        now, out = time.time(), []
+        boots = self.launcher.boots
+        late = boots.overdue(live, self.settings.boot_timeout, now)
+        if late:
+            self.inventory.terminate(late)
+            out.append(f"terminated {', '.join(late)}: no worker within boot_timeout "
+                       f"({format_seconds(self.settings.boot_timeout)})")  # fmt: skip
+        for r in boots.records():
+            state, words = r.outcome(live, now)
+            if state == "booting" or said.get(r.instance) == state:
+                continue
+            if r.instance not in said and (state == "ended" or now - r.phases[-1][1] > 600):
+                said[r.instance] = state  # old news
+                continue
+            said[r.instance] = state
+            out.append(("boot failed: " if state == "failed" else "") + r.line(live, now))
+            if state == "failed":
+                out += [f"    | {x}" for x in r.log[-5:]]
+        return out
 
 
 class Ec2Pool(WorkerPool):

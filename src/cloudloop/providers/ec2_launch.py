@@ -29,9 +29,11 @@ from botocore.exceptions import ClientError
 from .. import __version__
 from ..backends.aws import error_code
 from ..errors import ConfigError
-from . import ec2_setup as setup
 from . import prices
+from . import ec2_setup as setup
+from . import wheelhouse as wheelhouse_mod
 from .base import Report
+from .boots import Boots
 from .ec2_billing import Ec2Billing
 from .ec2_inventory import Ec2Inventory
 from .ec2_setup import Ec2Context, Ec2Setup, aws_errors_in_public_methods
@@ -46,6 +48,7 @@ class LaunchReport:
     started: list[dict[str, Any]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     note: str = ""
+    lines: list[str] = field(default_factory=list)  # what was prepared (the environment)
 
     def __str__(self) -> str:
         groups: dict[tuple[str, str, str], int] = {}
@@ -60,11 +63,22 @@ class LaunchReport:
         lines += [f"  could not get {f}" for f in self.failed]
         if self.note:
             lines.append(f"  {self.note}")
+        lines += [f"  {x}" for x in self.lines]
         return "\n".join(lines)
 
     def report(self) -> Report:
         """As a cluster command's report: not ok if it wanted instances and got none."""
         return Report(tuple(str(self).splitlines()), ok=bool(self.started) or self.wanted <= 0)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What instances of one architecture are launched with."""
+
+    arch: str
+    image: str
+    types: tuple[str, ...]
+    boot: Bootstrap
 
 
 @aws_errors_in_public_methods
@@ -89,6 +103,10 @@ class Ec2Launcher:
     ):
         self.ctx, self.setup, self.inventory, self.billing = ctx, setup, inventory, billing
         self.paused = paused
+
+    @property
+    def boots(self) -> Boots:
+        return Boots(self.ctx.backend(), self.ctx.cluster)
 
     def workers_per_instance(self) -> int:
         """The profile's, else the fewest vCPUs among its instance types (2 if unknown)."""
@@ -126,20 +144,20 @@ class Ec2Launcher:
             return report
         self.setup.init()
         setup.wait_for_profile(c.aws.iam, c.role)
-        user_data = render(
-            Bootstrap(
-                backend=c.url, version=__version__, worker=c.worker, cluster=s.cluster,
-                requirements=s.requirements, install=s.install, pip_args=s.pip_args,
-                workers_per_instance=s.workers_per_instance, stop_at=stop_at,
-            )
-        )  # fmt: skip
-        image = setup.resolve_image(c.aws.ssm, s.image)
+        plans = self.plans(stop_at, report)
+        if not plans:
+            return report
         group = self.setup.security_group()
-        tid, version = setup.template_version(
-            c.aws.ec2, c.template_name, image, user_data, c.role, group, c.tags, s.key_name
-        )
+        configs = []
+        for p in plans:
+            tid, version = setup.template_version(
+                c.aws.ec2, c.template_name, p.image, render(p.boot), c.role, group, c.tags,
+                s.key_name,
+            )  # fmt: skip
+            configs.append((tid, version, p))
         nets = setup.subnets(c.aws.ec2, s.subnets)
         zone_of = {x["SubnetId"]: x["AvailabilityZone"] for x in nets}
+        plan_of = {t: p for p in plans for t in p.types}
         markets = (
             ["spot", "on-demand"]
             if s.spot and s.on_demand_fallback
@@ -149,13 +167,83 @@ class Ec2Launcher:
         for market in markets:
             if want <= 0:
                 break
-            got = self._fleet(tid, version, nets, market, want, report)
+            got = self._request(configs, nets, market, want, report)
             for inst in got:
                 inst["zone"] = zone_of.get(inst.pop("subnet"), "?")
                 self.billing.record(inst)
+                p = plan_of.get(inst["type"], plans[0])
+                self.boots.launched(inst["id"], p.boot.config(), p.image, inst["type"], market)
             report.started += got
             want -= len(got)
         return report
+
+    def _request(
+        self,
+        configs: list[tuple[str, str, LaunchPlan]],
+        nets: list[dict[str, str]],
+        market: str,
+        want: int,
+        report: LaunchReport,
+    ) -> list[dict[str, Any]]:
+        """One fleet over every architecture's template version and its instance types."""
+        out: list[dict[str, Any]] = []
+        for tid, version, _ in configs:  # until ec2_fleet takes several configs
+            if len(out) < want:
+                out += self._fleet(tid, version, nets, market, want - len(out), report)
+        return out
+
+    def plans(self, stop_at: float | None, report: LaunchReport) -> list[LaunchPlan]:
+        """For each architecture of the profile's instance types: its image, the wheelhouse
+        its instances install (published to the store), and their user-data; none for an
+        architecture whose boots keep failing (:meth:`Boots.hold`: said in the report)."""
+        c, s = self.ctx, self.ctx.settings
+        arch_of = setup.architectures(c.aws.ec2, s.instance_types)
+        image_of = setup.images(c.aws.ec2, c.aws.ssm, s.image, set(arch_of.values()))
+        skipped = [t for t, a in arch_of.items() if a not in image_of]
+        if skipped:
+            report.lines.append(f"not launching {', '.join(skipped)}: image {s.image} is "
+                                f"{', '.join(image_of)}")  # fmt: skip
+        requirements = self.requirements(report)
+        live = {i["id"] for i in self.inventory.instances()}
+        out = []
+        for arch, image in sorted(image_of.items()):
+            types = tuple(t for t in s.instance_types if arch_of[t] == arch)
+            wheelhouse: str | None = None
+            install: tuple[str, ...] = ()
+            if not s.install:
+                pub = wheelhouse_mod.publish(c.backend(), ("aws",), requirements,
+                                             wheelhouse_mod.Target(s.python, arch))  # fmt: skip
+                wheelhouse, install = pub.digest, pub.install
+                sent = (f"uploaded {pub.uploaded} wheels ({pub.bytes / 1e6:.1f} MB)"
+                        if pub.uploaded else "in the store already")  # fmt: skip
+                report.lines.append(f"environment for {arch}, Python {s.python}: wheelhouse "
+                                    f"{pub.digest} {sent} ({pub.seconds:.1f} s)")  # fmt: skip
+            else:
+                install = (s.install, *requirements)
+            boot = Bootstrap(
+                backend=c.url, version=__version__, worker=c.worker, python=s.python,
+                wheelhouse=wheelhouse, install=install, pip_args=s.pip_args,
+                workers_per_instance=s.workers_per_instance, boot_timeout=s.boot_timeout,
+                stop_at=stop_at, cluster=s.cluster,
+            )  # fmt: skip
+            held = self.boots.hold(boot.config(), live, s.max_failed_boots)
+            if held:
+                report.failed.append(f"{arch}: {held}")
+                continue
+            out.append(LaunchPlan(arch, image, types, boot))
+        return out
+
+    def requirements(self, report: LaunchReport) -> tuple[str, ...]:
+        """The profile's requirements; for ``"auto"``, what the backend's unfinished jobs
+        recorded they need (environment.waiting_requirements)."""
+        s = self.ctx.settings
+        if s.requirements != "auto":
+            return tuple(s.requirements)
+        from ..environment import waiting_requirements
+
+        pins, warnings = waiting_requirements(self.ctx.backend())
+        report.lines += warnings
+        return tuple(pins)
 
     def deadline(self, n: int) -> float | None:
         """When ``n`` new workers must leave so the cluster stays within max_cost."""

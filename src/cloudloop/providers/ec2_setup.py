@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from ..backends.aws import AwsBackend, SqsQueue, aws_errors, clients, error_code, parse_aws_url
+from ..errors import ConfigError
 from ..model import WorkerOptions
 from . import prices
 
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
 
 TAG_CLUSTER = "cloudloop:cluster"
 TAG_PROFILE = "cloudloop:profile"
-DEFAULT_IMAGE = "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+# the image `image = "auto"` gets, per architecture: Amazon Linux 2023 as AWS publishes it
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+ARCHS = ("x86_64", "arm64")
 
 
 @dataclass(frozen=True)
@@ -311,10 +315,51 @@ def ensure_security_group(ec2: Any, name: str, vpc: str, tag_list: list[dict]) -
     return sg["GroupId"]
 
 
-def resolve_image(ssm: Any, image: str) -> str:
+def architectures(ec2: Any, types: tuple[str, ...]) -> dict[str, str]:
+    """Each instance type's architecture ("x86_64" or "arm64"), as EC2 describes it;
+    by its name where EC2 does not say (a ``g`` after the generation is Graviton)."""
+    out: dict[str, str] = {}
+    try:
+        for t in ec2.describe_instance_types(InstanceTypes=list(types))["InstanceTypes"]:
+            have = t.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+            out[t["InstanceType"]] = "x86_64" if "x86_64" in have or not have else "arm64"
+    except ClientError as e:
+        if error_code(e) in ("UnauthorizedOperation", "AccessDenied"):
+            raise
+    for t in types:
+        if t not in out:
+            m = re.match(r"^[a-z]+(\d+)([a-z-]*)\.", t)
+            out[t] = "arm64" if t.startswith("a1.") or (m and "g" in m.group(2)) else "x86_64"
+    return out
+
+
+def images(ec2: Any, ssm: Any, image: str, archs: set[str]) -> dict[str, str]:
+    """The AMI for each architecture wanted: ``auto`` is AWS's Amazon Linux 2023 for each
+    (its SSM parameter), ``ssm:NAME`` or ``ami-…`` one image, for its own architecture only.
+
+    Raises:
+        ConfigError: the image does not exist, or is for none of the architectures.
+    """
+    if image == "auto":
+        return {a: str(ssm.get_parameter(Name=AL2023.format(arch=a))["Parameter"]["Value"])
+                for a in sorted(archs)}  # fmt: skip
+    ami = image
     if image.startswith("ssm:"):
-        return ssm.get_parameter(Name=image[4:])["Parameter"]["Value"]
-    return image
+        ami = str(ssm.get_parameter(Name=image[4:])["Parameter"]["Value"])
+    try:
+        found = ec2.describe_images(ImageIds=[ami])["Images"]
+    except ClientError as e:
+        if "NotFound" not in error_code(e) and "Malformed" not in error_code(e):
+            raise
+        found = []
+    if not found:
+        raise ConfigError(f"image {image!r} ({ami}) does not exist in this region: "
+                          'check the profile\'s image = (or leave it out: "auto")')  # fmt: skip
+    arch = found[0].get("Architecture", "x86_64")
+    if arch not in archs:
+        raise ConfigError(f"image {ami} is {arch}, but the profile's instance_types are "
+                          f"{' and '.join(sorted(archs))}: choose an image or types that match")  # fmt: skip
+    return {arch: ami}
 
 
 def template_version(

@@ -1,10 +1,17 @@
 """Wheels of this very cloudloop and its dependencies, for machines without an index.
 
-Workers must run the client's exact cloudloop. A machine that can reach a
-package index installs ``cloudloop==VERSION``; one that cannot (a lab behind a
-firewall, an air-gapped cluster, a test network) gets a directory of wheels
-built here and copied over, then installs with ``pip install --no-index
---find-links DIR``.
+Workers must run the client's exact cloudloop. Machines get a directory of
+wheels built here and install with ``pip install --no-index --find-links DIR``,
+so they need no package index (a lab behind a firewall, an air-gapped
+cluster, a private subnet): the ssh provider copies the directory over, the
+ec2 provider :func:`publish` es it to the backend's store, whence instances
+fetch it (bootagent.py).
+
+A :class:`Target` is the machines' Python minor version and architecture.
+For this machine's own, wheels are built by ``pip wheel`` (sdists too); for
+another (an arm64 instance, another Python), cloudloop's own pure wheel is
+built here and everything else is downloaded as binary wheels for that
+platform (``pip download --only-binary=:all: --platform ...``).
 
 A cloudloop installed from a source tree (``pip install -e .`` or ``pip
 install .``) is built from that tree, so a development version ships as it is
@@ -18,15 +25,50 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from .. import __version__
+from .. import __version__, keys
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+
+# glibc manylinux tags a current Linux image accepts (Amazon Linux 2023 has glibc 2.34)
+_MANYLINUX = ("manylinux_2_34", "manylinux_2_28", "manylinux_2_17", "manylinux2014",
+              "manylinux2010", "manylinux1")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """The machines a wheelhouse is for: their Python minor version and architecture."""
+
+    python: str = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    arch: str = "x86_64"  # or "arm64"
+
+    @classmethod
+    def here(cls) -> Target:
+        m = platform.machine().lower()
+        return cls(arch="arm64" if m in ("aarch64", "arm64") else "x86_64")
+
+    @property
+    def native(self) -> bool:
+        return self == Target.here() and sys.platform.startswith("linux")
+
+    def pip_flags(self) -> list[str]:
+        m = "aarch64" if self.arch == "arm64" else "x86_64"
+        flags = ["--only-binary=:all:", "--python-version", self.python, "--implementation", "cp"]
+        for tag in _MANYLINUX:
+            flags += ["--platform", f"{tag}_{m}"]
+        return flags
 
 
 def source_tree() -> Path | None:
@@ -46,8 +88,14 @@ def source_tree() -> Path | None:
     return here if (here / "pyproject.toml").exists() and (here / "src").is_dir() else None
 
 
-def digest(tree: Path | None, extras: tuple[str, ...], requirements: tuple[str, ...]) -> str:
-    h = hashlib.sha256(f"{__version__}|{sys.version_info[:2]}|{extras}|{requirements}".encode())
+def digest(
+    tree: Path | None,
+    extras: tuple[str, ...],
+    requirements: tuple[str, ...],
+    target: Target | None = None,
+) -> str:
+    where = f"{target.python}|{target.arch}" if target else str(sys.version_info[:2])
+    h = hashlib.sha256(f"{__version__}|{where}|{extras}|{requirements}".encode())
     if tree is not None:
         for path in sorted((tree / "src").rglob("*.py")) + [tree / "pyproject.toml"]:
             h.update(str(path.relative_to(tree)).encode())
@@ -61,15 +109,21 @@ def cache_root() -> Path:
 
 
 def build(
-    extras: tuple[str, ...] = (), requirements: tuple[str, ...] = (), dest: Path | None = None
+    extras: tuple[str, ...] = (),
+    requirements: tuple[str, ...] = (),
+    dest: Path | None = None,
+    target: Target | None = None,
 ) -> Path:
-    """A directory of wheels: cloudloop (with ``extras``), its dependencies, ``requirements``.
+    """A directory of wheels: cloudloop (with ``extras``), its dependencies, ``requirements``,
+    for ``target`` (default: this machine's Python and architecture); cached by digest.
 
     Raises:
         ConfigError: pip could not build or fetch a wheel (its output says which).
     """
     tree = source_tree()
-    dest = dest or cache_root() / digest(tree, tuple(extras), tuple(requirements))
+    if target is not None and target.native:
+        target = None  # this machine's own: pip wheel, as without a target
+    dest = dest or cache_root() / digest(tree, tuple(extras), tuple(requirements), target)
     done = dest / ".complete"
     if done.exists():
         return dest
@@ -77,27 +131,29 @@ def build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     spec = str(tree) if tree else f"cloudloop=={__version__}"
-    if extras:
-        spec += f"[{','.join(extras)}]"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--wheel-dir",
-        str(tmp),
-        spec,
-        *requirements,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-        raise ConfigError(
-            f"could not build the wheels workers install from ({' '.join(cmd[3:])}):\n{tail}"
-        )
+    pip = [sys.executable, "-m", "pip"]
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    if target is None:
+        cmds = [
+            [*pip, "wheel", *quiet, "--wheel-dir", str(tmp), _extras(spec, extras), *requirements]
+        ]
+    elif tree:  # cloudloop is pure: build it here, download the rest for the target
+        cmds = [[*pip, "wheel", *quiet, "--no-deps", "--wheel-dir", str(tmp), spec],
+                [*pip, "download", *quiet, *target.pip_flags(), "--dest", str(tmp),
+                 "{own}", *requirements]]  # fmt: skip
+    else:
+        cmds = [[*pip, "download", *quiet, *target.pip_flags(), "--dest", str(tmp),
+                 _extras(spec, extras), *requirements]]  # fmt: skip
+    for cmd in cmds:
+        if "{own}" in cmd:
+            own = next(tmp.glob("cloudloop-*.whl"))
+            cmd[cmd.index("{own}")] = _extras(str(own), extras)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+            shown = " ".join(c for c in cmd[3:] if not c.startswith("--") and c not in quiet)
+            raise ConfigError(f"could not build the wheels workers install from ({shown}):\n{tail}")
     (tmp / ".complete").write_text(spec + "\n")
     if dest.exists():
         shutil.rmtree(dest, ignore_errors=True)
@@ -105,5 +161,65 @@ def build(
     return dest
 
 
+def _extras(spec: str, extras: tuple[str, ...]) -> str:
+    return spec + (f"[{','.join(extras)}]" if extras else "")
+
+
 def wheels(path: Path) -> list[Path]:
     return sorted(path.glob("*.whl"))
+
+
+def own_version(path: Path) -> str:
+    """The version of the cloudloop wheel in a wheelhouse (a development tree's own)."""
+    for whl in wheels(path):
+        name, version = whl.name.split("-")[:2]
+        if name == "cloudloop":
+            return version
+    raise ConfigError(f"the wheelhouse {path} holds no cloudloop wheel")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A wheelhouse in a backend's store (``wheelhouse/<digest>/``)."""
+
+    digest: str
+    install: tuple[str, ...]  # what instances pip install from it
+    uploaded: int  # wheels uploaded now (0: it was there already)
+    bytes: int
+    seconds: float
+
+
+def publish(
+    backend: Backend,
+    extras: tuple[str, ...] = (),
+    requirements: tuple[str, ...] = (),
+    target: Target | None = None,
+) -> Published:
+    """Build (or reuse) the wheelhouse for ``target`` and upload what the store lacks.
+
+    The wheels go to ``wheelhouse/<digest>/files/<name>`` as they are; the
+    manifest (signed: each wheel's SHA-256, and the pip specs to install) is
+    written last, so a half-finished upload is never used. A wheelhouse the
+    store holds already costs one listing.
+    """
+    t0 = time.monotonic()
+    path = build(extras, requirements, target=target)
+    dig = path.name  # build's cache directory is named by its digest
+    have = set(backend.store.list(keys.wheelhouse_prefix(dig)))
+    spec = _extras("cloudloop", extras) + f"=={own_version(path)}"
+    install = (spec, *requirements)
+    manifest_key = keys.wheelhouse_manifest(dig)
+    if manifest_key in have:
+        return Published(dig, install, 0, 0, time.monotonic() - t0)
+    files, sent, size = {}, 0, 0
+    for whl in wheels(path):
+        data = whl.read_bytes()
+        files[whl.name] = hashlib.sha256(data).hexdigest()
+        key = keys.wheelhouse_file(dig, whl.name)
+        if key not in have:
+            backend.store.put(key, data)
+            sent, size = sent + 1, size + len(data)
+    target = target or Target.here()
+    backend.put_record(manifest_key, {"files": files, "install": list(install),
+                                      "python": target.python, "arch": target.arch})  # fmt: skip
+    return Published(dig, install, sent, size, time.monotonic() - t0)
