@@ -160,10 +160,17 @@ def loads_data(data: bytes) -> Any:
 # ---------------------------------------------------------------- pickling
 
 
-def _is_installed(path: str) -> bool:
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+@functools.lru_cache(maxsize=1)
+def _install_roots() -> tuple[str, ...]:
+    """Where installed code lives (sysconfig takes ~2 ms to say: asked once)."""
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     roots |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    return any(path.startswith(r + "/") for r in roots if r) or "site-packages" in path
+    return tuple(r + "/" for r in roots if r)
+
+
+def _is_installed(path: str) -> bool:
+    return path.startswith(_install_roots()) or "site-packages" in path
 
 
 def _local_module(name: str) -> types.ModuleType | None:
@@ -177,12 +184,19 @@ def _local_module(name: str) -> types.ModuleType | None:
     return module
 
 
-def _code_names(code: types.CodeType) -> set[str]:
+def code_names(code: types.CodeType) -> set[str]:
+    """The global and attribute names ``code`` and the code nested in it use."""
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _code_names(const)
+            names |= code_names(const)
     return names
+
+
+def ships_by_value(module: str) -> bool:
+    """Whether cloudpickle ships what ``module`` defines by value (``__main__``, the
+    user's own modules), not as a reference a worker must be able to import."""
+    return _by_value(module) or _local_module(module) is not None
 
 
 def ship_user_modules(fn: Any) -> None:
@@ -216,7 +230,7 @@ def ship_user_modules(fn: Any) -> None:
             module is not None or getattr(obj, "__module__", None) == "__main__"
         ):
             g = getattr(obj, "__globals__", {})
-            todo += [g[n] for n in _code_names(code) if n in g]
+            todo += [g[n] for n in code_names(code) if n in g]
             for cell in getattr(obj, "__closure__", None) or ():
                 try:
                     todo.append(cell.cell_contents)

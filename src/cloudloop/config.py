@@ -216,6 +216,18 @@ def worker_options(base: WorkerOptions | None = None, **values: Any) -> WorkerOp
     return out
 
 
+def auto_requirements(value: Any) -> bool:
+    """A job's ``requirements`` option: ``"auto"`` (it records the pins of what its
+    function imports, and workers that lack one leave it alone) or None (it does not)."""
+    if value is None or value == "auto":
+        return value == "auto"
+    raise ConfigError(
+        f'requirements for a job is "auto" (pin what its function imports) or None, not '
+        f"{value!r}; a list of packages to install belongs in the profile of a provider "
+        "that installs them (ssh, ec2)"
+    )
+
+
 def default_backend() -> str:
     """``$CLOUDLOOP_BACKEND``, else an SQLite backend in ``./.cloudloop``."""
     env = os.environ.get("CLOUDLOOP_BACKEND")
@@ -236,6 +248,13 @@ class Profile:
     worker: WorkerOptions = field(default_factory=WorkerOptions)
     provider_options: dict[str, Any] = field(default_factory=dict)
     source: str = "built-in"
+
+    @property
+    def auto_requirements(self) -> bool:
+        """``requirements = "auto"``: its jobs record the pins of what their functions
+        import, and its provider installs those of the waiting jobs on the workers it
+        starts (see :mod:`cloudloop.environment`)."""
+        return self.provider_options.get("requirements") == "auto"
 
 
 def find_config_file(start: Path | None = None) -> Path | None:

@@ -57,10 +57,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import environment
 from .backends import Backend, open_backend
 from .commands import compile_template
 from .config import (
     Profile,
+    auto_requirements,
     check_known,
     check_workers,
     job_options,
@@ -114,8 +116,16 @@ class Executor(cf.Executor):
         relay_output: write what tasks of ``submit()`` and ``map()`` print to
             this process's stdout (False: only to the store, ``job.logs(i)``).
         **options: job options (``retries``, ``timeout``, ``memory``, ``seed``,
-            ``chunksize``, ``name``, ``max_deliveries``, ``env``) and worker
-            options (``lease``, ``idle_exit``, ``split_after``, ...).
+            ``chunksize``, ``name``, ``max_deliveries``, ``env``,
+            ``requirements="auto"``) and worker options (``lease``,
+            ``idle_exit``, ``split_after``, ...).
+
+    ``requirements="auto"`` (or the profile's ``requirements = "auto"``): each
+    job records the distributions its function imports, as installed here
+    (``JobManifest.requires``); a worker that lacks one, or has another
+    version, leaves the job to workers that have them, and ``job.status()``
+    says so. With the profile's, the provider installs what the waiting jobs
+    pin, so an executor's own workers start once its first job is stored.
 
     Raises:
         ValueError: ``max_workers`` below 1 or ``workers`` below 0 (a
@@ -138,7 +148,12 @@ class Executor(cf.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be a callable, not {initializer!r}")
         self._profile: Profile = load_profile(profile)
-        check_known(options, JOB_OPTION_NAMES | WORKER_OPTION_NAMES)
+        check_known(options, JOB_OPTION_NAMES | WORKER_OPTION_NAMES | {"requirements"})
+        self._auto = (
+            auto_requirements(options["requirements"])
+            if "requirements" in options
+            else self._profile.auto_requirements
+        )
         self._job_options = job_options(
             self._profile.job, **{k: v for k, v in options.items() if k in JOB_OPTION_NAMES}
         )
@@ -159,19 +174,43 @@ class Executor(cf.Executor):
         self._session: _Session | None = None
         self._jobs: list[Job] = []
         self._pool: WorkerPool | None = None
-        if workers:
+        self._provider = provider
+        self._pool_lock = threading.Lock()
+        # the provider installs what the waiting jobs pin: it starts once one is stored
+        self._deferred = bool(workers) and self._profile.auto_requirements
+        if workers and not self._deferred:
             self._pool = provider.start(self.backend.connect_url, workers, self._worker_options)
         _live.add(self)
+
+    def _start_deferred(self) -> None:
+        """Start this executor's workers, if they waited for its first job."""
+        if self._deferred:
+            with self._pool_lock:
+                if self._deferred:
+                    self._deferred = False
+                    self._pool = self._provider.start(
+                        self.backend.connect_url, self.workers, self._worker_options
+                    )
+
+    def _pins(self, fn: Any, auto: bool) -> tuple[str, ...]:
+        """What workers must have installed to run ``fn`` (nothing unless ``auto``)."""
+        if not auto or fn is None:
+            return ()
+        return environment.pins_for(fn if self._wrap is None else self._wrap(fn))
 
     # ---------------------------------------------------------------- stdlib API
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
-        return self._open_session().submit(fn, args, kwargs)
+        future = self._open_session(fn).submit(fn, args, kwargs)
+        self._start_deferred()
+        return future
 
     def session_job(self) -> Job:
-        """The durable job that ``submit`` calls share (made on first use)."""
+        """The durable job that ``submit`` calls share (made on first use; with
+        ``requirements="auto"`` it pins what the first function submitted imports)."""
         session = self._open_session()
         session.writer.open()
+        self._start_deferred()
         return session.job
 
     @property
@@ -180,7 +219,7 @@ class Executor(cf.Executor):
         session = self._session
         return (session.broken if session is not None else None) or False
 
-    def _open_session(self) -> _Session:
+    def _open_session(self, fn: Any = None) -> _Session:
         with self._lock:
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -188,7 +227,12 @@ class Executor(cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._session is None:
                 self._session = _Session(
-                    self.backend, self._job_options, self.workers, self._wrap, self._relay
+                    self.backend,
+                    self._job_options,
+                    self.workers,
+                    self._wrap,
+                    self._relay,
+                    requires=self._pins(fn, self._auto),
                 )
             if self._session.broken:
                 raise InitializerFailed(self._session.broken)
@@ -280,11 +324,16 @@ class Executor(cf.Executor):
         self._check_open("jobs")
         if not iterables:
             raise TypeError("map_job() needs at least one iterable")
+        auto = self._requirements(options)
         opts = job_options(self._job_options, **options)
         writer = JobWriter.plan(
-            self.backend, opts.replace(name=opts.name or _fn_name(fn)), wrap=self._wrap
+            self.backend,
+            opts.replace(name=opts.name or _fn_name(fn)),
+            wrap=self._wrap,
+            requires=self._pins(fn, auto),
         )
         writer.add_fn(fn)  # the job is stored once its function is pickled
+        self._start_deferred()
         sizes = chunk_sizes(length_hint(iterables), self.workers or 8, opts.chunksize)
         return self._write(writer, fn, zip_items(iterables), sizes)
 
@@ -306,6 +355,7 @@ class Executor(cf.Executor):
         """
         self._check_open("jobs")
         compile_template(command)  # a refused template: before any job exists
+        self._requirements(options)  # checked; a command job's rows need no package
         opts = job_options(self._job_options, **options)
         writer = JobWriter.plan(
             self.backend,
@@ -315,7 +365,15 @@ class Executor(cf.Executor):
             files=files,
         )
         sizes = chunk_sizes(length_hint((items,)), self.workers or 8, opts.chunksize)
+        self._start_deferred()
         return self._write(writer, None, ((x,) for x in items), sizes)
+
+    def _requirements(self, options: dict[str, Any]) -> bool:
+        """Whether a job pins its requirements: its own ``requirements`` option (taken
+        out of ``options``), else the executor's."""
+        if "requirements" in options:
+            return auto_requirements(options.pop("requirements"))
+        return self._auto
 
     def _write(self, writer: JobWriter, fn: Any, items: Iterator, sizes: Iterator[int]) -> Job:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from .model import (
     JobStatus,
     Outcome,
     Sealed,
+    SetAside,
     WorkerRecord,
 )
 from .results import LogParts, ResultParts, better, read_outcome
@@ -84,6 +86,8 @@ class Job:
         self._samples: list[tuple[float, int]] = []
         self._finished_at: float | None = None
         self._workers: tuple[float, list[WorkerRecord]] = (0.0, [])
+        self._aside: dict[str, SetAside | None] = {}  # aside/ key -> record (None: unusable)
+        self._aside_read = -math.inf
 
     # ---------------------------------------------------------------- identity
 
@@ -194,6 +198,8 @@ class Job:
         )
         if not state.finished:
             problems += _runnable_by(manifest.python, live)
+            if manifest.requires and live and not running:
+                problems += _lacking(manifest.python, live, self._set_aside())
         return JobStatus(
             self.id,
             manifest.name,
@@ -209,6 +215,16 @@ class Job:
             eta,
             problems,
         )
+
+    def _set_aside(self) -> list[SetAside]:
+        """What workers that leave this job alone said they lack (``aside/``: listed at
+        most every 5 s, each record read once)."""
+        if time.monotonic() - self._aside_read > max(5.0, self.backend.workers_cache):
+            self._aside_read = time.monotonic()
+            for key in self.backend.store.list(keys.aside_prefix(self.id)):
+                if key not in self._aside:
+                    self._aside[key] = _aside_record(key, self._marked(key))
+        return [r for r in self._aside.values() if r is not None]
 
     def problems(self) -> list[str]:
         """What is keeping this job from finishing, in words: workers' troubles (a store
@@ -448,6 +464,35 @@ def _runnable_by(needs: str, live: list[WorkerRecord]) -> tuple[str, ...]:
     return (
         f"no worker can run this job: it needs Python {needs}, workers have "
         f"{', '.join(sorted(have))} (start workers with Python {needs})",
+    )
+
+
+def _aside_record(key: str, data: Any) -> SetAside | None:
+    if data is None:
+        return None
+    try:
+        return SetAside.from_dict(data)
+    except ValueError as e:
+        log.warning("ignoring %s: %s", key, e)
+        return None
+
+
+def _lacking(python: str, live: list[WorkerRecord], aside: list[SetAside]) -> tuple[str, ...]:
+    """A problem when every live worker that runs the job's Python has said it lacks
+    distributions the job requires (they set its tasks aside: it would wait for ever)."""
+    said = {r.worker: r for r in aside}
+    able = [w for w in live if not python or w.python in (python, "")]
+    if not able or any(w.id not in said for w in able):
+        return ()
+    have: dict[str, set[str]] = {}
+    for w in able:
+        for pin, version in zip(said[w.id].needs, said[w.id].have):
+            have.setdefault(pin, set()).add(version or "none")
+    needs = "; ".join(f"{p}, workers have {', '.join(sorted(v))}" for p, v in sorted(have.items()))
+    it = "it" if len(have) == 1 else "them"
+    return (
+        f"no worker can run this job: it needs {needs} (install {it}, or let the provider "
+        f'install requirements = "auto")',
     )
 
 

@@ -32,6 +32,8 @@ class JobInfo:
         self.cancel_running = True  # the cancellation also kills running tasks
         self.cancel_checked = 0.0
         self.files: dict[str, str] = {}
+        # the job's pins this worker does not satisfy, with what it has (None: not looked)
+        self.lacks: tuple[tuple[str, str], ...] | None = None
 
 
 class JobData:

@@ -11,7 +11,8 @@ queue and the store, after :mod:`cloudloop.codec` has turned them into bytes:
 * a task's result: :class:`OutcomeRow` on the wire, :class:`Outcome` as read;
 * a worker: :class:`WorkerRecord` (its heartbeat);
 * markers beside a job: :class:`Sealed`, :class:`Cancelled`, :class:`Finished`,
-  and beside a dead letter, :class:`DeadLetterReason`.
+  :class:`SetAside` (a worker that lacks what the job requires), and beside a
+  dead letter, :class:`DeadLetterReason`.
 
 Whatever comes from another machine has one decode that checks every field
 (``from_dict``, or :func:`cloudloop.codec.unpack_rows` for rows) and raises
@@ -250,6 +251,9 @@ class JobManifest:
     session: bool = False  # an Executor's submit() job: tasks may be cancelled one by one
     # the Python minor version ("3.11") its pickles need ("": any, as for command jobs)
     python: str = ""
+    # distributions its function imports, as the client has them ("scikit-learn==1.5.2"):
+    # a worker that lacks one, or has another version, leaves the job alone
+    requires: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,7 +263,34 @@ class JobManifest:
         data = dict(data)
         data["options"] = JobOptions(**data["options"])
         data["files"] = tuple(data.get("files", ()))
+        data["requires"] = check_pins(data.get("requires", ()), "a job manifest")
         return cls(**data)
+
+
+MAX_PINS = 256  # pins one job may record
+_PIN_LEN = 200
+# name==version, as an installed distribution spells them (PEP 508 name, PEP 440 version)
+_PIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}")
+
+
+def check_pins(value: Any, what: str, name: str = "requires") -> tuple[str, ...]:
+    """``value`` (the field ``name`` of ``what``) as pins: ``name==version``, at most
+    :data:`MAX_PINS` of at most 200 characters each; else ValueError naming the first
+    wrong one."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what}: {name} must be a list of name==version pins, "
+                         f"not {type(value).__name__}")  # fmt: skip
+    if len(value) > MAX_PINS:
+        raise ValueError(f"{what}: {name} holds {len(value)} pins, at most {MAX_PINS}")
+    for pin in value:
+        if not isinstance(pin, str):
+            raise ValueError(f"{what}: a pin is {type(pin).__name__}, not text")
+        if len(pin) > _PIN_LEN:
+            raise ValueError(f"{what}: pin {pin[:40]!r}... is longer than {_PIN_LEN} characters")
+        if not _PIN.fullmatch(pin):
+            raise ValueError(f"{what}: {pin!r} is not a name==version pin")
+    return tuple(value)
 
 
 def _count(x: Any) -> TypeGuard[int]:
@@ -482,6 +513,9 @@ def _marker(cls: Any, data: Any, what: str) -> Any:
         elif kind.startswith("float"):
             ok = type(v) in (int, float) and finite(v) and v >= 0
             v = float(v) if ok else v
+        elif kind.startswith("tuple"):  # of text
+            ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+            v = tuple(x[:2000] for x in v) if ok else v
         else:
             ok = isinstance(v, str)
             v = v[:2000] if ok else v
@@ -502,7 +536,11 @@ class _Marker:
     @classmethod
     def from_dict(cls: type[_M], data: Any) -> _M:
         out: _M = _marker(cls, data, cls.WHAT)
+        out.check()
         return out
+
+    def check(self) -> None:
+        """What a record's fields must say beyond their types (ValueError if not)."""
 
 
 @dataclass(frozen=True)
@@ -546,6 +584,29 @@ class DeadLetterReason(_Marker):
     why: str
     at: float = 0.0
     worker: str = ""
+
+
+@dataclass(frozen=True)
+class SetAside(_Marker):
+    """``jobs/<job>/aside/<worker>``: a worker leaves the job's tasks alone because it
+    lacks ``needs`` (pins of the job's ``requires``); ``have`` is its version of each,
+    in the same order ("": it has none). Written once per job by each such worker."""
+
+    WHAT: ClassVar[str] = "a set-aside record"
+
+    worker: str
+    needs: tuple[str, ...]
+    have: tuple[str, ...]
+    at: float = 0.0
+
+    def check(self) -> None:
+        check_pins(self.needs, self.WHAT, "needs")
+        if len(self.have) != len(self.needs):
+            raise ValueError(f"{self.WHAT}: have names {len(self.have)} versions for "
+                             f"{len(self.needs)} pins")  # fmt: skip
+        for v in self.have:
+            if v and not _VERSION.fullmatch(v):
+                raise ValueError(f"{self.WHAT}: {v[:40]!r} is not a version")
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,16 @@ class _Session(threading.Thread):
         workers: int,
         wrap: Callable[[Any], Any] | None = None,
         relay: bool = True,
+        requires: tuple[str, ...] = (),
     ):
         super().__init__(name="cloudloop-session", daemon=True)
         self.backend = backend
         self.writer = JobWriter.plan(
-            backend, options.replace(name=options.name or "submit"), session=True, wrap=wrap
+            backend,
+            options.replace(name=options.name or "submit"),
+            session=True,
+            wrap=wrap,
+            requires=requires,
         )
         self.job = Job(backend, self.writer.id, self.writer.manifest)
         # its own reader: the Job is the user's too (Executor.session_job), read from their thread

@@ -106,9 +106,11 @@ class JobWriter:
         files: dict[str, bytes] | None = None,
         session: bool = False,
         wrap: Callable[[Any], Any] | None = None,
+        requires: tuple[str, ...] = (),
     ) -> JobWriter:
         """A writer for a new job; nothing is stored until :meth:`open` (which
-        storing a function or a task, or sealing, calls first)."""
+        storing a function or a task, or sealing, calls first). ``requires``: the
+        pins workers must have (:func:`cloudloop.environment.pins_for`)."""
         job_id = new_job_id()
         seed = options.seed if options.seed is not None else secrets.randbits(63)
         manifest = JobManifest(
@@ -126,6 +128,7 @@ class JobWriter:
             # a function and its arguments are pickled by this Python: workers need its
             # minor version (a command job's rows are plain data any version reads)
             python="" if kind == "command" else PYTHON,
+            requires=() if kind == "command" else tuple(requires),
         )
         return cls(backend, manifest, files, wrap)
 

@@ -37,6 +37,11 @@ A worker never dies of one message, and never loops on one:
   taking work, hands its message back, and probes the store until it accepts
   writes again. The trouble is in its heartbeat record and reaches
   ``job.status()`` and the dashboard. SIGTERM is honoured throughout.
+* A job it cannot run, pickled by another Python minor version or requiring
+  distributions it lacks (``JobManifest.requires``, checked once per job), is
+  set aside: its messages are handed back or hidden for a while, never run,
+  failed or dead-lettered; for a missing requirement the worker writes
+  ``jobs/<job>/aside/<worker>`` once, which the job's status reads.
 * Started for a client (``--parent-pid``), a worker leaves once that client is
   gone and the queue has been empty for a few seconds (the job goes on without
   the client; nothing is left running), even if the client went during the
@@ -59,7 +64,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, codec, keys
+from . import __version__, codec, environment, keys
 from .backends import Backend
 from .commit import Committer, is_transient
 from .errors import (
@@ -67,8 +72,16 @@ from .errors import (
     TamperedError,
 )
 from .heartbeat import Heartbeat, worker_records
-from .jobdata import JobData, paused
-from .model import PYTHON, DeadLetterReason, Lease, MessageHeader, WorkerOptions
+from .jobdata import JobData, JobInfo, paused
+from .model import (
+    PYTHON,
+    DeadLetterReason,
+    Lease,
+    MessageHeader,
+    SetAside,
+    WorkerOptions,
+    WorkerRecord,
+)
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
 from .taskrun import ChunkRunner, _Chunk, _Flag, _said
@@ -148,9 +161,10 @@ class Worker(ChunkRunner):
         self._paused_checked = -math.inf
         self._is_paused = False
         self._trouble: str | None = None
-        self._aside: dict[str, int] = {}  # message of another Python's job -> times met
+        self._aside: dict[str, int] = {}  # message of a job we cannot run -> times met
         self._aside_jobs: set[str] = set()
-        self._pythons_seen: tuple[float, set[str]] | None = None
+        self._live_seen: tuple[float, list[WorkerRecord]] | None = None
+        self._aside_seen: dict[str, tuple[float, set[str]]] = {}  # job -> (when, aside keys)
         self._heartbeat = Heartbeat(backend, self)
 
     # ---------------------------------------------------------------- main loop
@@ -287,7 +301,7 @@ class Worker(ChunkRunner):
             self._trouble = None
             if paused:
                 time.sleep(self.backend.idle_wait)
-            # (a message set aside for another Python is no work: it does not keep us here)
+            # (a message set aside for another worker is no work: it does not keep us here)
             if [self._process(lease) for lease in leases].count(True):
                 idle_since = time.monotonic()
             elif self._should_exit(time.monotonic() - idle_since):
@@ -329,7 +343,7 @@ class Worker(ChunkRunner):
 
     def _process(self, lease: Lease) -> bool:
         """Handle one message; whatever goes wrong, the worker goes on. False if it was
-        set aside for workers of another Python."""
+        set aside for workers of another Python, or with what its job requires."""
         try:
             return self._handle(lease)
         except Exception as e:
@@ -363,43 +377,90 @@ class Worker(ChunkRunner):
         )
         self._deadletter(lease, why, fail_tasks=True)
 
-    def _set_aside(self, lease: Lease, job_id: str, needs: str) -> None:
-        """A job pickled by another Python minor version: its tasks are not ours to run,
-        nor to fail or to dead-letter.
+    def _set_aside(self, lease: Lease, job: JobInfo) -> None:
+        """A job pickled by another Python minor version, or requiring distributions
+        this worker lacks (:meth:`_lacks`): its tasks are not ours to run, nor to fail
+        or to dead-letter.
 
         While a live worker that can run it is about (its heartbeat record says which
-        Python it runs), this worker hands the message back at once and waits before
-        leasing again (2 s, doubling to 30 s for a message met again), so that worker
-        takes it. With none about, the message is hidden from every worker for a
-        while (2.5 s, doubling to a minute) and this one goes on to the messages behind
-        it. Either way the deliveries it adds (an SQS queue counts them) fall to a few
-        a minute; the job's status says when no live worker can run it.
+        Python it runs; it has not said that it lacks what the job requires), this
+        worker hands the message back at once and waits before leasing again (2 s,
+        doubling to 30 s for a message met again), so that worker takes it. With none
+        about, the message is hidden from every worker for a while (2.5 s, doubling to
+        a minute) and this one goes on to the messages behind it. Either way the
+        deliveries it adds (an SQS queue counts them) fall to a few a minute; the
+        job's status says when no live worker can run it.
         """
-        if job_id not in self._aside_jobs:
-            self._aside_jobs.add(job_id)
-            log.warning("job %s needs Python %s; this worker runs %s: leaving its tasks to "
-                        "workers that can", job_id, needs, PYTHON)  # fmt: skip
+        m, lacks = job.manifest, job.lacks or ()
+        if m.id not in self._aside_jobs:
+            self._aside_jobs.add(m.id)
+            if lacks:
+                self._say_aside(m.id, lacks)
+            else:
+                log.warning("job %s needs Python %s; this worker runs %s: leaving its tasks "
+                            "to workers that can", m.id, m.python, PYTHON)  # fmt: skip
         if len(self._aside) > 10_000:  # message ids: forget the oldest half
             self._aside = dict(list(self._aside.items())[5_000:])
         met = self._aside[lease.id] = self._aside.get(lease.id, 0) + 1
-        if self._someone_runs(needs):
+        if self._someone_runs(m.id, m.python, bool(lacks)):
             self.committer.finish(lease, ack=False)
             _Backoff(self.stopping, first=min(30.0, 2.0 * 2 ** (met - 1))).sleep()
         else:
             self.queue.extend([lease], min(60.0, 2.5 * 2 ** (met - 1)))
 
-    def _someone_runs(self, python: str) -> bool:
-        """Whether a live worker of the backend runs ``python`` (re-listed every 10 s)."""
-        now = time.monotonic()
-        seen = self._pythons_seen
+    def _lacks(self, job: JobInfo) -> tuple[tuple[str, str], ...]:
+        """The job's pins (``requires``) this worker's Python does not satisfy, each
+        with the version it has: looked up once per job, not per task."""
+        if job.lacks is None:
+            job.lacks = environment.missing(job.manifest.requires)
+        return job.lacks
+
+    def _say_aside(self, job_id: str, lacks: tuple[tuple[str, str], ...]) -> None:
+        """Say once, in the log and beside the job (for its status), what we lack."""
+        have = ", ".join(f"{p.partition('==')[0]} {v or '(none)'}" for p, v in lacks)
+        log.warning("job %s needs %s; this worker has %s: leaving its tasks to workers "
+                    "that have them", job_id, ", ".join(p for p, _ in lacks), have)  # fmt: skip
+        rec = SetAside(self.id, tuple(p for p, _ in lacks), tuple(v for _, v in lacks), time.time())
+        try:
+            self.backend.put_record(keys.aside(job_id, self.id), dataclasses.asdict(rec))
+        except Exception as e:  # the job's status will not say why: the log does
+            log.warning("cannot record why job %s is left alone: %s", job_id, _said(e))
+
+    def _someone_runs(self, job_id: str, python: str, lacking: bool) -> bool:
+        """Whether another live worker of the backend can run the job: one that runs
+        ``python`` and (``lacking``: we lack what the job requires) has not said that
+        it lacks it too. Worker records and the job's ``aside/`` listing are re-read
+        every 10 s at most."""
+        live = self._seen_workers()
+        if not lacking:
+            return any(r.python == python for r in live)
+        able = {keys.aside(job_id, r.id) for r in live if r.id != self.id}
+        able -= {keys.aside(job_id, r.id) for r in live if r.python not in ("", python or PYTHON)}
+        return bool(able - self._aside_keys(job_id))
+
+    def _seen_workers(self) -> list[WorkerRecord]:
+        now, seen = time.monotonic(), self._live_seen
         if seen is None or now - seen[0] > 10.0:
             try:
-                live = {r.python for r in worker_records(self.backend) if r.live()}
+                live = [r for r in worker_records(self.backend) if r.live()]
             except Exception as e:  # a listing that fails: as if nobody could
                 log.warning("cannot list the workers: %s", _said(e))
-                live = set()
-            seen = self._pythons_seen = (now, live)
-        return python in seen[1]
+                live = []
+            seen = self._live_seen = (now, live)
+        return seen[1]
+
+    def _aside_keys(self, job_id: str) -> set[str]:
+        now, seen = time.monotonic(), self._aside_seen.get(job_id)
+        if seen is None or now - seen[0] > 10.0:
+            if len(self._aside_seen) > 1_000:
+                self._aside_seen.clear()
+            try:
+                listed = set(self.store.list(keys.aside_prefix(job_id)))
+            except Exception as e:
+                log.warning("cannot list job %s's set-aside records: %s", job_id, _said(e))
+                listed = set()
+            seen = self._aside_seen[job_id] = (now, listed)
+        return seen[1]
 
     def _deadletter(self, lease: Lease, why: str, fail_tasks: bool) -> None:
         """Keep the message's bytes and the reason; fail its tasks if it verifies; drop it."""
@@ -422,7 +483,8 @@ class Worker(ChunkRunner):
         self.committer.finish(lease, ack=True)
 
     def _handle(self, lease: Lease) -> bool:
-        """Run a message's tasks; False if they were set aside for another Python."""
+        """Run a message's tasks; False if they were set aside (another Python, or
+        distributions the job requires that this worker lacks)."""
         try:
             raw, payload = codec.decode_message(self.key, lease.body)
             header = MessageHeader.from_dict(raw)
@@ -441,8 +503,8 @@ class Worker(ChunkRunner):
         if self.data.is_cancelled(job, force=True):
             self.committer.finish(lease, ack=True)
             return True
-        if job.manifest.python not in ("", PYTHON):
-            self._set_aside(lease, job.manifest.id, job.manifest.python)
+        if job.manifest.python not in ("", PYTHON) or self._lacks(job):
+            self._set_aside(lease, job)
             return False
         todo = dict.fromkeys(header.tasks(), 1)
         careful = lease.attempt > 1

@@ -179,6 +179,8 @@ class JobView:
             "timeline": _timeline(tasks.values(), st.created, end),
             "tasks": self._task_rows(running, all_tasks),
             "failures": self._failures(),
+            # what keeps the job from finishing, in words (no worker can run it, ...)
+            "problems": [p[:2000] for p in st.problems[:20]],
         }
 
     def _workers(self, live: list[dict[str, Any]], running: dict[int, dict]) -> list[dict]:

@@ -17,7 +17,8 @@
 
 On each host, under ``$HOME/.cloudloop`` (``dir`` option)::
 
-    venvs/<digest>/          a venv with this client's exact cloudloop (and requirements)
+    venvs/<digest>/          a venv with this client's exact cloudloop (and requirements;
+                             with requirements = "auto", the pins of the waiting jobs)
     wheels/<digest>/         the wheels it was installed from, when the host had no index
     run/<profile>/<tag>/     <n>.pid per worker, ``backend`` (the URL, mode 0600: a Redis
                              password never appears on a command line)
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, keys
+from .. import __version__, environment, keys
 from ..backends.base import secret_from_env
 from ..config import check_known
 from ..errors import ConfigError, TamperedError
@@ -104,7 +105,8 @@ class SshSettings:
     python: str = "python3"
     ssh_config: str | None = None  # None: ssh's own default, ~/.ssh/config
     dir: str = ".cloudloop"  # relative to the remote $HOME
-    requirements: tuple[str, ...] = ()
+    # pip requirements installed beside cloudloop, or "auto": what the waiting jobs pin
+    requirements: tuple[str, ...] | str = ()
     connect_timeout: float = 10.0
     index: bool = True  # try the hosts' package index for released versions
 
@@ -116,9 +118,10 @@ class SshSettings:
             raise ConfigError('ssh provider: give hosts = ["n1", "n2*8"] (~/.ssh/config aliases)')
         opts["hosts"] = parse_hosts(opts["hosts"])
         reqs = opts.get("requirements", ())
-        if isinstance(reqs, str) or not all(isinstance(r, str) for r in reqs):
-            raise ConfigError("ssh provider: requirements must be a list of strings")
-        opts["requirements"] = tuple(reqs)
+        if reqs != "auto":
+            if isinstance(reqs, str) or not all(isinstance(r, str) for r in reqs):
+                raise ConfigError('ssh provider: requirements must be a list of strings or "auto"')
+            opts["requirements"] = tuple(reqs)
         for k in ("python", "dir"):
             if k in opts and (not isinstance(opts[k], str) or not opts[k]):
                 raise ConfigError(f"ssh provider: {k} must be a non-empty string")
@@ -272,10 +275,13 @@ class SshCluster(Cluster):
         self.hosts = SshHosts(settings, self.profile)
         scheme = backend_url.split("://", 1)[0].lower()
         self.extras = _EXTRAS.get(scheme, ())
-        tree = wheelhouse.source_tree()
+        self.tree = wheelhouse.source_tree()
         # a source tree's code is not on any index: it always ships as wheels
-        self.released = tree is None
-        self.digest = wheelhouse.digest(tree, self.extras, self.s.requirements)
+        self.released = self.tree is None
+        self.auto = settings.requirements == "auto"
+        self.requirements: tuple[str, ...] = () if self.auto else tuple(settings.requirements)
+        self.notes: list[str] = []  # what choosing the requirements had to say
+        self.digest = wheelhouse.digest(self.tree, self.extras, self.requirements)
         self._wheels: Path | None = None
         self._lock = threading.Lock()
 
@@ -317,14 +323,27 @@ echo "running=$n"
     def wheels(self) -> Path:
         with self._lock:  # built once, however many hosts need it at the same moment
             if self._wheels is None:
-                self._wheels = wheelhouse.build(self.extras, self.s.requirements)
+                self._wheels = wheelhouse.build(self.extras, self.requirements)
             return self._wheels
+
+    def choose_requirements(self) -> tuple[str, ...]:
+        """With ``requirements = "auto"``: what the backend's unfinished jobs pin (read
+        now, before hosts are set up: a new pin means a new venv); else the profile's."""
+        if self.auto:
+            pins, warnings = environment.waiting_requirements(self.backend)
+            with self._lock:
+                if pins != self.requirements:
+                    self.requirements, self._wheels = pins, None
+                    self.digest = wheelhouse.digest(self.tree, self.extras, pins)
+            what = ", ".join(pins) if pins else "nothing (no waiting job pins a package)"
+            self.notes = [f'requirements = "auto": installing {what}', *warnings]
+        return self.requirements
 
     def _install(self, alias: str, pyfull: str = "") -> str:
         """Create the venv for this exact cloudloop on the host; returns how it was installed."""
         d, venv = self.hosts.dir, f'"$D/venvs/{self.digest}"'
         spec = "cloudloop" + (f"[{','.join(self.extras)}]" if self.extras else "")
-        pkgs = " ".join(shlex.quote(p) for p in (f"{spec}=={__version__}", *self.s.requirements))
+        pkgs = " ".join(shlex.quote(p) for p in (f"{spec}=={__version__}", *self.requirements))
         pip = f"{venv}/bin/python -m pip install -q --disable-pip-version-check"
         head = f"""set -e
 D={d}
@@ -476,7 +495,7 @@ echo "killed=$(echo $alive | wc -w)"
         """Workers on every host (``n`` spread over them, else each host's own count)."""
         reports = self.start_workers(total=n)
         ok = [r for r in reports if not r.error]
-        lines = [str(r) for r in reports]
+        lines = [*self.notes, *(str(r) for r in reports)]
         lines.append(
             f"{sum(r.workers for r in ok)} worker(s) on {len(ok)} of {len(reports)} "
             f"host(s) (`cloudloop down --profile {self.name}` stops them)"
@@ -499,6 +518,7 @@ echo "killed=$(echo $alive | wc -w)"
         if total is not None:
             specs = {a: v for a, v in specs.items() if v[1]}
         _ = self.backend.store  # a wrong URL fails here, once, not once per host
+        self.choose_requirements()
         got = self.hosts.each(list(specs), lambda a: self._up_host(specs[a][0], specs[a][1], tag))
         out = []
         for alias in specs:
@@ -613,6 +633,8 @@ class SshProvider(Provider):
         cluster = self.cluster(backend_url, worker)
         tag = "ex-" + time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         reports = cluster.start_workers(total=n, tag=tag)
+        for line in cluster.notes[1:]:  # what "auto" warns of (the first line: what it chose)
+            print(f"cloudloop ssh: {line}", file=sys.stderr)
         for r in reports:
             if r.error:
                 print(f"cloudloop ssh: {r}", file=sys.stderr)

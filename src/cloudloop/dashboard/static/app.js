@@ -251,6 +251,11 @@
     return cat(html`<table id="workers"><thead><tr><th>Worker</th><th>Provider</th><th>Instance</th><th>Market</th><th>Current task</th>`,
       html`<th class="num">Done here</th><th class="num">Heartbeat</th><th class="num">Load</th><th class="num">Task memory</th></tr></thead><tbody>${rows}</tbody></table>`);
   }
+  function problemList(s) {  // what keeps the job from finishing: job.status().problems
+    const problems = arr(s.problems).slice(0, 20);
+    if (!problems.length) return "";
+    return html`<div class="card problems" id="problems"><h2>Problems</h2><ul>${problems.map((p) => html`<li>${p}</li>`)}</ul></div>`;
+  }
   function failureList(s) {
     const failures = arr(s.failures);
     if (!failures.length) return html`<p class="empty">No task has failed.</p>`;
@@ -322,6 +327,7 @@
       html`${progressBar(s.done, s.failed, s.running, s.total, "big")}`,
       html`<div class="stats">${stat("ok", done - failed, "succeeded")}${stat("fail", s.failed, "failed")}`,
       html`${stat("run", s.running, "running")}${stat("", s.pending, "pending")}${stat("", s.workers_live, "workers on it")}</div></div>`,
+      problemList(s),
       html`<div class="grid2"><div class="card"><h2>Throughput</h2>${throughputChart(s.throughput, chartWidth(app, 0.6))}</div>`,
       html`<div class="card"><h2>Tasks${perNote}</h2><div class="taskmap ${size}" id="taskmap">${cells}</div>${legend()}`,
       html`${durations(s)}</div></div>`,
