@@ -234,6 +234,8 @@ def test_live_dashboard_shows_hostile_fields_as_text(hostile, browser, csp):
     workers = page.locator("#workers").text_content()
     assert "typed-wrong" not in workers and "forged-host" not in workers
     assert page.locator("#workers tr.worker-row").count() == 2
+    # what keeps the job from finishing (job.status().problems): a worker's trouble, as text
+    assert f"worker {rec['id']}: {rec['error']}" in _text(page, "#problems")
     assert _text(page, "h1") == WAITING
     _assert_clean(page, seen, 1, csp)
     ctx.close()
