@@ -25,9 +25,6 @@
     jobs/<job>/aside/<worker>                    signed JSON SetAside {worker, needs, have, at}:
                                                  the worker lacks pins the job requires and
                                                  leaves its tasks alone (written once)
-    jobs/<job>/aside/<worker>                    signed JSON SetAside {worker, needs, have, at}:
-                                                 the worker lacks pins the job requires and
-                                                 leaves its tasks alone (written once)
     workers/<worker>                             signed JSON heartbeat
     control/paused                               signed: workers take no new work while it exists
     control/probe/<who>                          written and removed at once: does the store take writes?
@@ -234,15 +231,6 @@ def starts_prefix(job: str, index: int) -> str:
 
 def start(job: str, index: int, worker: str) -> str:
     return f"{starts_prefix(job, index)}{worker}-{nonce()}"
-
-
-def aside_prefix(job: str) -> str:
-    return f"jobs/{job}/aside/"
-
-
-def aside(job: str, worker: str) -> str:
-    """Where ``worker`` says why it leaves the job's tasks alone."""
-    return f"{aside_prefix(job)}{safe_name(worker, 200)}"
 
 
 def aside_prefix(job: str) -> str:
