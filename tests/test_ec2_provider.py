@@ -114,42 +114,23 @@ def test_max_workers_caps_the_cluster(profile):
     assert not up.ok and up.lines[0] == "started 0 of 1 instances" and "max_workers" in str(up)
 
 
-def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(profile):
-    p, cluster = profile()
+def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(
+    profile, moto_endpoint
+):
+    from awsfaults import AwsFaults  # EC2's own answer, over HTTP (test_ec2_refusals.py: more)
 
-    class Ok:
-        status_code = 200
-
-    def no_spot(params, **kwargs):  # the request as botocore is about to send it
-        body = params["body"]
-        if isinstance(body, (bytes, str)):
-            from urllib.parse import parse_qs
-
-            body = {
-                k: v[0]
-                for k, v in parse_qs(body if isinstance(body, str) else body.decode()).items()
-            }
-        if body.get("TargetCapacitySpecification.DefaultTargetCapacityType") == "spot":
-            errors = [
-                {
-                    "LaunchTemplateAndOverrides": {
-                        "Overrides": {"InstanceType": t, "SubnetId": "subnet-x"}
-                    },
-                    "Lifecycle": "spot",
-                    "ErrorCode": "InsufficientInstanceCapacity",
-                    "ErrorMessage": "There is no Spot capacity available that matches your request.",
-                }
-                for t in ("c7a.large", "c6a.large")
-            ]
-            return Ok(), {"Instances": [], "Errors": errors}
-        return None
-
-    cluster.ctx.aws.ec2.meta.events.register("before-call.ec2.CreateFleet", no_spot)
-    report = cluster.launcher.launch(2)
+    p, _ = profile()
+    with AwsFaults(moto_endpoint) as faults:
+        faults.refuse_pools(["c7a.large", "c6a.large"])  # no spot in any pool
+        cluster = Ec2Provider(p.provider_options, p.name).cluster(faults.url(p.backend), p.worker)
+        report = cluster.launcher.launch(2)
+        assert faults.count("CreateFleet") == 2  # spot, then on-demand
     assert [s["market"] for s in report.started] == ["on-demand", "on-demand"]
     text = str(report)
-    assert "could not get spot c7a.large" in text and "InsufficientInstanceCapacity" in text
-    assert "2 x c7a.large on-demand" in text or "on-demand" in text
+    assert "could not get spot c7a.large in us-east-1a, us-east-1b" in text
+    assert "could not get spot c6a.large in us-east-1a" in text
+    assert text.count("no spot capacity (InsufficientInstanceCapacity)") == 2
+    assert "2 x c7a.large on-demand" in text
 
 
 def test_max_cost_sets_a_deadline_and_refuses_when_spent(profile):

@@ -27,9 +27,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .. import __version__
-from ..backends.aws import error_code
 from ..errors import ConfigError
-from . import prices
+from . import ec2_fleet, prices
 from . import ec2_setup as setup
 from . import wheelhouse as wheelhouse_mod
 from .base import Report
@@ -267,53 +266,5 @@ class Ec2Launcher:
         report: LaunchReport,
     ) -> list[dict[str, Any]]:
         c = self.ctx
-        overrides = [
-            {"InstanceType": t, "SubnetId": net["SubnetId"]}
-            for t in c.settings.instance_types
-            for net in nets
-        ]
-        kw: dict[str, Any] = {
-            "Type": "instant",
-            "LaunchTemplateConfigs": [
-                {
-                    "LaunchTemplateSpecification": {"LaunchTemplateId": tid, "Version": version},
-                    "Overrides": overrides,
-                }
-            ],
-            "TargetCapacitySpecification": {
-                "TotalTargetCapacity": want,
-                "DefaultTargetCapacityType": market,
-            },
-            "TagSpecifications": [
-                {"ResourceType": "fleet", "Tags": c.tags},
-                {"ResourceType": "instance", "Tags": c.tags},
-            ],
-        }
-        if market == "spot":
-            kw["SpotOptions"] = {"AllocationStrategy": "price-capacity-optimized"}
-        else:
-            kw["OnDemandOptions"] = {"AllocationStrategy": "lowest-price"}
-        for attempt in range(6):
-            try:
-                resp = c.aws.ec2.create_fleet(**kw)
-                break
-            except ClientError as e:
-                # a brand-new instance profile is not visible to EC2 for a few seconds
-                if "profile" in str(e).lower() and attempt < 5:
-                    time.sleep(2 + 2 * attempt)
-                    continue
-                report.failed.append(f"{market}: {error_code(e)}: {e}")
-                return []
-        out = []
-        for group in resp.get("Instances", []):
-            o = group.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
-            for iid in group.get("InstanceIds", []):
-                out.append({"id": iid, "type": group.get("InstanceType") or o.get("InstanceType"),
-                            "subnet": o.get("SubnetId"), "market": market})  # fmt: skip
-        for err in resp.get("Errors", []):
-            o = err.get("LaunchTemplateAndOverrides", {}).get("Overrides", {})
-            where = f"{o.get('InstanceType', '?')} in {o.get('SubnetId', '?')}"
-            report.failed.append(
-                f"{market} {where}: {err.get('ErrorCode')}: {err.get('ErrorMessage', '')}"
-            )
-        return out
+        config = ec2_fleet.FleetConfig(tid, version, tuple(c.settings.instance_types))
+        return ec2_fleet.request(c.aws.ec2, [config], nets, market, want, c.tags, report.failed)
