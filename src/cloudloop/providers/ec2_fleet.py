@@ -24,8 +24,8 @@
 Every line reads after "could not get " (``LaunchReport`` prints them so)::
 
     spot c7a.large in us-east-1a: no spot capacity (InsufficientInstanceCapacity)
-    any instance: EC2 throttled the launch (RequestLimitExceeded); retried for 42 s
-      (15 requests); try again later
+    any instance: EC2 throttled the launch (RequestLimitExceeded); retried for 62 s
+      (24 requests); try again later
 
 botocore retries throttling and 5xx answers itself, inside each ``create_fleet``
 call: ``AwsClients`` gives the EC2 client no retry settings, so botocore's
