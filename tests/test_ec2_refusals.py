@@ -38,6 +38,7 @@ workers_per_instance = 1
 prices = {{ "c7a.large" = 0.10, "c6a.large" = 0.08 }}
 cluster = "{cluster}"
 idle_exit = "1m"
+install = "cloudloop[aws]"  # from the index: no wheelhouse to publish, none of this needs one
 """
 
 THROTTLED = ("RequestLimitExceeded", "Request limit exceeded.", 503)
