@@ -62,8 +62,11 @@ PYENV = Path(
     subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
     or Path.home() / ".pyenv"
 )
-TOOLS = ("bash sh cat chmod cp date env gzip base64 grep head id kill ln ls mkdir mv nproc rm "
-         "sed seq sleep sort tail tee touch tr uname wc xargs").split()  # fmt: skip
+TOOLS = (
+    "bash", "sh", "cat", "chmod", "cp", "date", "env", "gzip", "base64", "grep", "head", "id",
+    "kill", "ln", "ls", "mkdir", "mv", "nproc", "rm", "sed", "seq", "sleep", "sort", "tail",
+    "tee", "touch", "tr", "uname", "wc", "xargs",
+)  # fmt: skip
 AL2023_SSM = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 
 
@@ -82,14 +85,14 @@ class Image:
     Attributes:
         pythons: command name -> the version it runs ("python3": "3.9").
         installable: what the package manager (``dnf``) can install: package -> version
-            ("python3.11": "3.11"); empty and ``dnf`` is absent.
+            ("python3.11": "3.11"; "hang": it never finishes); empty and ``dnf`` is absent.
         tools: the commands on its PATH besides the Pythons.
     """
 
     name: str
     pythons: dict[str, str] = field(default_factory=dict)
     installable: dict[str, str] = field(default_factory=dict)
-    tools: tuple[str, ...] = tuple(TOOLS)
+    tools: tuple[str, ...] = TOOLS
 
 
 AL2023 = Image(
@@ -190,9 +193,11 @@ class CloudBox:
         if not image.installable:
             return
         cases = "".join(
-            f'    {pkg}) ln -sf {pyenv_python(v)} "{installed}/{pkg}" ;;\n    {pkg}-pip) ;;\n'
+            (f"    {pkg}) sleep 100000 ;;\n" if v == "hang"  # a mirror that never answers
+             else f'    {pkg}) ln -sf {pyenv_python(v)} "{installed}/{pkg}" ;;\n')
+            + f"    {pkg}-pip) ;;\n"
             for pkg, v in image.installable.items()
-        )
+        )  # fmt: skip
         script = f"""#!/bin/bash
 # dnf as the image has it: installs what its repositories hold
 [ "$1" = install ] || {{ echo "dnf: only install is simulated" >&2; exit 1; }}

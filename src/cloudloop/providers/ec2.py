@@ -98,8 +98,8 @@ class Ec2Settings:
             raise ConfigError('ec2 provider: python must be a minor version such as "3.11"')
         if "boot_timeout" in opts:
             opts["boot_timeout"] = parse_duration(opts["boot_timeout"], "boot_timeout")
-            if not opts["boot_timeout"] or opts["boot_timeout"] < 60:
-                raise ConfigError("ec2 provider: boot_timeout must be at least 60 s")
+            if not opts["boot_timeout"] or opts["boot_timeout"] < 30:
+                raise ConfigError("ec2 provider: boot_timeout must be at least 30 s")
         for k in ("max_workers", "workers_per_instance", "max_failed_boots"):
             if k in opts and (not isinstance(opts[k], int) or opts[k] < 1):
                 raise ConfigError(f"ec2 provider: {k} must be a whole number >= 1")

@@ -185,11 +185,9 @@ class Ec2Launcher:
         report: LaunchReport,
     ) -> list[dict[str, Any]]:
         """One fleet over every architecture's template version and its instance types."""
-        out: list[dict[str, Any]] = []
-        for tid, version, _ in configs:  # until ec2_fleet takes several configs
-            if len(out) < want:
-                out += self._fleet(tid, version, nets, market, want - len(out), report)
-        return out
+        fleet = [ec2_fleet.FleetConfig(tid, version, p.types) for tid, version, p in configs]
+        c = self.ctx
+        return ec2_fleet.request(c.aws.ec2, fleet, nets, market, want, c.tags, report.failed)
 
     def plans(self, stop_at: float | None, report: LaunchReport) -> list[LaunchPlan]:
         """For each architecture of the profile's instance types: its image, the wheelhouse
@@ -255,16 +253,3 @@ class Ec2Launcher:
         if spent >= s.max_cost or burn <= 0:
             return time.time()
         return time.time() + 3600 * (s.max_cost - spent) / burn
-
-    def _fleet(
-        self,
-        tid: str,
-        version: str,
-        nets: list[dict[str, str]],
-        market: str,
-        want: int,
-        report: LaunchReport,
-    ) -> list[dict[str, Any]]:
-        c = self.ctx
-        config = ec2_fleet.FleetConfig(tid, version, tuple(c.settings.instance_types))
-        return ec2_fleet.request(c.aws.ec2, [config], nets, market, want, c.tags, report.failed)

@@ -1,0 +1,162 @@
+"""Boots in a cloud-in-a-box no kinder than AWS (see cloudbox.py).
+
+Every machine boots from an image: Amazon Linux 2023's (``python3`` is 3.9, dnf
+installs 3.11 or 3.12) unless a test registers its own. No machine sees a
+package index or the client's site-packages: cloudloop and the profile's
+requirements reach it only through the store's wheelhouse, built here from
+this development tree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+import netns
+import pytest
+from helpers import wait_for
+
+import cloudloop as cl
+
+PROFILE = """
+[profiles.aws]
+backend = "aws://boot-{tag}/jobs?region=us-east-1&endpoint={endpoint}"
+provider = "ec2"
+instance_types = ["c7a.large"]
+max_workers = 4
+workers_per_instance = 1
+prices = {{ "c7a.large" = 0.10 }}
+lease = "12s"
+heartbeat = "1s"
+idle_exit = "20s"
+{extra}
+"""
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    netns.require()
+    from cloudbox import FAKE_KEYS, CloudBox
+
+    for k, v in FAKE_KEYS.items():  # the client's own keys; machines get none
+        monkeypatch.setenv(k, v)
+    (tmp_path / "box").mkdir()
+    box = CloudBox(tmp_path / "box").start()
+    yield box
+    box.close()
+
+
+def client(box, tmp_path, extra=""):
+    home = tmp_path / "client"
+    home.mkdir(exist_ok=True)
+    text = PROFILE.format(tag=f"{os.getpid()}-{time.time_ns() % 10**6}", endpoint=box.endpoint,
+                          extra=extra)  # fmt: skip
+    (home / "cloudloop.toml").write_text(text)
+    os.chdir(home)
+    return home
+
+
+def cli(*args, cwd, ok=True, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "cloudloop", *args], cwd=cwd,
+                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if ok:
+        assert r.returncode == 0, f"cloudloop {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stdout + r.stderr
+
+
+def where(_):
+    import idna  # a requirement of the profile: only the wheelhouse has it
+
+    return {"idna": metadata.version("idna"), "python": list(sys.version_info[:2]),
+            "prefix": sys.prefix, "file": idna.__file__}  # fmt: skip
+
+
+def test_instances_install_cloudloop_and_a_requirement_from_the_store_with_no_index(box, tmp_path):
+    idna = metadata.version("idna")
+    home = client(box, tmp_path, f'requirements = ["idna=={idna}"]')
+    out = cli("up", "--profile", "aws", "-n", "1", cwd=home)
+    assert "started 1 of 1 instances" in out and "wheelhouse" in out and "uploaded" in out
+    job = cl.Executor(profile="aws").map_job(where, range(3))
+    results = job.results(timeout=180)
+    (m,) = box.machines.values()
+    assert all(r["idna"] == idna and r["python"] == list(sys.version_info[:2]) for r in results)
+    assert all(r["prefix"].startswith(str(m.root)) for r in results)  # the machine's own venv
+    log = m.log()
+    assert "no python3.11 here (python3 is 3.9); trying the package manager" in log
+    assert "fetched" in log and "--no-index" in log
+    ls = cli("ls", "--profile", "aws", cwd=home)
+    assert "workers started" in ls, ls
+    # the wheelhouse is built and uploaded once: the next launch finds it in the store
+    assert "in the store already" in cli("up", "--profile", "aws", "-n", "1", cwd=home)
+
+
+def test_an_image_without_the_python_fails_says_why_and_launching_stops(box, tmp_path):
+    from cloudbox import Image
+
+    ami = box.register(Image("bare", pythons={"python3": "3.9"}))  # and no package manager
+    home = client(box, tmp_path, f'image = "{ami}"\nmax_failed_boots = 2')
+    job = cl.Executor(profile="aws").map_job(where, range(1))  # one instance at a time
+    scaler = subprocess.Popen(
+        [sys.executable, "-m", "cloudloop", "up", "--profile", "aws", "--every", "1s"],
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        ls = wait_for(lambda: (o := cli("ls", "--profile", "aws", cwd=home)) and "boot failed" in o and o,
+                      timeout=60, interval=1, what="ls to show the failed boot")  # fmt: skip
+        assert time.monotonic() - t0 < 60
+        assert f"no python3.11 on {ami} (python3 is 3.9)" in ls, ls
+        assert "set image = or python =" in ls and "    | " in ls  # the log's tail, too
+        wait_for(lambda: "launching stopped" in cli("ls", "--profile", "aws", cwd=home),
+                 timeout=60, interval=1, what="launching to stop")  # fmt: skip
+        launched = len(box.history)
+        time.sleep(6)  # six more rounds of the scaler: nothing more is launched
+        assert len(box.history) == launched == 2
+        status = cli("status", job.id, "--profile", "aws", cwd=home, ok=False)
+        assert "boot failed" in status and "no python3.11" in status, status
+        cli("resume", "--profile", "aws", cwd=home)  # the user says: try again
+        wait_for(lambda: len(box.history) > launched, timeout=30, what="a launch after resume")
+    finally:
+        scaler.kill()
+        out = scaler.communicate(timeout=30)[0]
+    assert out.count("boots in a row failed") == 1, out  # said once, not every round
+    assert "Traceback" not in out, out
+
+
+def test_a_worker_of_another_python_leaves_the_job_alone_and_status_says_so(box, tmp_path):
+    home = client(box, tmp_path, 'python = "3.12"')  # the profile asks for it: dnf installs it
+    job = cl.Executor(profile="aws").map_job(where, range(3))
+    cli("up", "--profile", "aws", "-n", "1", cwd=home)
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+    def problem():
+        return " ".join(job.status().problems)
+
+    said = wait_for(lambda: "workers have 3.12" in problem() and problem(), timeout=180,
+                    what="the status to name the mismatch")  # fmt: skip
+    assert f"it needs Python {mine}" in said
+    assert "workers have 3.12" in cli("status", job.id, "--profile", "aws", cwd=home, ok=False)
+    st = job.status()
+    assert st.done == 0 and st.failed == 0
+    (m,) = box.machines.values()
+    assert "python3.12 -m venv" in m.log() and "Traceback" not in m.worker_logs()
+
+
+def test_an_instance_that_never_serves_ends_itself_at_the_boot_deadline(box, tmp_path):
+    from cloudbox import Image
+
+    # a package manager that never finishes (a mirror that does not answer)
+    ami = box.register(
+        Image("stuck", pythons={"python3": "3.9"}, installable={"python3.11": "hang"})
+    )
+    home = client(box, tmp_path, f'image = "{ami}"\nboot_timeout = "30s"')
+    cli("up", "--profile", "aws", "-n", "1", cwd=home)
+    (m,) = wait_for(box.running, timeout=30, what="a machine")
+    wait_for(lambda: m.ended, timeout=90, what="the machine to end at its deadline")
+    assert 30 <= m.ended - m.booted < 60
+    ls = cli("ls", "--profile", "aws", cwd=home)
+    assert "no worker served within 30 s of boot (boot_timeout)" in ls, ls
