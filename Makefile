@@ -40,7 +40,8 @@ test-deps:
 # LOCALSTACK_PYTHON to use another), in a venv of its own.
 LS_VENV    := .venv-localstack
 LS_PINS    := 'localstack-core[base-runtime]==4.14.0' 'cbor2<6' 'pyopenssl<24.3' 'cryptography<44' service-identity
-LOCALSTACK_PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13.*/bin/python) $(shell command -v python3.13))
+PYENV_DIRS := $(shell pyenv root 2>/dev/null) $(PYENV_ROOT) $(HOME)/.pyenv
+LOCALSTACK_PYTHON ?= $(firstword $(wildcard $(addsuffix /versions/3.13.*/bin/python,$(PYENV_DIRS))) $(shell command -v python3.13 2>/dev/null))
 
 $(LS_VENV)/.installed:
 	@if [ -z "$(LOCALSTACK_PYTHON)" ] || ! "$(LOCALSTACK_PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then \
