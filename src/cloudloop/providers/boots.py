@@ -132,10 +132,10 @@ class BootRecord:
         if gone:
             if last_phase == "launched":
                 return "failed", (
-                    "ended without a word from its boot: no Python at all on its image, or it "
+                    "boot failed: it ended without a word: no Python at all on its image, or it "
                     "never booted (its console output says: aws ec2 get-console-output)"
                 )
-            return "failed", f"ended during its boot, after phase {last_phase!r} ({took})"
+            return "failed", f"boot failed: it ended after phase {last_phase!r} ({took})"
         return "booting", f"booting for {format_seconds(now - self.launched)}: {last_phase}" + (
             f" ({self.phases[-1][2]})" if self.phases[-1][2] else ""
         )

@@ -212,7 +212,7 @@ class Ec2Cluster(Cluster):
         failed = [r for r in reversed(records) if r.outcome(live, now)[0] == "failed"]
         lines = []
         for r in failed[:limit]:
-            lines.append(f"boot failed: {r.line(live, now)}")
+            lines.append(r.line(live, now))
             lines += [f"    | {x}" for x in r.log[-5:]]
         if failed:
             recent = [r for r in reversed(records) if r.outcome(live, now)[0] != "booting"]
@@ -311,7 +311,7 @@ class Ec2Cluster(Cluster):
                 said[r.instance] = state  # old news
                 continue
             said[r.instance] = state
-            out.append(("boot failed: " if state == "failed" else "") + r.line(live, now))
+            out.append(r.line(live, now))
             if state == "failed":
                 out += [f"    | {x}" for x in r.log[-5:]]
         return out
