@@ -272,3 +272,29 @@ def test_a_cluster_of_graviton_and_x86_types_launches_each_with_its_own_image(aw
     boots = {b.instance: b for b in cluster.launcher.boots.records()}
     assert set(ids) <= set(boots) and all(boots[i].phases[0][0] == "launched" for i in ids)
     cluster.down()
+
+
+def _uses_idna(x):
+    import idna
+
+    return idna.encode(x)
+
+
+def test_requirements_auto_installs_what_the_waiting_jobs_pinned(aws_url):
+    from importlib import metadata
+
+    import cloudloop as cl
+    from cloudloop.providers.ec2 import Ec2Provider
+
+    job = cl.Executor(backend=aws_url, workers=0).map_job(_uses_idna, ["a"], requirements="auto")
+    pin = f"idna=={metadata.version('idna')}"
+    assert pin in job.manifest.requires
+    options = {"instance_types": ["c7a.large"], "workers_per_instance": 1, "requirements": "auto",
+               "cluster": f"auto-{time.time_ns() % 10**8}", "prices": {"c7a.large": 0.1}}  # fmt: skip
+    cluster = Ec2Provider(options, "auto").cluster(aws_url, WorkerOptions(idle_exit=60.0))
+    report = cluster.launcher.launch(1)
+    assert len(report.started) == 1, str(report)
+    digest = str(report).split("wheelhouse ")[1].split()[0]
+    manifest = cluster.backend.get_record(keys.wheelhouse_manifest(digest))
+    assert pin in manifest["install"] and any(w.startswith("idna-") for w in manifest["files"])
+    cluster.down()
