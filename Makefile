@@ -66,6 +66,11 @@ bench: $(VENV)/.bench
 bench-aws: $(VENV)/.bench
 	$(PY) benchmarks/bench_aws.py
 
+# one ec2 boot in the cloud-in-a-box, phase by phase (as root: network namespaces)
+.PHONY: bench-boot
+bench-boot: $(VENV)/.bench
+	$(PY) benchmarks/bench_boot.py --repeat 3 --write
+
 clean:
 	rm -rf $(VENV) $(LS_VENV) .cloudloop .pytest_cache .ruff_cache
 
