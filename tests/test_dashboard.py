@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,8 +23,10 @@ from pathlib import Path
 import pytest
 
 import cloudloop as cl
+from cloudloop import keys
 from cloudloop.cli import main as cli_main
 from cloudloop.dashboard import DashboardServer
+from cloudloop.providers.boots import Boots
 
 try:
     from playwright.sync_api import expect
@@ -156,6 +160,8 @@ def test_live_job_page_updates_without_reload(running, browser):
     assert page.locator("#log-text").inner_text().count("task 6 starting") == 1
     assert page.evaluate("window.__same_page") == 1
     assert page.locator("#workers tr.worker-row .done-here").count() >= 2
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"  # what local workers run
+    expect(page.locator("#workers tr.worker-row td.python").first).to_have_text(python)
 
     # the failing task's remote traceback, with the user's own source line
     failure = page.locator("#failures details.failure").first
@@ -203,3 +209,142 @@ def test_report_is_self_contained_and_renders(running, browser, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert [u for u in outside if not u.startswith("file://")] == []
     page.close()
+
+
+CLUSTER = "spot-fleet"
+NO_PYTHON = ("no python3.11 on ami-0old (python3 is 3.9) and its package manager could not "
+             "install it: set image = or python = in the profile")  # fmt: skip
+BOOT_LOG = [f"step {k}: dnf install python3.11" for k in range(30)] + ["No match for argument"]
+
+
+def _boot(backend, instance: str, phases: list, **fields) -> None:
+    """An instance's own account of its boot (signed: its profile holds the key)."""
+    record = {"instance": instance, "config": "c1", "image": "ami-0old", "type": "c7a.large",
+              "market": "spot", "phases": phases, **fields}  # fmt: skip
+    backend.put_record(keys.boot(CLUSTER, instance), record)
+
+
+def test_boots_and_worker_pythons_on_the_page(browser, tmp_path):
+    """The Boots card, from boot records as launcher and instances write them, and an ec2
+    worker's Python; a boot that fails while the page is open shows why, without a reload."""
+    now = time.time()
+    ex = cl.Executor(backend="sqlite://" + str(tmp_path / "backend"), workers=0)
+    try:
+        job = ex.map_job(abs, range(3), name="on the fleet")  # nobody local serves it
+        backend = ex.backend
+        boots = Boots(backend, CLUSTER)
+        boots.launched("i-0fail", "c1", "ami-0old", "c7a.large", "spot")  # the launcher
+        _boot(
+            backend,
+            "i-0fail",
+            [
+                ["launched", now - 120, ""],
+                ["started", now - 100, ""],
+                ["failed", now - 79, NO_PYTHON],
+            ],
+            failed=NO_PYTHON,
+            log="\n".join(BOOT_LOG),
+        )
+        _boot(
+            backend,
+            "i-0ready",
+            [
+                ["launched", now - 300, ""],
+                ["started", now - 280, ""],
+                ["python", now - 270, "/usr/bin/python3.11 (Python 3.11)"],
+                ["environment", now - 240, "installed in 30 s"],
+                ["workers", now - 230, "2 worker(s) started 50 s after boot"],
+            ],
+        )
+        _boot(
+            backend,
+            "i-0silent",
+            [["launched", now - 1200, ""]],
+            type="m7i.large",
+            market="on-demand",
+        )  # launched 20 minutes ago and never heard from
+        boots.launched("i-0slow", "c1", "ami-0new", "c7a.xlarge", "spot")
+        _boot(
+            backend,
+            "i-0slow",
+            [["launched", now - 30, ""], ["started", now - 20, ""]],
+            image="ami-0new",
+            type="c7a.xlarge",
+        )
+        backend.put_record(keys.worker("w-ec2-1"), {
+            "id": "w-ec2-1", "host": "ip-10-0-0-7", "provider": "ec2", "instance": "i-0ready",
+            "instance_type": "c7a.large", "market": "spot", "python": "3.11",
+            "cluster": CLUSTER, "state": "busy", "job": job.id, "task": 1, "started": now - 200,
+            "last_seen": now, "every": 60.0, "message": "on the fleet",
+        })  # fmt: skip
+        server = DashboardServer(backend, port=0, job_every=0.3)
+        server.view.list_every = 0.3  # clusters/ re-listed quickly, to watch a boot change
+        server.start()
+        try:
+            page, outside = _page(browser)
+            page.goto(server.url)
+            card = page.locator("#boots-card")
+            rows = card.locator("tr.boot-row")
+            expect(rows).to_have_count(4)
+            assert CLUSTER in card.locator("h3").inner_text()
+            # newest launch first
+            order = [rows.nth(k).get_attribute("data-instance") for k in range(4)]
+            assert order == ["i-0slow", "i-0fail", "i-0ready", "i-0silent"]
+            failed = card.locator("tr.boot-row[data-instance='i-0fail']")
+            assert "c7a.large" in failed.inner_text() and "spot" in failed.inner_text()
+            assert failed.locator(".pill").inner_text().lower() == "failed"
+            assert (
+                f"boot failed after 0:41: {NO_PYTHON}" in failed.locator(".boot-words").inner_text()
+            )
+            tail = card.locator("pre.bootlog").first.inner_text()  # the record keeps the last 20
+            assert tail.splitlines() == BOOT_LOG[-20:]
+            ready = card.locator("tr.boot-row[data-instance='i-0ready']")
+            assert ready.locator(".pill").inner_text().lower() == "ready"
+            assert "workers started 1:10 after launch" in ready.inner_text()
+            silent = card.locator("tr.boot-row[data-instance='i-0silent']")
+            assert silent.locator(".pill").inner_text().lower() == "failed"
+            assert "never reported: launched 20:0" in silent.inner_text()
+            assert "on-demand" in silent.inner_text()
+            slow = card.locator("tr.boot-row[data-instance='i-0slow']")
+            assert slow.locator(".pill").inner_text().lower() == "booting"
+            assert "booting for 0:" in slow.inner_text() and "ami-0new" in slow.inner_text()
+            assert card.locator("pre.bootlog").count() == 1  # logs of failed boots only
+
+            # the job page: the ec2 worker's Python, and the same boots
+            page.locator(f"#jobs tr.job-row[data-job='{job.id}']").click()
+            worker = page.locator("#workers tr.worker-row[data-worker='w-ec2-1']")
+            expect(worker.locator("td.python")).to_have_text("3.11")
+            expect(page.locator("#boots-card tr.boot-row")).to_have_count(4)
+
+            # the slow one fails while the page is open
+            page.evaluate("window.__same_page = 1")
+            _boot(
+                backend,
+                "i-0slow",
+                [
+                    ["launched", now - 30, ""],
+                    ["started", now - 20, ""],
+                    ["failed", now - 5, "environment failed (exit 1)"],
+                ],
+                failed="environment failed (exit 1; the log's tail is below)",
+                image="ami-0new",
+                type="c7a.xlarge",
+                log="Collecting numpy\nERROR: No matching distribution found for numpy",
+            )
+            slow = page.locator("#boots-card tr.boot-row[data-instance='i-0slow']")
+            expect(slow.locator(".pill")).to_have_text("failed", timeout=30_000)
+            assert "boot failed after 0:25: environment failed (exit 1;" in slow.inner_text()
+            assert "ami-0new" in slow.inner_text()
+            log = page.locator("#boots-card pre.bootlog").first
+            expect(log).to_contain_text("ERROR: No matching distribution found for numpy")
+            assert log.inner_text().splitlines()[0] == "Collecting numpy"
+            assert page.evaluate("window.__same_page") == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-boots.png"), full_page=True)
+            assert outside == []
+            page.close()
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)

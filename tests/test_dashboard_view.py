@@ -13,9 +13,11 @@ from collections import Counter
 
 import pytest
 
+from cloudloop import keys
 from cloudloop.backends import open_backend
 from cloudloop.cli import main as cli_main
 from cloudloop.dashboard import DashboardView
+from cloudloop.dashboard.boots import SHOWN
 
 
 def _square(i: int) -> int:
@@ -88,6 +90,88 @@ def test_jobs_list_shows_cluster_cost_from_the_ledger(url, finished_job):
     row = DashboardView(backend).jobs()[0]
     # $36/h over the job's elapsed seconds: the job's share of the cluster's bill
     assert row["cost"] == pytest.approx(36.0 * st.elapsed / 3600, rel=0.05)
+
+
+def test_boots_share_the_clusters_listing_and_are_reread_only_while_booting(url):
+    backend = open_backend(url)
+    now = time.time()
+
+    def boot(instance, *phases, **fields):
+        record = {"instance": instance, "phases": [list(p) for p in phases], **fields}
+        backend.put_record(keys.boot("fleet", instance), record)
+
+    boot("i-failed", ("launched", now - 100, ""), ("failed", now - 90, ""), failed="no python")
+    boot("i-ready", ("launched", now - 300, ""), ("workers", now - 200, ""))
+    boot("i-gone", ("launched", now - 400, ""), ("workers", now - 390, ""))
+    boot("i-new", ("launched", now - 20, ""), ("workers", now - 10, ""))
+    boot("i-booting", ("launched", now - 10, ""), ("started", now - 5, ""))
+    boot("i-silent", ("launched", now - 1000, ""))  # past the boot deadline, never a word
+    boot("i-stalled", ("launched", now - 2000, ""), ("environment", now - 1900, "pip"))
+    backend.put_record(keys.boots_reset("fleet"), {"at": now})  # not a boot
+    backend.put_record(keys.worker("w-1"), {"id": "w-1", "instance": "i-ready", "last_seen": now,
+                                            "every": 60.0, "python": "3.11"})  # fmt: skip
+    backend.put_record("clusters/fleet/instances/i-ready", {
+        "id": "i-ready", "type": "c7a.large", "zone": "eu-west-1a", "market": "spot",
+        "price": 0.05, "launched": now - 300, "ended": None})  # fmt: skip
+    store = backend.store = CountingStore(backend.store)
+    view = DashboardView(backend, job_every=3600, list_every=3600, cost_every=3600)
+    for _ in range(50):  # fifty polls
+        (cluster,) = view.boots()
+        view._ledger_records()
+    assert store.calls["list"] == 2, store.calls  # clusters/ once, for boots and costs; workers/
+    assert store.calls["get_or_none"] == 7 + 1 + 1, store.calls  # boots, the heartbeat, the ledger
+    assert cluster["cluster"] == "fleet" and cluster["total"] == 7
+    states = {b["instance"]: (b["state"], b["words"]) for b in cluster["boots"]}
+    assert [b["instance"] for b in cluster["boots"]] == [
+        "i-booting",
+        "i-new",
+        "i-failed",
+        "i-ready",
+        "i-gone",
+        "i-silent",
+        "i-stalled",
+    ]
+    assert states["i-failed"] == ("failed", "boot failed after 0:10: no python")
+    assert states["i-ready"][0] == "ready"  # a live worker on it
+    assert states["i-new"][0] == "ready"  # workers 10 s ago: its first heartbeat may lag
+    assert states["i-gone"] == ("ended", "workers started 0:10 after launch; ended")
+    assert states["i-booting"] == ("booting", "booting for 0:10: started")
+    assert states["i-silent"][0] == "failed" and "never reported: launched 16:4" in states[
+        "i-silent"][1]  # fmt: skip
+    assert states["i-stalled"][0] == "failed"
+    assert states["i-stalled"][1].startswith("no word since phase 'environment', 31:4")
+    assert all(b["log"] == [] for b in cluster["boots"])
+
+    # listed again: only the records that are still booting are read again
+    view.list_every = 0
+    boot(
+        "i-booting",
+        ("launched", now - 10, ""),
+        ("failed", now - 2, ""),
+        failed="pip failed",
+        log="Collecting x\nERROR: no x",
+    )
+    before = store.calls.copy()
+    (cluster,) = view.boots()
+    assert store.calls["list"] - before["list"] == 1
+    assert store.calls["get_or_none"] - before["get_or_none"] == 3  # booting, silent, stalled
+    first = cluster["boots"][0]
+    assert (first["instance"], first["state"]) == ("i-booting", "failed")
+    assert first["log"] == ["Collecting x", "ERROR: no x"]
+    before = store.calls.copy()
+    view.boots()
+    assert store.calls["get_or_none"] - before["get_or_none"] == 2  # a failed boot is final
+
+    # a big cluster: its newest boots shown, and only those re-read
+    for k in range(SHOWN + 5):
+        rec = {"instance": f"i-{k:03d}", "phases": [["launched", now - 60 + k, ""]]}
+        backend.put_record(keys.boot("big", f"i-{k:03d}"), rec)
+    view.boots()
+    before = store.calls.copy()
+    big, _ = view.boots()  # the cluster with the latest launch first
+    assert big["total"] == SHOWN + 5 and len(big["boots"]) == SHOWN
+    assert big["boots"][0]["instance"] == f"i-{SHOWN + 4:03d}"
+    assert store.calls["get_or_none"] - before["get_or_none"] == SHOWN + 2
 
 
 def test_dashboard_command_prints_a_token_url_and_warns_when_open(url, finished_job):

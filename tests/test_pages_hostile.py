@@ -15,6 +15,12 @@ as HTML (``<img onerror>``, a quote that closes an attribute, ``</script>``,
 * carry its Content-Security-Policy (a header live, a ``<meta>`` in the
   report), with no violation reported for the app's own code.
 
+The boots of ec2 instances (``clusters/<cluster>/boots/<instance>``) are
+written by the instances themselves: a validly signed one carries markup in
+every field, its phases and its log, and one forged with another key, one
+stored unsigned, one signed for another key and one of the wrong types must
+not be shown at all.
+
 Each page is looked at twice: with the policy enforced, and with it bypassed
 (``bypass_csp``), so the escaping is shown to hold on its own and the policy
 to be a second wall, not the only one.
@@ -100,6 +106,41 @@ def _hostile_workers(backend, job_id: str) -> dict[str, dict]:
     return records
 
 
+BOOT_ID = f"<img src=x onerror={PWN}>"  # 36 characters: a record keeps 64
+BOOT_FAILED = f'no python <script>{PWN}</script> on "><svg onload={PWN}>'
+BOOT_LOG = [*HOSTILE[:6], f"</pre><img src=x onerror={PWN}>", "<!-- the end -->"]
+BOOT_DETAIL = f"<b onmouseover={PWN}>pip</b>"
+
+
+def _hostile_boots(backend) -> None:
+    """Boot records as an instance could write them (signed: its profile holds the key),
+    and four that a page must never show."""
+    now = time.time()
+    base = {"config": HOSTILE[2], "image": HOSTILE[3], "type": HOSTILE[1], "market": HOSTILE[0]}
+    backend.put_record(keys.boot("hostile", "i-0failed"), {
+        **base, "instance": BOOT_ID, "failed": BOOT_FAILED, "log": "\n".join(BOOT_LOG),
+        "phases": [["launched", now - 60, HOSTILE[5]], ["started", now - 50, HOSTILE[0]],
+                   ["failed", now - 40, HOSTILE[1]]],
+    })  # fmt: skip
+    backend.put_record(keys.boot("hostile", "i-0booting"), {
+        **base, "instance": "i-0booting" + HOSTILE[1][:40],
+        "phases": [["launched", now - 30, ""], ["environment", now - 20, BOOT_DETAIL]],
+    })  # fmt: skip
+    hidden = {"phases": [["launched", now, ""]], "failed": "forged reason"}
+    other = codec.encode_record(b"k" * 32, keys.boot("hostile", "i-0otherkey"),
+                                {**hidden, "instance": "i-0otherkey"})  # fmt: skip
+    backend.store.put(keys.boot("hostile", "i-0otherkey"), other)
+    unsigned = codec.encode_json({**hidden, "instance": "i-0unsigned"})
+    backend.store.put(keys.boot("hostile", "i-0unsigned"), unsigned)
+    elsewhere = codec.encode_record(backend.key, keys.boot("hostile", "i-0elsewhere"),
+                                    {**hidden, "instance": "i-0copied"})  # fmt: skip
+    backend.store.put(keys.boot("hostile", "i-0copied"), elsewhere)
+    backend.put_record(
+        keys.boot("hostile", "i-0typed"),
+        {**hidden, "instance": "i-0typed", "phases": [["launched", "<img>", ""]]},
+    )
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A finished job whose every field is hostile, a waiting one with hostile worker
@@ -114,6 +155,7 @@ def hostile(tmp_path_factory):
     ex2 = cl.Executor(backend=url, workers=0)  # nobody serves it: it stays unfinished
     waiting = ex2.map_job(_noop, range(3), name=WAITING)
     records = _hostile_workers(ex2.backend, waiting.id)
+    _hostile_boots(ex2.backend)
     report = base / "report.html"
     assert cli_main(["report", "--backend", url, done.id, "-o", str(report)]) == 0
     server = DashboardServer(ex2.backend, port=0, job_every=0.2)
@@ -241,10 +283,38 @@ def test_live_dashboard_shows_hostile_fields_as_text(hostile, browser, csp):
     ctx.close()
 
 
+@pytest.mark.parametrize("csp", CSPS)
+def test_boots_show_hostile_fields_as_text(hostile, browser, csp):
+    from playwright.sync_api import expect
+
+    server, waiting = hostile["server"], hostile["waiting"]
+    ctx, page, seen = _page(browser, csp)
+    for route in ("", f"#/job/{waiting.id}"):  # the jobs list and a job page both show them
+        page.goto(server.url + route)
+        rows = page.locator("#boots-card tr.boot-row")
+        expect(rows).to_have_count(2)  # the forged, unsigned, copied and ill-typed: not shown
+        failed = page.locator("#boots-card tr.boot-row", has_text="boot failed")
+        assert failed.get_attribute("data-instance") == BOOT_ID
+        text = failed.text_content()
+        for shown in (BOOT_ID, HOSTILE[3], HOSTILE[1], HOSTILE[0], BOOT_FAILED):
+            assert shown in text, shown
+        assert f"boot failed after 0:20: {BOOT_FAILED}" in text
+        assert _text(page, "#boots-card pre.bootlog").splitlines() == BOOT_LOG
+        booting = page.locator("#boots-card tr.boot-row", has_text="booting for")
+        assert f"environment ({BOOT_DETAIL})" in booting.text_content()
+        assert "i-0booting" + HOSTILE[1][:40] in booting.text_content()
+        card = page.locator("#boots-card").text_content()
+        for hidden in ("i-0otherkey", "i-0unsigned", "i-0copied", "i-0typed", "forged reason"):
+            assert hidden not in card, hidden
+        _assert_clean(page, seen, 1, csp)
+    ctx.close()
+
+
 def test_api_sends_the_policy_and_never_nan(hostile):
     server = hostile["server"]
     base, token = server.url.split("?token=")
-    for path in ("", "static/app.js", "api/jobs", f"api/jobs/{hostile['waiting'].id}"):
+    for path in ("", "static/app.js", "api/jobs", f"api/jobs/{hostile['waiting'].id}",
+                 "api/boots"):  # fmt: skip
         req = urllib.request.Request(base + path, headers={"X-Cloudloop-Token": token})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.headers["Content-Security-Policy"] == CSP, path
@@ -315,13 +385,24 @@ def _wrong_types(text: str = ALL) -> tuple[list[dict], dict]:
     return jobs, snap
 
 
+def _wrong_boots(text: str = ALL) -> dict:
+    """The boots as /api/boots could send them if every value were ``text``."""
+    boot = dict.fromkeys(("instance", "type", "market", "image", "state", "words", "launched",
+                          "last", "log"), text)  # fmt: skip
+    boots = [boot, {**boot, "state": "failed", "log": [text, 5, None, {"x": text}]}, text, None]
+    return {"clusters": [{"cluster": text, "total": text, "boots": boots}, text, None]}
+
+
 def _fake_api(page, jobs: list[dict], snap: dict) -> None:
-    """Answer the page's API calls with ``jobs`` and ``snap`` instead of the server's."""
+    """Answer the page's API calls with ``jobs`` and ``snap`` (and the boots of
+    :func:`_wrong_boots`) instead of the server's."""
 
     def answer(route):
         path = route.request.url.split("?")[0]
         if path.endswith("/api/jobs"):
             body = {"backend": ALL, "jobs": jobs, "count": ALL}
+        elif path.endswith("/api/boots"):
+            body = _wrong_boots()
         elif "/logs/" in path:
             body = {"task": 0, "text": ALL}
         else:
@@ -342,6 +423,8 @@ def test_live_page_survives_values_of_the_wrong_type(hostile, browser, csp):
     expect(page.locator("#jobs tr")).to_have_count(3)  # the head and both rows
     assert ALL in page.locator("#jobs").text_content()
     assert _text(page, "#backend") == ALL
+    expect(page.locator("#boots-card tr.boot-row")).to_have_count(4)
+    assert ALL in _text(page, "#boots-card h3") and ALL in _text(page, "#boots-card pre.bootlog")
     _assert_clean(page, seen, 1, csp)
     page.goto(hostile["server"].url + "#/job/x")
     expect(page.locator("h1")).to_have_text(ALL)

@@ -263,6 +263,16 @@ def boot(cluster: str, instance: str) -> str:
     return boots_prefix(cluster) + safe_name(instance)
 
 
+def parse_boot(key: str) -> tuple[str, str] | None:
+    """(cluster dir, instance) if ``key``, as listed under ``clusters/``, is a boot record's
+    (``clusters/<dir>/boots/<instance>``), else None: not a ledger, an SSH start record
+    or the boots' reset record. Both parts are as listed: show them only as text."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] + "/" != CLUSTERS or parts[2] != "boots":
+        return None
+    return (parts[1], parts[3]) if parts[1] and parts[3] else None
+
+
 def boots_reset(cluster: str) -> str:
     return f"{CLUSTERS}{cluster_dir(cluster)}/boots-reset"
 

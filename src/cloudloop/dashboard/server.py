@@ -7,6 +7,7 @@
     GET /api/jobs                      one row per job
     GET /api/jobs/<id>                 one job's snapshot (progress, chart data, workers, tasks)
     GET /api/jobs/<id>/logs/<index>    {"text": ...}: what the task printed so far
+    GET /api/boots                     {"clusters": [...]}: every cluster's newest ec2 boots
     anything without the token         403
 
 Every response carries a Content-Security-Policy (:data:`CSP`) that allows
@@ -134,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             if parts == ["jobs"]:
                 rows = view.jobs()
                 self._json({"backend": view.backend.url, "jobs": rows, "count": view.job_count})
+            elif parts == ["boots"]:
+                self._json({"clusters": view.boots()})
             elif len(parts) == 2 and parts[0] == "jobs":
                 jv = view.job(parts[1])
                 jv.refresh(view.job_every)

@@ -11,7 +11,10 @@
                                   │ logs:    logs/ listed every `job_every` s while a log is open;
                                   │          each log segment is read once
                                   │ workers: workers/ listed every `job_every` s, shared by all jobs
-                                  └ costs:   clusters/ listed every `cost_every` s (ec2 ledgers)
+                                  │ boots:   clusters/ listed every `list_every` s; a boot record
+                                  │          re-read only while it is booting (.boots)
+                                  └ costs:   ec2 ledgers under clusters/ read every `cost_every`
+                                             s (from the boots' listing when it is recent)
 
 Everything is read through the backend's ``Store`` interface, so the same
 view works for SQLite, S3 and Redis; what a browser polls costs at most the
@@ -46,6 +49,7 @@ from ..job import Job
 from ..model import JobStatus, Outcome, WorkerRecord
 from ..providers import prices
 from ..results import LogParts, better
+from .boots import BootsView
 
 _RECENT_TASKS = 100  # task rows the live page shows (the report shows every task)
 _MAX_FAILURES = 100
@@ -245,10 +249,11 @@ class JobView:
 
 
 _WORKER_FIELDS = ("host", "provider", "instance_type", "market", "state", "task", "progress",
-                  "message", "error", "tasks_done", "last_seen", "rss", "load", "pid")  # fmt: skip
+                  "message", "error", "tasks_done", "last_seen", "rss", "load", "pid",
+                  "python")  # fmt: skip
 # what a page may show of a heartbeat record: text fields (longest kept) and numbers
 _WORKER_TEXT = {"id": 200, "host": 200, "provider": 40, "instance_type": 60, "market": 20,
-                "state": 20, "job": 100, "message": 400, "error": 1000}  # fmt: skip
+                "state": 20, "job": 100, "message": 400, "error": 1000, "python": 20}  # fmt: skip
 _WORKER_COUNTS = ("task", "tasks_done", "pid")  # whole numbers >= 0
 _WORKER_REALS = ("progress", "last_seen", "every", "rss", "load")  # finite numbers >= 0
 
@@ -380,6 +385,8 @@ class DashboardView:
         job_every: minimum seconds between re-reads of a watched job (and of workers/).
         list_every: minimum seconds between listings of the jobs (index/).
         cost_every: minimum seconds between reads of the clusters' instance ledgers.
+
+    ``list_every`` also bounds how often ``clusters/`` is listed for the boots.
     """
 
     def __init__(self, backend: Backend, job_every: float = 2.0, list_every: float = 10.0,
@@ -395,6 +402,9 @@ class DashboardView:
         self._broken: dict[str, tuple[float, str]] = {}  # job id -> (when tried, why)
         self.worker_reads = 0
         self._every = _Every()
+        self._boots = BootsView(backend)
+        self._boot_rows: tuple[tuple[int, int], list[dict[str, Any]]] = ((-1, -1), [])
+        self._cluster_keys: list[str] = []
 
     def workers(self) -> list[dict[str, Any]]:
         """Every worker's latest heartbeat record as :func:`_worker_row` (``live``: seen lately)."""
@@ -454,10 +464,30 @@ class DashboardView:
             })  # fmt: skip
         return rows
 
+    def _clusters(self, max_age: float) -> list[str]:
+        """The keys under ``clusters/`` (ledgers, boots), listed again only when the last
+        listing is ``max_age`` s old: the boots and the costs share one listing."""
+        if self._every("clusters", max_age):
+            self._cluster_keys = self.backend.store.list(keys.CLUSTERS)
+        return self._cluster_keys
+
+    def boots(self) -> list[dict[str, Any]]:
+        """Every cluster's newest boots (:meth:`.boots.BootsView.rows`); ``clusters/``
+        listed at most every ``list_every`` s, the rows recomputed only after that or
+        after the workers were re-read."""
+        if self._every("boots", self.list_every):
+            self._boots.refresh(self._clusters(self.list_every))
+        self.workers()
+        key = (self._boots.reads, self.worker_reads)
+        if self._boot_rows[0] != key:
+            up = {r.instance for r in self._live if r.instance}
+            self._boot_rows = (key, self._boots.rows(up, time.time()))
+        return self._boot_rows[1]
+
     def _ledger_records(self) -> list[prices.LedgerRecord]:
         if self._every("ledger", self.cost_every):
-            store = self.backend.store
-            for key in store.list(keys.CLUSTERS):
+            # the boots' listing, if it is fresh: listings are what S3 bills most
+            for key in self._clusters(min(self.list_every, self.cost_every)):
                 if not keys.is_ledger(key):
                     continue
                 rec = self._ledger.get(key)

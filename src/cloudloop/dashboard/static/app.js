@@ -17,7 +17,7 @@
   const POLL_MS = 2000;
   const app = document.getElementById("app");
   const live = document.getElementById("live");
-  const ui = { open: new Set(), logTask: null, logText: "", timer: null, route: "" };
+  const ui = { open: new Set(), logTask: null, logText: "", timer: null, route: "", boots: "", bootsHtml: "" };
 
   function readSnapshot() {
     const block = document.getElementById("cloudloop-snapshot");
@@ -220,7 +220,7 @@
         ? cat(html`<table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Progress</th><th class="num">Failed</th><th>Started</th>`,
           html`<th class="num">Duration</th><th class="num">ETA</th><th class="num">Cost</th></tr></thead><tbody>${rows}</tbody></table>`)
         : html`<p class="empty">No jobs yet. Run one with <span class="mono">cl.map(fn, items)</span> or <span class="mono">cloudloop run</span>.</p>`),
-      html`</div>`);
+      html`</div><div id="boots">${ui.boots}</div>`);
     app.querySelectorAll("tr.job-row").forEach((tr) =>
       tr.addEventListener("click", () => { location.hash = "#/job/" + encodeURIComponent(tr.dataset.job); }));
   }
@@ -243,14 +243,53 @@
       return cat(html`<tr class="worker-row" data-worker="${w.id}">`,
         html`<td><span class="dot ${w.live ? token(w.state) : ""}"></span><b>${str(w.host) || "?"}</b><div class="mono muted">${w.id}</div></td>`,
         html`<td>${str(w.provider) || "–"}</td><td>${str(w.instance_type) || "–"}</td><td>${market}</td>`,
+        html`<td class="python">${str(w.python) || "–"}</td>`,
         html`<td class="current">${cur}${trouble}</td>`,
         html`<td class="num done-here">${num(w.done_job) || 0}${failedHere ? html` <span class="st-failed">(${failedHere} failed)</span>` : ""}</td>`,
         html`<td class="num">${w.live ? ago(w.last_seen, s.now) : html`<span class="muted">${ago(w.last, s.now)}</span>`}</td>`,
         html`<td class="num">${w.live ? fixed(w.load, 2) : "–"}</td><td class="num">${w.live ? bytes(w.rss) : "–"}</td></tr>`);
     });
-    return cat(html`<table id="workers"><thead><tr><th>Worker</th><th>Provider</th><th>Instance</th><th>Market</th><th>Current task</th>`,
+    return cat(html`<table id="workers"><thead><tr><th>Worker</th><th>Provider</th><th>Instance</th><th>Market</th><th>Python</th><th>Current task</th>`,
       html`<th class="num">Done here</th><th class="num">Heartbeat</th><th class="num">Load</th><th class="num">Task memory</th></tr></thead><tbody>${rows}</tbody></table>`);
   }
+  // ------------------------------------------------------------------ boots (ec2 instances)
+  // GET /api/boots: per cluster its newest boots, as the store tells them (dashboard/boots.py)
+  const BOOT_STATES = { booting: "booting", ready: "ready", failed: "failed", ended: "ended" };
+  function bootSection(data) {
+    const clusters = arr(data && data.clusters).slice(0, 20);
+    if (!clusters.length) return "";
+    const tables = clusters.map((c) => {
+      const boots = arr(c && c.boots).slice(0, 50), total = num(c && c.total) || boots.length;
+      const rows = boots.map((b) => {
+        b = b && typeof b === "object" ? b : {};
+        const state = BOOT_STATES[b.state] || "", log = arr(b.log).map(str);
+        const market = b.market ? html`<span class="tag ${b.market === "spot" ? "spot" : ""}">${b.market}</span>` : "–";
+        return cat(html`<tr class="boot-row" data-instance="${b.instance}">`,
+          html`<td><span class="mono">${b.instance}</span>${b.image ? html`<div class="mono muted">${b.image}</div>` : ""}</td>`,
+          html`<td>${str(b.type) || "–"}</td><td>${market}</td>`,
+          html`<td><span class="pill ${state}">${state || "?"}</span></td>`,
+          html`<td class="boot-words">${b.words}</td><td class="when">${when(b.launched)}</td></tr>`,
+          state === "failed" && log.length
+            ? html`<tr class="boot-log"><td colspan="6"><pre class="bootlog">${log.join("\n")}</pre></td></tr>` : "");
+      });
+      const shown = total > boots.length ? `the latest ${boots.length} of ${total}` : `${boots.length}`;
+      return cat(html`<div class="boot-cluster"><h3>cluster <span class="mono">${c && c.cluster}</span> <span class="muted">· ${shown} boot${total === 1 ? "" : "s"}</span></h3>`,
+        html`<table class="boots"><thead><tr><th>Instance</th><th>Type</th><th>Market</th><th>State</th><th></th><th>Launched</th></tr></thead>`,
+        html`<tbody>${rows}</tbody></table></div>`);
+    });
+    return html`<div class="card" id="boots-card"><h2>Boots</h2>${tables}</div>`;
+  }
+  async function refreshBoots() {  // its own request: a store hiccup here leaves the rest of the page be
+    if (SNAP) return;
+    let data;
+    try { data = await api("boots"); } catch (e) { return; }
+    const shown = bootSection(data), text = part(shown);
+    if (text === ui.bootsHtml) return;
+    ui.boots = shown; ui.bootsHtml = text;
+    const box = document.getElementById("boots");
+    if (box) setHtml(box, shown);
+  }
+
   function problemList(s) {  // what keeps the job from finishing: job.status().problems
     const problems = arr(s.problems).slice(0, 20);
     if (!problems.length) return "";
@@ -331,7 +370,7 @@
       html`<div class="grid2"><div class="card"><h2>Throughput</h2>${throughputChart(s.throughput, chartWidth(app, 0.6))}</div>`,
       html`<div class="card"><h2>Tasks${perNote}</h2><div class="taskmap ${size}" id="taskmap">${cells}</div>${legend()}`,
       html`${durations(s)}</div></div>`,
-      html`<div class="card"><h2>Workers</h2>${workerRows(s)}</div>`,
+      html`<div class="card"><h2>Workers</h2>${workerRows(s)}</div><div id="boots">${ui.boots}</div>`,
       html`<div class="card"><h2>Timeline per worker</h2>${timelineChart(s.timeline, chartWidth(app, 1))}</div>`,
       html`<div class="card" id="failures"><h2>Failures</h2>${failureList(s)}</div>`,
       html`<div class="card" id="logpanel"${ui.logTask == null ? html` hidden` : ""}><div class="row-head"><h2 id="log-title">Log of task ${ui.logTask}</h2>`,
@@ -410,11 +449,13 @@
           if (again) again.scrollTop = top;
         }
         if (ui.logTask != null) await refreshLog(id);
+        await refreshBoots();
         again = !s.ended_at || ui.logTask != null;
         const state = str(s.state);
         setLive(true, s.ended_at ? `${state} · snapshot ${when(s.now)}` : `live · updated ${when(s.now)}`);
       } else {
         renderJobs(await api("jobs"));
+        await refreshBoots();
         setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
       }
     } catch (e) {
