@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from results_md import write_section
 
 WORKERS = 2
 SECTION = "## AWS requests per task (issue 3)"
@@ -417,18 +418,6 @@ def derive(small: tuple[int, Counts], large: tuple[int, Counts], n: int) -> dict
     return out
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = re.search(r"^## ", old[start + len(SECTION) :], re.M)
-        end = start + len(SECTION) + nxt.start() if nxt else len(old)
-        new = old[:start] + text + ("\n" + old[end:] if nxt else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", type=int, default=10_000, help="tasks in workload (a)")
@@ -542,7 +531,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(Path(args.out), text)
+        write_section(Path(args.out), SECTION, text)
         print(f"wrote {args.out}")
 
 

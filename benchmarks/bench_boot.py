@@ -49,6 +49,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from results_md import write_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TESTS = ROOT / "tests"
@@ -504,20 +506,8 @@ def main() -> None:
     print()
     print(text)
     if args.write:
-        write_section(Path(args.out), text)
+        write_section(Path(args.out), SECTION, text)
         print(f"wrote {args.out}")
-
-
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = re.search(r"^## ", old[start + len(SECTION) :], re.M)
-        end = start + len(SECTION) + nxt.start() if nxt else len(old)
-        new = old[:start] + text + ("\n" + old[end:] if nxt else "")
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

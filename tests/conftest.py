@@ -96,6 +96,21 @@ def aws_url(moto_endpoint, request) -> str:
     return f"aws://{bucket}/jobs?region=us-east-1&endpoint={moto_endpoint}"
 
 
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    """A cloud-in-a-box (cloudbox.py), its simulator running; the client has fake keys."""
+    import netns
+    from cloudbox import FAKE_KEYS, CloudBox
+
+    netns.require()
+    for k, v in FAKE_KEYS.items():  # the client's own keys; machines get none
+        monkeypatch.setenv(k, v)
+    (tmp_path / "box").mkdir()
+    box = CloudBox(tmp_path / "box").start()
+    yield box
+    box.close()
+
+
 @pytest.fixture(scope="session")
 def localstack_endpoint(tmp_path_factory):
     """LocalStack's S3 and SQS (implementations of their own, not moto's) in a network

@@ -15,8 +15,6 @@ import sys
 import time
 from importlib import metadata
 
-import netns
-import pytest
 from helpers import wait_for
 
 import cloudloop as cl
@@ -34,19 +32,6 @@ heartbeat = "1s"
 idle_exit = "20s"
 {extra}
 """
-
-
-@pytest.fixture
-def box(tmp_path, monkeypatch):
-    netns.require()
-    from cloudbox import FAKE_KEYS, CloudBox
-
-    for k, v in FAKE_KEYS.items():  # the client's own keys; machines get none
-        monkeypatch.setenv(k, v)
-    (tmp_path / "box").mkdir()
-    box = CloudBox(tmp_path / "box").start()
-    yield box
-    box.close()
 
 
 def client(box, tmp_path, extra=""):

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import netns
-import pytest
 from helpers import long_training, wait_for, worker_records
 
 import cloudloop as cl
@@ -50,19 +48,6 @@ lease = "12s"
 heartbeat = "1s"
 idle_exit = "2m"
 """
-
-
-@pytest.fixture
-def box(tmp_path, monkeypatch):
-    netns.require()
-    from cloudbox import FAKE_KEYS, CloudBox
-
-    for k, v in FAKE_KEYS.items():  # the client's own keys; machines get none
-        monkeypatch.setenv(k, v)
-    (tmp_path / "box").mkdir()
-    box = CloudBox(tmp_path / "box").start()
-    yield box
-    box.close()
 
 
 def cli(*args, cwd, timeout=120):
