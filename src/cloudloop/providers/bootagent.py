@@ -27,7 +27,12 @@ install, so a failure counts against that profile only),
 ``CLOUDLOOP_WHEELHOUSE``, ``CLOUDLOOP_HOME`` and ``CLOUDLOOP_METADATA_URL``.
 
 This file is plain text in the user-data: it holds no secret and trusts
-nothing it fetches without checking it.
+nothing it fetches without checking it. What it sends has the credentials of
+any URL (``https://user:token@host``) taken out. A report is worth less than
+the boot it describes: it gives up after :data:`REPORT_SECONDS` (the phase
+stays in ``boot.json`` on the machine, so the next report that gets through
+carries it), while fetching the wheelhouse retries for as long as the boot's
+watchdog lets it.
 """
 
 import datetime
@@ -43,14 +48,34 @@ import urllib.parse
 import urllib.request
 
 TAIL = 4000  # bytes of the bootstrap log a failed boot carries
-WHEEL = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
+WHEEL = re.compile(r"[A-Za-z0-9_.+-]+\.whl")  # a wheel's file name (fullmatch), no path
+SHA256 = re.compile(r"[0-9a-f]{64}")
+REPORT_SECONDS = 20.0  # a report that cannot reach the store by then gives up
+CREDENTIALS_SECONDS = 30.0  # a new instance profile's credentials may show up late
+MAX_PHASES = 50  # what a reader accepts (providers/boots.py)
+USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,30}://)[^/?#@\s]*@")
+
+
+class Refused(Exception):
+    """The store or instance metadata would not do what was asked (said in one line)."""
+
+
+def text(value):
+    """A str from the environment or argv as the bytes were (Python 3.6 in the C locale
+    reads them as ASCII with surrogates; 3.7+ coerces the locale to UTF-8)."""
+    return os.fsencode(value).decode("utf-8", "replace")
+
+
+def redact(value):
+    """``value`` with the credentials of every URL in it replaced by ``***``."""
+    return USERINFO.sub(r"\1***@", value)
 
 
 def env(name, default=None):
     value = os.environ.get(name, default)
     if value is None:
         raise SystemExit(f"bootagent: {name} is not set")
-    return value
+    return text(value)
 
 
 # ---------------------------------------------------------------- instance metadata
@@ -71,6 +96,24 @@ def metadata(path, token=None):
     return urllib.request.urlopen(req, timeout=5).read().decode(), token
 
 
+def credentials(token):
+    """The instance profile's credentials; waits a while for them to appear (IMDS
+    answers 404 until EC2 has them, which can take seconds for a new profile)."""
+    deadline = time.monotonic() + CREDENTIALS_SECONDS
+    while True:
+        try:
+            role = metadata("iam/security-credentials/", token)[0].strip().splitlines()
+            if role:
+                return json.loads(metadata("iam/security-credentials/" + role[0], token)[0])
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise
+        if time.monotonic() > deadline:
+            raise Refused("instance metadata has no instance-profile credentials "
+                          "(does the launch template name the instance profile?)")  # fmt: skip
+        time.sleep(1)
+
+
 def identity():
     """(instance id, image id, region, credentials) from instance metadata."""
     iid, token = metadata("instance-id")
@@ -85,8 +128,7 @@ def identity():
             out[name] = metadata(path, token)[0]
         except (OSError, urllib.error.URLError):
             out[name] = None
-    role = metadata("iam/security-credentials/", token)[0].strip().splitlines()[0]
-    creds = json.loads(metadata("iam/security-credentials/" + role, token)[0])
+    creds = credentials(token)
     out["creds"] = (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("Token"))
     return out
 
@@ -103,6 +145,7 @@ class Bucket:
         self.region = query.get("region") or region or "us-east-1"
         self.endpoint = query.get("endpoint")
         self.creds = creds
+        self.deadline = None  # time.monotonic() by which requests give up (None: retries only)
 
     def _url(self, key):
         path = urllib.parse.quote(self.prefix + key, safe="/-_.~")
@@ -146,22 +189,63 @@ class Bucket:
         return url, headers
 
     def request(self, method, key, body=b""):
-        url, headers = self.signed(method, key, body)
-        if method == "PUT":  # not urllib's default, a form (which a server may parse as one)
-            headers["content-type"] = "application/octet-stream"
-        req = urllib.request.Request(url, data=body if method == "PUT" else None,
-                                     method=method, headers=headers)  # fmt: skip
+        """The response's body; :class:`Refused` naming the request and S3's reason.
+
+        A bucket in another region than the one signed for (the backend URL names
+        none, and the instance's is not the bucket's) makes S3 answer 301 or 400 with
+        its region in ``x-amz-bucket-region``: the request is signed again for that
+        one, as botocore does."""
         for attempt in range(5):
+            timeout = 60.0
+            if self.deadline is not None:
+                timeout = min(timeout, self.deadline - time.monotonic())
+                if timeout <= 0:
+                    raise Refused(f"{method} {key}: no answer from the store in time")
+            url, headers = self.signed(method, key, body)  # signed now: a retry is not stale
+            if method == "PUT":  # not urllib's default, a form (which a server may parse as one)
+                headers["content-type"] = "application/octet-stream"
+            req = urllib.request.Request(url, data=body if method == "PUT" else None,
+                                         method=method, headers=headers)  # fmt: skip
             try:
-                return urllib.request.urlopen(req, timeout=60).read()
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    return r.read()
             except urllib.error.HTTPError as e:
+                moved = e.headers.get("x-amz-bucket-region") if e.headers else None
+                if (
+                    e.code in (301, 307, 400) and moved and moved != self.region
+                    and re.fullmatch(r"[a-z]{2}(-[a-z0-9]+){1,3}", moved)  # it becomes a host
+                ):  # fmt: skip
+                    self.region = moved  # re-signed (and re-addressed) for the bucket's own
+                    continue
                 if e.code < 500 or attempt == 4:
-                    raise
-            except (OSError, urllib.error.URLError):
+                    why = f"{e.code} {s3_code(e)}{hint(method, e.code)}"
+                    raise Refused(f"{method} {key}: {why}") from None
+                why = f"{e.code} {s3_code(e)}"
+            except (OSError, urllib.error.URLError) as e:
+                why = str(getattr(e, "reason", e))
                 if attempt == 4:
-                    raise
-            time.sleep(1 + 2 * attempt)
+                    raise Refused(f"{method} {key}: {why}") from None
+            pause = 1 + 2 * attempt
+            if self.deadline is not None and time.monotonic() + pause >= self.deadline:
+                raise Refused(f"{method} {key}: {why}; no answer from the store in time")
+            time.sleep(pause)
         raise AssertionError("unreachable")
+
+
+def s3_code(error):
+    """S3's error code (``NoSuchKey``, ``AccessDenied``) from an error response, or its reason."""
+    try:
+        found = re.search(rb"<Code>([A-Za-z0-9.]{1,64})</Code>", error.read(4096))
+    except (OSError, ValueError):
+        found = None
+    return found.group(1).decode() if found else str(error.reason)
+
+
+def hint(method, code):
+    if method == "GET" and code in (403, 404):
+        # S3 answers 403, not 404, for a missing object to a role that may not list it
+        return " (not in the store, or this instance's role may not read it)"
+    return ""
 
 
 # ---------------------------------------------------------------- signed records
@@ -203,56 +287,88 @@ class Agent:
 
     @property
     def key(self):
+        if isinstance(self._key, Refused):  # asked once already: no second wait
+            raise self._key
         if self._key is None:
-            self._key = self.bucket.request("GET", ".secret.key")
+            try:
+                self._key = self.bucket.request("GET", ".secret.key")
+            except Refused as e:
+                self._key = e
+                raise
         return self._key
 
     def record_name(self):
         return "clusters/{}/boots/{}".format(cluster_dir(env("CLOUDLOOP_CLUSTER")),
                                              safe_name(self.me["instance"]))  # fmt: skip
 
-    def launched(self):
-        """The launcher's record of this instance (its launch time), checked, or None."""
+    def fresh(self):
+        """A record of this boot with nothing in it yet."""
+        return {
+            "instance": self.me["instance"], "image": self.me["image"], "type": self.me["type"],
+            "market": self.me["market"], "config": os.environ.get("CLOUDLOOP_BOOT_CONFIG", ""),
+            "by": "instance", "phases": [],
+        }  # fmt: skip
+
+    def launched(self, record):
+        """``record`` with the launcher's word on this instance (its launch time, its image,
+        type and market as EC2 described them) where the store has it, signed and sound."""
         name = self.record_name()
         try:
-            record = json.loads(verify(self.key, self.bucket.request("GET", name), name))
-        except (OSError, ValueError, SystemExit, urllib.error.URLError):
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get("phases"), list):
-            return None
-        record["phases"] = [p for p in record["phases"][:1] if p and p[0] == "launched"]
+            found = json.loads(verify(self.key, self.bucket.request("GET", name), name))
+        except (Refused, ValueError, SystemExit):
+            return record
+        if not isinstance(found, dict):
+            return record
+        for field in ("image", "type", "market", "config"):
+            if isinstance(found.get(field), str):
+                record[field] = found[field][:200]
+        first = found.get("phases")
+        first = first[0] if isinstance(first, list) and first else None
+        if (
+            isinstance(first, list) and len(first) == 3 and first[0] == "launched"
+            and type(first[1]) in (int, float) and 0 < first[1] < 2**33
+        ):  # fmt: skip
+            record["phases"] = [["launched", first[1], ""]]
         return record
 
     def report(self, phase, detail="", log=None):
+        import fcntl  # here: the client imports this module (redact) on any platform
+
         state_file = os.path.join(self.home, "boot.json")
-        try:
-            with open(state_file) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            record = self.launched() or {
-                "instance": self.me["instance"], "image": self.me["image"],
-                "type": self.me["type"], "market": self.me["market"],
-                "config": os.environ.get("CLOUDLOOP_BOOT_CONFIG", ""), "by": "instance",
-                "phases": [],
-            }  # fmt: skip
-        record["phases"].append([phase, time.time(), detail[:400]])
-        record["by"] = "instance"
-        if phase == "failed":
-            record["failed"] = detail[:400]
-            if log:
-                try:
-                    with open(log, "rb") as f:
-                        f.seek(0, 2)
-                        f.seek(max(0, f.tell() - TAIL))
-                        record["log"] = f.read().decode("utf-8", "replace")
-                except OSError:
-                    pass
-        with open(state_file + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(state_file + ".tmp", state_file)
-        name = self.record_name()
-        data = json.dumps(record, separators=(",", ":")).encode()
-        self.bucket.request("PUT", name, sign(self.key, data, name))
+        with open(state_file + ".lock", "a") as lock:  # the watchdog may report meanwhile
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.bucket.deadline = time.monotonic() + REPORT_SECONDS
+            try:
+                with open(state_file, encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                record = self.launched(self.fresh())
+            detail = redact(detail)[:400]
+            if "failed" in record:  # the first failure is the cause; what follows, its echo
+                print(f"bootagent: this boot failed already ({record['failed']}); not {detail!r}")
+            elif len(record["phases"]) < MAX_PHASES:
+                record["phases"].append([phase, time.time(), detail])
+                if phase == "failed":
+                    record["failed"] = detail
+                    if log:
+                        try:
+                            with open(log, "rb") as f:
+                                f.seek(0, 2)
+                                cut = f.tell() > TAIL
+                                f.seek(max(0, f.tell() - TAIL))
+                                tail = f.read().decode("utf-8", "replace")
+                            if cut:  # its first line is a part of one (of a URL, say)
+                                tail = tail.partition("\n")[2]
+                            record["log"] = redact(tail)
+                        except OSError:
+                            pass
+            record["by"] = "instance"
+            with open(state_file + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            os.replace(state_file + ".tmp", state_file)
+            name = self.record_name()
+            data = json.dumps(record, separators=(",", ":")).encode()
+            self.bucket.request("PUT", name, sign(self.key, data, name))
 
     def fetch(self, dest):
         digest = env("CLOUDLOOP_WHEELHOUSE")
@@ -260,24 +376,33 @@ class Agent:
             raise SystemExit(f"bootagent: {digest!r} is not a wheelhouse digest")
         name = f"wheelhouse/{digest}/manifest"
         manifest = json.loads(verify(self.key, self.bucket.request("GET", name), name))
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        install = manifest.get("install") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not isinstance(install, list):
+            raise SystemExit(f"bootagent: {name} is not a wheelhouse manifest")
+        for wheel, sha in sorted(files.items()):  # all of it checked before anything is kept
+            if not WHEEL.fullmatch(wheel) or wheel.startswith("."):
+                raise SystemExit(f"bootagent: the manifest names {wheel!r}, which is not a wheel")
+            if not isinstance(sha, str) or not SHA256.fullmatch(sha):
+                raise SystemExit(f"bootagent: the manifest's digest of {wheel} is not a SHA-256")
+        if not all(isinstance(x, str) for x in install):
+            raise SystemExit(f"bootagent: {name} is not a wheelhouse manifest")
         os.makedirs(dest, exist_ok=True)
         total = 0
-        for wheel, sha in sorted(manifest["files"].items()):
-            if not WHEEL.match(wheel):
-                raise SystemExit(f"bootagent: the manifest names {wheel!r}, which is not a wheel")
+        for wheel, sha in sorted(files.items()):
             data = self.bucket.request("GET", f"wheelhouse/{digest}/files/{wheel}")
             if hashlib.sha256(data).hexdigest() != sha:
                 raise SystemExit(f"bootagent: {wheel} does not match its manifest's digest")
             with open(os.path.join(dest, wheel), "wb") as f:
                 f.write(data)
             total += len(data)
-        n = len(manifest["files"])
-        print(f"fetched {n} wheels ({total / 1e6:.1f} MB) from wheelhouse {digest}")
-        with open(os.path.join(dest, "install.txt"), "w") as f:
-            f.write("\n".join(manifest["install"]) + "\n")
+        print(f"fetched {len(files)} wheels ({total / 1e6:.1f} MB) from wheelhouse {digest}")
+        with open(os.path.join(dest, "install.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(install) + "\n")
 
 
 def main(argv):
+    argv = [text(a) for a in argv]
     if len(argv) >= 2 and argv[0] == "report":
         detail = argv[argv.index("--detail") + 1] if "--detail" in argv else ""
         log = argv[argv.index("--log") + 1] if "--log" in argv else None
@@ -295,5 +420,7 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
+    except Refused as e:
+        raise SystemExit(f"bootagent: {e}") from None
     except (OSError, ValueError, KeyError, urllib.error.URLError) as e:
         raise SystemExit(f"bootagent: {type(e).__name__}: {e}") from None

@@ -9,7 +9,9 @@ the first one (``launched``) itself, so an instance that never says a word
                    └──────────┴──────────┴─────────► failed (reason, log tail)
 
 A boot *failed* if it says so, or if its instance is gone without having
-started workers. :meth:`Boots.hold` is the rule that ends launch loops: after
+started workers, unless the client itself ended it meanwhile (``down``, an
+Executor's pool, ``max_cost``: :meth:`Boots.stopped`), which counts for
+nothing. :meth:`Boots.hold` is the rule that ends launch loops: after
 ``limit`` failed boots in a row with the profile's current config (what the
 instances were told to install; another config is a changed profile), the
 cluster launches nothing until the profile changes or ``cloudloop resume``
@@ -17,31 +19,43 @@ cluster launches nothing until the profile changes or ``cloudloop resume``
 started workers within the boot deadline, to be terminated.
 
 These records come from machines, so :meth:`BootRecord.from_dict` checks
-every field; only what passed is shown.
+every field; only what passed is shown: text bounded, without control or
+bidirectional characters or credentials in URLs, times of this era, and a
+record only under its own instance's key (any instance holds the backend's
+key, but it speaks for itself only).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..errors import TamperedError
 from ..model import finite, format_seconds
+from .bootagent import redact
 
 if TYPE_CHECKING:
     from ..backends import Backend
 
 PHASES = ("launched", "started", "python", "environment", "workers", "failed", "ended")
 GRACE = 60.0  # an instance missing from describe calls this soon after launch may just be new
-_CONTROL = {c: "?" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+# control characters (escape sequences), and the bidirectional and invisible format
+# characters that make a terminal show text in another order than it is
+_CONTROL = {c: "?" for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x200B, 0x2010),
+                             *range(0x2028, 0x202F), *range(0x2060, 0x2070), 0xFEFF]}  # fmt: skip
+_LATEST = 2.0**33  # unix time in the year 2242: a phase later than that is garbage
 
 
 def _text(value: Any, name: str, limit: int = 200) -> str:
     if not isinstance(value, str):
         raise ValueError(f"boot record field {name!r} must be text")
-    return value[:limit].translate(_CONTROL)
+    # credentials out before the cut (which could leave half of one); a lone surrogate
+    # (JSON's "\udc80") cannot be printed at all: it becomes "?"
+    value = redact(value[: limit + 1024])[:limit].encode("utf-8", "replace").decode("utf-8")
+    return value.translate(_CONTROL)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class BootRecord:
         image, type, market: as the instance (or its launcher) saw them.
         failed: why the boot failed, in words (None: it did not say so).
         log: the tail of its bootstrap log, when it failed (lines, control characters removed).
+        stopped: who ended it before its workers started (``cloudloop down``), if the client did.
     """
 
     instance: str
@@ -65,6 +80,7 @@ class BootRecord:
     market: str | None = None
     failed: str | None = None
     log: tuple[str, ...] = ()
+    stopped: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> BootRecord:
@@ -81,11 +97,12 @@ class BootRecord:
                 or p[0] not in PHASES
                 or type(p[1]) not in (int, float)
                 or not finite(p[1])
+                or not 0 <= p[1] < _LATEST
             ):
-                raise ValueError("a boot phase is [name, time, detail] with a known name")
+                raise ValueError("a boot phase is [name, unix time, detail] with a known name")
             out.append((p[0], float(p[1]), _text(p[2], "detail", 400)))
         opt: dict[str, Any] = {}
-        for name in ("image", "type", "market", "failed"):
+        for name in ("image", "type", "market", "failed", "stopped"):
             if data.get(name) is not None:
                 opt[name] = _text(data[name], name, 400)
         log = data.get("log")
@@ -117,7 +134,8 @@ class BootRecord:
         return self.has("workers")
 
     def outcome(self, live: set[str], now: float) -> tuple[str, str]:
-        """("booting" | "ready" | "failed" | "ended", words) given the instances alive now."""
+        """("booting" | "ready" | "failed" | "ended" | "stopped", words) given the instances
+        alive now ("stopped": the client ended it before its workers started)."""
         last_phase, last_t, _ = self.phases[-1]
         took = format_seconds(max(0.0, last_t - self.launched))
         if self.failed is not None or self.has("failed"):
@@ -129,6 +147,8 @@ class BootRecord:
             if gone or last_phase == "ended":
                 return "ended", words + "; ended"
             return "ready", words
+        if self.stopped is not None:
+            return "stopped", f"stopped by {self.stopped} while booting ({last_phase})"
         if gone:
             if last_phase == "launched":
                 return "failed", (
@@ -159,14 +179,34 @@ class Boots:
             "market": market, "by": "client", "phases": [["launched", time.time(), ""]],
         }, if_absent=True)  # fmt: skip
 
+    def stopped(self, instances: Iterable[str], by: str) -> None:
+        """The client ends ``instances`` (``by``: "cloudloop down", ...): those still
+        booting did not fail, and count for nothing (:meth:`failed_in_a_row`)."""
+        for iid in instances:
+            key = keys.boot(self.cluster, iid)
+            try:
+                data = self.backend.get_record(key, "a boot record")
+                r = BootRecord.from_dict(data) if data is not None else None
+            except (TamperedError, ValueError):
+                continue
+            if r is None or r.instance != iid or r.ready or r.failed or r.has("failed"):
+                continue
+            data["stopped"] = by
+            if len(data["phases"]) < 50:
+                data["phases"].append(["ended", time.time(), f"stopped by {by}"])
+            self.backend.put_record(key, data)
+
     def records(self) -> list[BootRecord]:
-        """Every readable record, oldest launch first (forged or garbled ones are left out)."""
+        """Every readable record, oldest launch first (forged or garbled ones, and those
+        that speak for another instance than their key's, are left out)."""
         out = []
         for key in self.backend.store.list(keys.boots_prefix(self.cluster)):
             try:
                 data = self.backend.get_record(key, "a boot record")
                 if data is not None:
-                    out.append(BootRecord.from_dict(data))
+                    r = BootRecord.from_dict(data)
+                    if keys.boot(self.cluster, r.instance) == key:
+                        out.append(r)
             except (TamperedError, ValueError):
                 continue
         return sorted(out, key=lambda r: r.launched)
@@ -184,18 +224,23 @@ class Boots:
         return float(at) if isinstance(at, (int, float)) and finite(at) else 0.0
 
     def failed_in_a_row(
-        self, config: str, live: set[str], now: float | None = None
+        self,
+        config: str,
+        live: set[str],
+        now: float | None = None,
+        records: list[BootRecord] | None = None,
     ) -> list[tuple[BootRecord, str]]:
         """The latest boots with ``config`` that failed, up to the last one that did not
-        (boots still under way are passed over), newest first, with their reasons."""
+        (boots still under way, of another config or from before the last reset are
+        passed over), newest first, with their reasons. ``records``: as read already."""
         now = now or time.time()
         since = self._reset_at()
         out = []
-        for r in reversed(self.records()):
+        for r in reversed(self.records() if records is None else records):
             if r.config != config or r.launched < since:
                 continue
             state, words = r.outcome(live, now)
-            if state == "booting":
+            if state in ("booting", "stopped"):
                 continue
             if state != "failed":
                 break
@@ -220,5 +265,5 @@ class Boots:
             r.instance
             for r in self.records()
             if r.instance in live and not r.ready and not r.has("failed")
-            and now - r.launched > deadline
+            and r.stopped is None and now - r.launched > deadline
         ]  # fmt: skip

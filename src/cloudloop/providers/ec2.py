@@ -173,8 +173,20 @@ class Ec2Cluster(Cluster):
     def down(self, purge: bool = False) -> Report:
         """Terminate the instances, delete fleets, cancel spot requests (``purge``:
         the backend's data, queues and bucket too); each step runs even if one fails."""
+        said = self._stopping("cloudloop down")
         lines, ok = self.teardown.down(purge=purge)
-        return Report(tuple(lines or ["nothing was running"]), ok)
+        return Report(tuple(said + lines or ["nothing was running"]), ok)
+
+    def _stopping(self, by: str, ids: list[str] | None = None) -> list[str]:
+        """Boots the client is about to end (all live instances' by default) are not
+        failed boots (Boots.stopped); trouble saying so is a line, not a stop."""
+        try:
+            if ids is None:
+                ids = [i["id"] for i in self.inventory.instances()]
+            self.launcher.boots.stopped(ids, by)
+        except Exception as e:  # teardown goes on whatever the store says
+            return [f"could not note in the store that {by} ended booting instances: {e}"]
+        return []
 
     def ls(self) -> Report:
         """One line per instance (type, market, zone, state, age, price, boot), the bill,
@@ -215,12 +227,10 @@ class Ec2Cluster(Cluster):
             lines.append(r.line(live, now))
             lines += [f"    | {x}" for x in r.log[-5:]]
         if failed:
+            # the run that holds launches back (Boots.hold), for the config of the latest
+            # boot that ended: since the last `cloudloop resume`, other configs passed over
             recent = [r for r in reversed(records) if r.outcome(live, now)[0] != "booting"]
-            run = 0
-            for r in recent:
-                if r.outcome(live, now)[0] != "failed" or r.config != recent[0].config:
-                    break
-                run += 1
+            run = len(self.launcher.boots.failed_in_a_row(recent[0].config, live, now, records))
             if run >= self.settings.max_failed_boots:
                 lines.append(f"launching stopped: the last {run} boots failed; fix the profile "
                              "(a changed profile launches again) or `cloudloop resume`")  # fmt: skip
@@ -228,6 +238,7 @@ class Ec2Cluster(Cluster):
 
     def cleanup(self, purge: bool = False) -> Report:
         """``down``, then everything ``init`` and launching made (template, role, group)."""
+        self._stopping("cloudloop cleanup")
         lines, ok = self.teardown.cleanup(purge=purge)
         return Report(tuple(lines or ["nothing to clean up"]), ok)
 
@@ -266,12 +277,13 @@ class Ec2Cluster(Cluster):
             "workers still leave by themselves when idle)")  # fmt: skip
         quiet_since = None
         said: dict[str, str] = {}  # instance -> what was last said of its boot
-        last_launch = ""
+        last_held = ""  # why launches were held back when that was last said
         while True:
             stats = self.backend.queue.stats()
             live = self.inventory.instances()
             spent, _ = self.billing.cost()
             if s.max_cost is not None and spent >= s.max_cost:
+                self._stopping("max_cost")
                 ids = self.inventory.terminate()
                 say(f"max_cost ${s.max_cost:.2f} reached (${spent:.2f} spent): "
                     f"terminated {len(ids)} instance(s)")  # fmt: skip
@@ -280,10 +292,15 @@ class Ec2Cluster(Cluster):
                 say(line)
             add = self.launcher.wanted(stats.total, len(live), wpi)
             if add > 0 and not self.paused():
-                text = str(self.launcher.launch(add))
-                if text != last_launch:  # a launch held back says so once, not every round
-                    say(text)
-                last_launch = text if "boots in a row failed" in text else ""
+                report = self.launcher.launch(add)
+                # a launch held back says so once, not every round (the rest of its report,
+                # such as the seconds the environment took, changes from round to round)
+                held = "" if report.started else "\n".join(
+                    x for x in report.failed if "boots in a row failed" in x
+                )  # fmt: skip
+                if not held or held != last_held:
+                    say(str(report))
+                last_held = held
             if stats.total or live:
                 quiet_since = None
             elif quiet_since is None:
@@ -299,6 +316,9 @@ class Ec2Cluster(Cluster):
         now, out = time.time(), []
         boots = self.launcher.boots
         late = boots.overdue(live, self.settings.boot_timeout, now)
+        if late:  # its workers' heartbeats say more than a record whose last report was lost
+            serving = {w.instance for w in self.workers() if w.instance}
+            late = [i for i in late if i not in serving]
         if late:
             self.inventory.terminate(late)
             out.append(f"terminated {', '.join(late)}: no worker within boot_timeout "
@@ -329,7 +349,9 @@ class Ec2Pool(WorkerPool):
 
     def stop(self, timeout: float = 10.0) -> None:
         live = {i["id"] for i in self.cluster.inventory.instances()}
-        self.cluster.inventory.terminate([i for i in self.ids if i in live])
+        mine = [i for i in self.ids if i in live]
+        self.cluster._stopping("its Executor's shutdown", mine)
+        self.cluster.inventory.terminate(mine)
 
 
 class Ec2Provider(Provider):

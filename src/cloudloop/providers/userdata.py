@@ -118,17 +118,29 @@ base64 -d >"$AGENT.gz" <<'AGENT_EOF'
 {_agent()}
 AGENT_EOF
 gzip -dc "$AGENT.gz" >"$AGENT" && rm -f "$AGENT.gz"
+# the boot agent needs Python 3.6 or later (any of the image's, standard library only)
+find_anypy() {{
+  local p path
+  for p in "python$WANT" python3 python; do
+    path=$(command -v "$p") || continue
+    if "$path" -I -c 'import sys; sys.exit(sys.version_info < (3, 6))' 2>/dev/null; then
+      ANYPY=$path; return 0
+    fi
+  done
+  return 1
+}}
 ANYPY=""
-for p in "python$WANT" python3 python; do
-  if command -v "$p" >/dev/null; then ANYPY=$(command -v "$p"); break; fi
-done
+find_anypy
 report() {{
   if [ -n "$ANYPY" ]; then "$ANYPY" -I "$AGENT" report "$@" || echo "could not report: $*"; fi
 }}
 fail() {{
   echo "boot failed: $1"
-  report failed --detail "$1" --log "$LOG"
-  if [ -w /dev/console ]; then echo "cloudloop boot failed: $1" >/dev/console; fi
+  # the first failure (the watchdog's or the boot's own) is the one reported
+  if mkdir "$HOME_DIR/failed" 2>/dev/null; then
+    report failed --detail "$1" --log "$LOG"
+    if [ -w /dev/console ]; then echo "cloudloop boot failed: $1" >/dev/console; fi
+  fi
   shutdown -h now
   exit 1
 }}
@@ -137,15 +149,15 @@ step() {{
   echo "$what: $*"
   "$@" || fail "$what failed (exit $?; the log's tail is below)"
 }}
-if [ -z "$ANYPY" ]; then
-  echo "no python at all on this image: cannot report to the store"
-  if [ -w /dev/console ]; then echo "cloudloop boot failed: no python3 on this image" >/dev/console; fi
-fi
-report started
 ( sleep {int(b.boot_timeout)}
   if [ ! -e "$HOME_DIR/serving" ]; then
     fail "no worker served within {int(b.boot_timeout)} s of boot (boot_timeout)"
   fi ) &
+if [ -z "$ANYPY" ]; then
+  echo "no python 3.6 or later on this image: cannot report to the store"
+  if [ -w /dev/console ]; then echo "cloudloop boot failed: no python3 on this image" >/dev/console; fi
+fi
+report started
 version_of() {{ "$1" -I -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }}
 SEEN=""
 find_python() {{
@@ -167,7 +179,7 @@ if ! find_python; then
   elif command -v apt-get >/dev/null; then
     apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "python$WANT" "python$WANT-venv"
   fi
-  ANYPY=${{ANYPY:-$(command -v "python$WANT" || true)}}
+  [ -n "$ANYPY" ] || find_anypy
   IMAGE=$([ -n "$ANYPY" ] && "$ANYPY" -I "$AGENT" image || echo "this image")
   find_python || fail "no python$WANT on $IMAGE (${{SEEN:-no python3 either}}) and its package manager could not install it: set image = or python = in the profile"
 fi

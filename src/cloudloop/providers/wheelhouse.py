@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .. import __version__, keys
-from ..errors import ConfigError
+from ..errors import ConfigError, TamperedError
+from .bootagent import redact
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -96,8 +98,12 @@ def digest(
 ) -> str:
     where = f"{target.python}|{target.arch}" if target else str(sys.version_info[:2])
     h = hashlib.sha256(f"{__version__}|{where}|{extras}|{requirements}".encode())
-    if tree is not None:
-        for path in sorted((tree / "src").rglob("*.py")) + [tree / "pyproject.toml"]:
+    if tree is not None:  # every file its wheel holds (the dashboard's .js and .css too)
+        files = [
+            p for p in (tree / "src").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        ]  # fmt: skip
+        for path in sorted(files) + [tree / "pyproject.toml"]:
             h.update(str(path.relative_to(tree)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -130,6 +136,24 @@ def build(
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _build(tree, extras, requirements, target, tmp)
+    except BaseException:  # a failure, or ^C: nothing half-made stays in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _build(
+    tree: Path | None,
+    extras: tuple[str, ...],
+    requirements: tuple[str, ...],
+    target: Target | None,
+    tmp: Path,
+) -> None:
     spec = str(tree) if tree else f"cloudloop=={__version__}"
     pip = [sys.executable, "-m", "pip"]
     quiet = ["--quiet", "--disable-pip-version-check"]
@@ -150,19 +174,47 @@ def build(
             cmd[cmd.index("{own}")] = _extras(str(own), extras)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-            shown = " ".join(c for c in cmd[3:] if not c.startswith("--") and c not in quiet)
+            tail = redact("\n".join((r.stderr or r.stdout).strip().splitlines()[-15:]))
+            shown = ", ".join(redact(x) for x in (_extras(spec, extras), *requirements))
             raise ConfigError(f"could not build the wheels workers install from ({shown}):\n{tail}")
     (tmp / ".complete").write_text(spec + "\n")
-    if dest.exists():
-        shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
 
 
 def _extras(spec: str, extras: tuple[str, ...]) -> str:
     return spec + (f"[{','.join(extras)}]" if extras else "")
+
+
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_PLAIN = re.compile(_NAME + r"\s*(?:\[[^\]]*\])?\s*(?:[(<>=!~;].*)?", re.S)
+_BY_URL = re.compile(r"(" + _NAME + r"\s*(?:\[[^\]]*\])?)\s*@\s*\S+\s*(;.*)?", re.S)
+
+
+def install_specs(requirements: tuple[str, ...]) -> tuple[str, ...]:
+    """What instances ``pip install --no-index`` from the wheelhouse for ``requirements``:
+    a requirement by name as it is; one by URL or path (``name @ git+https://…``) by its
+    name, since the wheel built here is what they install (the URL may be out of their
+    reach, and its credentials would sit in the user-data).
+
+    Raises:
+        ConfigError: a URL or path without a name (``./pkg``, ``git+https://…``).
+    """
+    out = []
+    for req in requirements:
+        req = req.strip()
+        if _PLAIN.fullmatch(req):
+            out.append(req)
+            continue
+        m = _BY_URL.fullmatch(req)
+        if not m:
+            raise ConfigError(
+                f"requirement {redact(req)!r} names no distribution, so instances cannot "
+                "install it from the wheelhouse: write it as 'NAME @ URL' (a path as "
+                "'NAME @ file:///absolute/path')"
+            )
+        out.append(
+            re.sub(r"\s+", "", m.group(1)) + (f"; {m.group(2)[1:].strip()}" if m.group(2) else "")
+        )
+    return tuple(out)
 
 
 def wheels(path: Path) -> list[Path]:
@@ -200,25 +252,34 @@ def publish(
     The wheels go to ``wheelhouse/<digest>/files/<name>`` as they are; the
     manifest (signed: each wheel's SHA-256, and the pip specs to install) is
     written last, so a half-finished upload is never used. A wheelhouse the
-    store holds already costs one listing.
+    store holds already (its manifest verifies) costs one listing and one read;
+    without one, every wheel is uploaded again: what an upload cut short left
+    (or another client's, built from an sdist to other bytes) is not trusted.
+
+    Raises:
+        ConfigError: a requirement the wheelhouse cannot hold (:func:`install_specs`), or
+            one pip could not build or fetch; nothing is uploaded then.
     """
     t0 = time.monotonic()
+    specs = install_specs(tuple(requirements))
     path = build(extras, requirements, target=target)
     dig = path.name  # build's cache directory is named by its digest
     have = set(backend.store.list(keys.wheelhouse_prefix(dig)))
     spec = _extras("cloudloop", extras) + f"=={own_version(path)}"
-    install = (spec, *requirements)
+    install = (spec, *specs)
     manifest_key = keys.wheelhouse_manifest(dig)
     if manifest_key in have:
-        return Published(dig, install, 0, 0, time.monotonic() - t0)
+        try:
+            if isinstance(backend.get_record(manifest_key, "a wheelhouse manifest"), dict):
+                return Published(dig, install, 0, 0, time.monotonic() - t0)
+        except TamperedError:
+            pass  # not of this backend's key: no instance would use it; written again
     files, sent, size = {}, 0, 0
     for whl in wheels(path):
         data = whl.read_bytes()
         files[whl.name] = hashlib.sha256(data).hexdigest()
-        key = keys.wheelhouse_file(dig, whl.name)
-        if key not in have:
-            backend.store.put(key, data)
-            sent, size = sent + 1, size + len(data)
+        backend.store.put(keys.wheelhouse_file(dig, whl.name), data)
+        sent, size = sent + 1, size + len(data)
     target = target or Target.here()
     backend.put_record(manifest_key, {"files": files, "install": list(install),
                                       "python": target.python, "arch": target.arch})  # fmt: skip
