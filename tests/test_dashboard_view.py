@@ -270,3 +270,17 @@ def test_dashboard_on_a_busy_port_says_so(url, capsys):
         port = taken.getsockname()[1]
         assert cli_main(["dashboard", "--backend", url, "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_boot_a_client_stopped_shows_as_stopped_not_failed():
+    import time
+
+    from cloudloop.dashboard.boots import outcome
+    from cloudloop.providers.boots import BootRecord
+
+    now = time.time()
+    r = BootRecord.from_dict({"instance": "i-x", "stopped": "cloudloop down",
+                              "phases": [["launched", now - 2000, ""],
+                                         ["ended", now - 1990, "stopped by cloudloop down"]]})  # fmt: skip
+    state, words = outcome(r, set(), now)
+    assert state == "stopped" and "stopped by cloudloop down" in words

@@ -47,7 +47,8 @@ RETRY_UNREADABLE = 300.0
 
 
 def outcome(r: BootRecord, workers: set[str], now: float) -> tuple[str, str]:
-    """("booting" | "ready" | "failed" | "ended", words) from the store alone.
+    """("booting" | "ready" | "failed" | "ended" | "stopped", words) from the store alone
+    ("stopped": a client ended it before its workers started, which is not a failure).
 
     Args:
         r: the boot record.
@@ -55,7 +56,7 @@ def outcome(r: BootRecord, workers: set[str], now: float) -> tuple[str, str]:
         now: the time to judge by.
     """
     last_phase, last_t, _ = r.phases[-1]
-    if r.failed is not None or r.has("failed"):
+    if r.failed is not None or r.has("failed") or r.stopped is not None:
         return r.outcome(set(), now)
     if r.ready:
         at = next(t for p, t, _ in r.phases if p == "workers")
@@ -102,7 +103,8 @@ class BootsView:
             and now - self._unreadable.get(k, -1e18) >= RETRY_UNREADABLE
         ]  # fmt: skip
         for recs in self._by_cluster().values():
-            due += [k for k, r in recs[:SHOWN] if not r.ready and not r.has("failed")]
+            due += [k for k, r in recs[:SHOWN]
+                    if not r.ready and not r.has("failed") and r.stopped is None]  # fmt: skip
         return due
 
     def _read(self, key: str, cluster: str) -> None:

@@ -254,7 +254,7 @@
   }
   // ------------------------------------------------------------------ boots (ec2 instances)
   // GET /api/boots: per cluster its newest boots, as the store tells them (dashboard/boots.py)
-  const BOOT_STATES = { booting: "booting", ready: "ready", failed: "failed", ended: "ended" };
+  const BOOT_STATES = { booting: "booting", ready: "ready", failed: "failed", ended: "ended", stopped: "stopped" };
   function bootSection(data) {
     const clusters = arr(data && data.clusters).slice(0, 20);
     if (!clusters.length) return "";
