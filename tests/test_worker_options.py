@@ -104,7 +104,9 @@ def test_local_ssh_and_ec2_workers_get_the_same_flags():
     assert worker_command(opts) == [sys.executable, "-m", "cloudloop", "worker", "--no-profile",
                                     *flags]  # fmt: skip
     script = render(
-        Bootstrap(backend="aws://b/p", version="1.0", worker=opts, stop_at=opts.stop_at)
+        Bootstrap(
+            backend="aws://b/p", version="1.0", worker=opts, python="3.11", stop_at=opts.stop_at
+        )
     )
     assert " ".join(shlex.quote(a) for a in worker_argv(opts)) in script
     assert "--split-after" in script  # the bootstrap used to drop it
