@@ -116,3 +116,18 @@ def test_other_batch_failures_are_errors():
     q = SqsQueue(_FakeSqs("InvalidParameterValue", "VisibilityTimeout is out of range"), "u")
     with pytest.raises(BackendError, match="out of range"):
         q.release([Lease("m1", "handle", b"", 1)])
+
+
+def test_a_reply_that_is_not_aws_is_one_line_not_a_traceback():
+    """A proxy or captive portal answering in HTML: botocore cannot parse it."""
+    from botocore.parsers import ResponseParserError
+
+    from cloudloop.backends.aws import aws_errors
+    from cloudloop.errors import ConnectionFailed
+
+    with pytest.raises(ConnectionFailed, match="is not AWS .*check the endpoint") as e:
+        with aws_errors("launch for cluster 'c'"):
+            raise ResponseParserError(
+                "Unable to parse response (syntax error), invalid XML:\n<html>"
+            )
+    assert "\n" not in str(e.value)

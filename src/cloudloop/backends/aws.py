@@ -43,6 +43,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
 )
+from botocore.parsers import ResponseParserError
 
 from ..config import check_known
 from ..errors import BackendError, ConfigError, ConnectionFailed, LeaseLost
@@ -326,6 +327,12 @@ def aws_errors(what: str, url: str = "") -> Iterator[None]:
         raise BackendError(f"AWS refused {what}: {code}: {e}{hint}") from None
     except BotoCoreError as e:
         raise ConnectionFailed(f"cannot use AWS{where} ({what}): {e}") from None
+    except ResponseParserError as e:  # a proxy's or captive portal's page, not AWS's answer
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ConnectionFailed(
+            f"what answered {what}{where} is not AWS (its reply cannot be read: {first}); "
+            "check the endpoint and any proxy in between"
+        ) from None
 
 
 def clients(region: str | None, endpoint: str | None) -> tuple[Any, Any]:
