@@ -125,9 +125,9 @@ def test_a_reply_that_is_not_aws_is_one_line_not_a_traceback():
     from cloudloop.backends.aws import aws_errors
     from cloudloop.errors import ConnectionFailed
 
-    with pytest.raises(ConnectionFailed, match="is not AWS .*check the endpoint") as e:
-        with aws_errors("launch for cluster 'c'"):
-            raise ResponseParserError(
-                "Unable to parse response (syntax error), invalid XML:\n<html>"
-            )
+    with (
+        pytest.raises(ConnectionFailed, match="is not AWS .*check the endpoint") as e,
+        aws_errors("launch for cluster 'c'"),
+    ):
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML:\n<html>")
     assert "\n" not in str(e.value)

@@ -298,3 +298,27 @@ def test_requirements_auto_installs_what_the_waiting_jobs_pinned(aws_url):
     manifest = cluster.backend.get_record(keys.wheelhouse_manifest(digest))
     assert pin in manifest["install"] and any(w.startswith("idna-") for w in manifest["files"])
     cluster.down()
+
+
+@pytest.mark.parametrize("value", ["60", True, -1, 0, float("inf"), 1e7, [60]])
+def test_a_boot_records_deadline_must_be_seconds(value):
+    with pytest.raises(ValueError, match="deadline"):
+        BootRecord.from_dict({**GOOD, "deadline": value})
+
+
+def test_a_boot_record_carries_its_profiles_boot_timeout(monkeypatch):
+    """The dashboard knows no profile: the record says how long its boot may take."""
+    from cloudloop.dashboard.boots import outcome
+
+    monkeypatch.setenv("CLOUDLOOP_BOOT_TIMEOUT", "60")
+    assert bootagent.deadline() == {"deadline": 60.0}
+    for bad in ("", "soon", "-5", "1e9"):
+        monkeypatch.setenv("CLOUDLOOP_BOOT_TIMEOUT", bad)
+        assert bootagent.deadline() == {}
+    boot = userdata.Bootstrap(backend="aws://b/p", version="1", worker=WorkerOptions(),
+                              python="3.11", boot_timeout=60.0)  # fmt: skip
+    assert "CLOUDLOOP_BOOT_TIMEOUT=60\n" in userdata.render(boot)
+    now = time.time()
+    quiet = {**GOOD, "phases": [["launched", now - 300, ""], ["started", now - 120, ""]]}
+    assert outcome(BootRecord.from_dict({**quiet, "deadline": 60.0}), set(), now)[0] == "failed"
+    assert outcome(BootRecord.from_dict(quiet), set(), now)[0] == "booting"  # 15 min default

@@ -16,7 +16,8 @@ so whether an instance is still there is what the store says:
   (``WorkerRecord.instance``), or for a minute after its workers started (the
   first heartbeat may lag); after that it shows as ended;
 * a *booting* one is taken to be booting while its last phase is younger than
-  the boot deadline (15 min, ec2's default ``boot_timeout``). A record whose
+  the boot deadline (its profile's ``boot_timeout``, which the record carries;
+  15 min, ec2's default, for a record without one). A record whose
   only phase is the launcher's ``launched`` and that is older than that shows
   as failed, "never reported" (no Python at all on its image, or it never
   booted); one that went quiet after a later phase as failed, "no word since".
@@ -41,7 +42,7 @@ from ..providers.boots import BootRecord
 
 SHOWN = 50  # boots shown per cluster, newest first
 CLUSTERS_SHOWN = 20
-DEADLINE = 900.0  # ec2's default boot_timeout: a boot silent this long is not booting
+DEADLINE = 900.0  # ec2's default boot_timeout, for records that do not carry their own
 HEARTBEAT_LAG = 60.0  # a ready instance with no heartbeat yet is up for this long
 RETRY_UNREADABLE = 300.0
 
@@ -62,7 +63,7 @@ def outcome(r: BootRecord, workers: set[str], now: float) -> tuple[str, str]:
         at = next(t for p, t, _ in r.phases if p == "workers")
         up = r.instance in workers or now - at < HEARTBEAT_LAG
         return r.outcome({r.instance} if up else set(), now)
-    if r.instance in workers or now - last_t < DEADLINE:
+    if r.instance in workers or now - last_t < (r.deadline or DEADLINE):
         return r.outcome({r.instance}, now)
     if last_phase == "launched":
         return "failed", (

@@ -24,7 +24,8 @@ workers do), in the format of :func:`cloudloop.codec.sign`. Environment:
 ``CLOUDLOOP_BACKEND`` (the aws:// URL), ``CLOUDLOOP_CLUSTER``,
 ``CLOUDLOOP_BOOT_CONFIG`` (the digest of what the instance was told to
 install, so a failure counts against that profile only),
-``CLOUDLOOP_WHEELHOUSE``, ``CLOUDLOOP_HOME`` and ``CLOUDLOOP_METADATA_URL``.
+``CLOUDLOOP_WHEELHOUSE``, ``CLOUDLOOP_BOOT_TIMEOUT`` (into the record, for readers
+that do not know the profile), ``CLOUDLOOP_HOME`` and ``CLOUDLOOP_METADATA_URL``.
 
 This file is plain text in the user-data: it holds no secret and trusts
 nothing it fetches without checking it. What it sends has the credentials of
@@ -278,6 +279,15 @@ def safe_name(text, limit=64):
     return re.sub(r"[^A-Za-z0-9_.=+@-]+", "_", text)[:limit].strip(".") or "_"
 
 
+def deadline():
+    """``{"deadline": seconds}``: the boot_timeout the user-data was given, if it is one."""
+    try:
+        seconds = float(os.environ.get("CLOUDLOOP_BOOT_TIMEOUT", ""))
+    except ValueError:
+        return {}
+    return {"deadline": seconds} if 0 < seconds < 1e6 else {}
+
+
 class Agent:
     def __init__(self):
         self.home = env("CLOUDLOOP_HOME", "/opt/cloudloop")
@@ -306,7 +316,7 @@ class Agent:
         return {
             "instance": self.me["instance"], "image": self.me["image"], "type": self.me["type"],
             "market": self.me["market"], "config": os.environ.get("CLOUDLOOP_BOOT_CONFIG", ""),
-            "by": "instance", "phases": [],
+            "by": "instance", "phases": [], **deadline(),
         }  # fmt: skip
 
     def launched(self, record):

@@ -70,6 +70,8 @@ class BootRecord:
         failed: why the boot failed, in words (None: it did not say so).
         log: the tail of its bootstrap log, when it failed (lines, control characters removed).
         stopped: who ended it before its workers started (``cloudloop down``), if the client did.
+        deadline: its profile's ``boot_timeout`` in seconds (None: a record from before it
+            was kept; readers use the default).
     """
 
     instance: str
@@ -81,6 +83,7 @@ class BootRecord:
     failed: str | None = None
     log: tuple[str, ...] = ()
     stopped: str | None = None
+    deadline: float | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> BootRecord:
@@ -105,6 +108,11 @@ class BootRecord:
         for name in ("image", "type", "market", "failed", "stopped"):
             if data.get(name) is not None:
                 opt[name] = _text(data[name], name, 400)
+        deadline = data.get("deadline")
+        if deadline is not None:
+            if type(deadline) not in (int, float) or not finite(deadline) or not 0 < deadline < 1e6:
+                raise ValueError("boot record field 'deadline' must be seconds, 0 to 1e6")
+            opt["deadline"] = float(deadline)
         log = data.get("log")
         if log is not None:
             if not isinstance(log, str):
@@ -172,11 +180,21 @@ class Boots:
     def __init__(self, backend: Backend, cluster: str):
         self.backend, self.cluster = backend, cluster
 
-    def launched(self, instance: str, config: str, image: str, type: str, market: str) -> None:
-        """The launcher's first word on an instance (before it has booted)."""
+    def launched(
+        self,
+        instance: str,
+        config: str,
+        image: str,
+        type: str,
+        market: str,
+        deadline: float | None = None,
+    ) -> None:
+        """The launcher's first word on an instance (before it has booted); ``deadline``
+        is the profile's boot_timeout, for readers that do not know the profile."""
         self.backend.put_record(keys.boot(self.cluster, instance), {
             "instance": instance, "config": config, "image": image, "type": type,
             "market": market, "by": "client", "phases": [["launched", time.time(), ""]],
+            **({"deadline": deadline} if deadline else {}),
         }, if_absent=True)  # fmt: skip
 
     def stopped(self, instances: Iterable[str], by: str) -> None:

@@ -171,7 +171,8 @@ class Ec2Launcher:
                 inst["zone"] = zone_of.get(inst.pop("subnet"), "?")
                 self.billing.record(inst)
                 p = plan_of.get(inst["type"], plans[0])
-                self.boots.launched(inst["id"], p.boot.config(), p.image, inst["type"], market)
+                self.boots.launched(inst["id"], p.boot.config(), p.image, inst["type"], market,
+                                    deadline=s.boot_timeout)  # fmt: skip
             report.started += got
             want -= len(got)
         return report

@@ -84,7 +84,8 @@ def render(b: Bootstrap) -> str:
             f'"$HOME_DIR/venv/bin/cloudloop" instance-ended --backend {q(b.backend)} '
             f'--cluster {q(b.cluster)} --metadata-url "$META" || true\n'
         )
-    env = {**b.env, "CLOUDLOOP_BACKEND": b.backend, "CLOUDLOOP_BOOT_CONFIG": b.config()}
+    env = {**b.env, "CLOUDLOOP_BACKEND": b.backend, "CLOUDLOOP_BOOT_CONFIG": b.config(),
+           "CLOUDLOOP_BOOT_TIMEOUT": f"{b.boot_timeout:g}"}  # fmt: skip
     if b.cluster:
         env[CLUSTER_ENV] = b.cluster  # into their heartbeat records: `ls` and workers() find them
     if b.wheelhouse:
