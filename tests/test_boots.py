@@ -322,3 +322,13 @@ def test_a_boot_record_carries_its_profiles_boot_timeout(monkeypatch):
     quiet = {**GOOD, "phases": [["launched", now - 300, ""], ["started", now - 120, ""]]}
     assert outcome(BootRecord.from_dict({**quiet, "deadline": 60.0}), set(), now)[0] == "failed"
     assert outcome(BootRecord.from_dict(quiet), set(), now)[0] == "booting"  # 15 min default
+
+
+@pytest.mark.parametrize(
+    "cluster,instance", [("c1", "i-0abc"), ("with space", "i-1/../x"), ("ünï", "i 2")]
+)
+def test_the_boot_agent_spells_its_keys_as_keys_py_does(cluster, instance):
+    assert bootagent.boot_key(cluster, instance) == keys.boot(cluster, instance)
+    assert bootagent.wheelhouse_key("ab" * 8, "manifest") == keys.wheelhouse_manifest("ab" * 8)
+    whl = "cloudloop-1.0+g1-py3-none-any.whl"
+    assert bootagent.wheelhouse_key("ab" * 8, "files/" + whl) == keys.wheelhouse_file("ab" * 8, whl)

@@ -279,6 +279,16 @@ def safe_name(text, limit=64):
     return re.sub(r"[^A-Za-z0-9_.=+@-]+", "_", text)[:limit].strip(".") or "_"
 
 
+def boot_key(cluster, instance):
+    """As cloudloop.keys.boot (this file cannot import cloudloop: it runs before it is installed)."""
+    return f"clusters/{cluster_dir(cluster)}/boots/{safe_name(instance)}"
+
+
+def wheelhouse_key(digest, rest):
+    """As cloudloop.keys.wheelhouse_manifest ("manifest") and wheelhouse_file ("files/<wheel>")."""
+    return f"wheelhouse/{digest}/{rest}"
+
+
 def deadline():
     """``{"deadline": seconds}``: the boot_timeout the user-data was given, if it is one."""
     try:
@@ -308,8 +318,7 @@ class Agent:
         return self._key
 
     def record_name(self):
-        return "clusters/{}/boots/{}".format(cluster_dir(env("CLOUDLOOP_CLUSTER")),
-                                             safe_name(self.me["instance"]))  # fmt: skip
+        return boot_key(env("CLOUDLOOP_CLUSTER"), self.me["instance"])
 
     def fresh(self):
         """A record of this boot with nothing in it yet."""
@@ -384,7 +393,7 @@ class Agent:
         digest = env("CLOUDLOOP_WHEELHOUSE")
         if not re.fullmatch(r"[0-9a-f]{16,64}", digest):
             raise SystemExit(f"bootagent: {digest!r} is not a wheelhouse digest")
-        name = f"wheelhouse/{digest}/manifest"
+        name = wheelhouse_key(digest, "manifest")
         manifest = json.loads(verify(self.key, self.bucket.request("GET", name), name))
         files = manifest.get("files") if isinstance(manifest, dict) else None
         install = manifest.get("install") if isinstance(manifest, dict) else None
@@ -400,7 +409,7 @@ class Agent:
         os.makedirs(dest, exist_ok=True)
         total = 0
         for wheel, sha in sorted(files.items()):
-            data = self.bucket.request("GET", f"wheelhouse/{digest}/files/{wheel}")
+            data = self.bucket.request("GET", wheelhouse_key(digest, "files/" + wheel))
             if hashlib.sha256(data).hexdigest() != sha:
                 raise SystemExit(f"bootagent: {wheel} does not match its manifest's digest")
             with open(os.path.join(dest, wheel), "wb") as f:
