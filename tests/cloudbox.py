@@ -144,7 +144,14 @@ class CloudBox:
             self.aws = self.lab.add_host("aws")
             self.moto_log = open(root / "moto.log", "wb")
             self.aws.popen(
-                [sys.executable, "-m", "moto.server", "-H", self.aws.address, "-p", str(MOTO_PORT)],
+                [
+                    sys.executable,
+                    str(HERE / "motoserver.py"),
+                    "-H",
+                    self.aws.address,
+                    "-p",
+                    str(MOTO_PORT),
+                ],  # fmt: skip
                 stdout=self.moto_log,
                 stderr=subprocess.STDOUT,
             )

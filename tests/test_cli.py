@@ -182,7 +182,8 @@ def test_local_up_and_down_act_on_the_profiles_own_workers_only(tmp_path):
     ("argv", "message"),
     [
         (["aws", "init"], "cluster 'local' (local provider) cannot be set up in a cloud account"),
-        (["up", "--every", "1s"], None),  # no follow on local: up starts workers instead
+        (["up", "--foreground"], "cannot follow the queue"),  # local: `up -n N` starts workers
+        (["up"], None),
     ],
 )
 def test_cluster_capabilities_a_provider_lacks_are_one_line(tmp_path, argv, message):

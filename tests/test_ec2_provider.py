@@ -66,8 +66,15 @@ def test_init_creates_least_privilege_identity_and_a_closed_group(profile):
     ]
     doc = doc if isinstance(doc, dict) else json.loads(doc)
     resources = [r for st in doc["Statement"] for r in st["Resource"]]
-    assert all(c.queue_name in r or c.bucket in r for r in resources)
+    group_arn = f"autoScalingGroup:*:autoScalingGroupName/{c.group_name}"
+    assert all(c.queue_name in r or c.bucket in r or r.endswith(group_arn) for r in resources)
     assert not any(r == "*" for r in resources)
+    # the group: instances may only end themselves within it (their capacity with them)
+    (leave,) = [st for st in doc["Statement"] if any("autoscaling" in a for a in st["Action"])]
+    assert leave["Action"] == ["autoscaling:TerminateInstanceInAutoScalingGroup"]
+    assert leave["Condition"] == {
+        "StringEquals": {"autoscaling:ResourceTag/cloudloop:cluster": c.cluster}
+    }
     assert c.aws.iam.get_instance_profile(InstanceProfileName=c.role)["InstanceProfile"]["Roles"]
     (group,) = c.aws.ec2.describe_security_groups(GroupNames=[c.group_name])["SecurityGroups"]
     assert group["IpPermissions"] == []
@@ -110,8 +117,10 @@ def test_max_workers_caps_the_cluster(profile):
     assert len(cluster.launcher.launch(5).started) == 2
     report = cluster.launcher.launch(1)
     assert report.started == [] and "max_workers" in report.note
-    up = cluster.up(1)  # as `cloudloop up -n 1` reports it: none could start
-    assert not up.ok and up.lines[0] == "started 0 of 1 instances" and "max_workers" in str(up)
+    up = cluster.up(5)  # the group's maximum is max_workers too
+    assert up.ok and "max 2 machine(s) of 1 worker(s)" in str(up)
+    assert "desired capacity 0 -> 2 machine(s) (max_workers allows 2)" in up.lines, up.lines
+    assert cluster.group.describe()["MaxSize"] == 2
 
 
 def test_spot_shortage_falls_back_to_on_demand_and_says_what_it_could_not_get(
@@ -150,21 +159,26 @@ def test_max_cost_sets_a_deadline_and_refuses_when_spent(profile):
 
 
 def test_the_cluster_interface_reports_what_it_did(profile):
-    """up(None) starts what the queue needs now; ls, down and cleanup return Reports."""
+    """up() sets up the Auto Scaling group and returns; ls, down and cleanup return Reports."""
     p, cluster = profile(max_workers=3)
     r = cluster.up()
-    assert r.ok and r.lines == (
-        f"0 task(s) waiting and 0 instance(s) running in cluster {cluster.name!r}: none to start",
-    )
-    cluster.backend.queue.put([b"waiting"] * 5)  # five messages: three instances (max_workers)
-    r = cluster.up()
-    assert r.ok and r.lines[0].startswith("started 3 of 3 instances: ")
-    assert "none to start" in str(cluster.up())
+    assert r.ok and r.lines[0] == f"created Auto Scaling group {cluster.group.names.group}"
+    assert any("follows queue" in x for x in r.lines) and "max 3 machine(s)" in str(r)
+    g = cluster.group.describe()
+    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == (0, 3, 0)
+    assert cluster.up().lines[0] == f"updated Auto Scaling group {cluster.group.names.group}"
+    assert "desired capacity 0 -> 3 machine(s) (max_workers allows 3)" in cluster.up(5).lines
+    assert "already" in cluster.up(1).lines[-1]  # never fewer: that would end machines at work
     r = cluster.ls()
-    assert len(r.lines) == 4 and all("$0.0" in line for line in r.lines[:3])
+    assert r.lines[0].startswith(f"group {cluster.group.names.group}: desired 3, in service 3")
+    inst = [x for x in r.lines if x.startswith("i-")]
+    assert len(inst) == 3 and all("$0.1000/h" in line for line in inst)  # moto: on-demand
     assert r.lines[-1].startswith(f"3 instance(s) in cluster {cluster.name!r}; spent $0.00,")
+    assert len(cluster.billing.ledger()) == 3  # the group's: opened by the client that looked
     r = cluster.down()
-    assert r.ok and r.lines[0] == "terminated 3 instance(s)"
+    assert r.ok and r.lines[-1] == (
+        f"deleted Auto Scaling group {cluster.group.names.group} and its 3 instance(s)"
+    ), r.lines
     assert cluster.down() == Report(("nothing was running",))  # idempotent
     assert cluster.cost()[1] == 0.0  # their records are closed
     r = cluster.cleanup()
@@ -173,13 +187,19 @@ def test_the_cluster_interface_reports_what_it_did(profile):
 
 
 def test_ls_down_and_cleanup_leave_nothing(profile, tmp_path):
-    p, cluster = profile()
+    p, cluster = profile(extra="max_cost = 5.0")
     cluster.up(2)
     out = cli("ls", "--profile", "aws", cwd=tmp_path)
     assert out.returncode == 0 and "2 instance(s)" in out.stdout and "spent $" in out.stdout
+    assert "scheduled cloudloop-max-cost: max 0 at " in out.stdout, out.stdout
     out = cli("down", "--profile", "aws", cwd=tmp_path)
-    assert "terminated 2 instance(s)" in out.stdout, out.stderr
+    assert "and its 2 instance(s)" in out.stdout, out.stderr
+    assert "deleted its scheduled actions (1)" in out.stdout, out.stdout
+    assert (
+        "deleted its alarms (2)" in out.stdout and "deleted its scaling policies (2)" in out.stdout
+    )
     assert cluster.inventory.instances() == []
+    assert cluster.group.leftovers() == []
     out = cli("cleanup", "--profile", "aws", "--purge", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "IAM role" in out.stdout and "security group" in out.stdout
@@ -192,6 +212,10 @@ def test_ls_down_and_cleanup_leave_nothing(profile, tmp_path):
     )
     names = [r["RoleName"] for r in iam.list_roles()["Roles"]]
     assert cluster.ctx.role not in names
+    asg, cw = cluster.ctx.aws.autoscaling, cluster.ctx.aws.cloudwatch
+    name = cluster.group.names.group
+    assert asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"] == []
+    assert cw.describe_alarms(AlarmNamePrefix=name)["MetricAlarms"] == []
 
 
 def test_pause_stops_launches(profile, tmp_path):

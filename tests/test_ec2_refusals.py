@@ -285,21 +285,53 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
-CLI_ROWS = [r for r in ROWS if r.name.startswith(("no spot capacity in any", "not authorized"))]
+ASG_DENIED = ("User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
+              "autoscaling:CreateAutoScalingGroup on resource: arn:aws:autoscaling:us-east-1:"
+              "123456789012:autoScalingGroup:*:autoScalingGroupName/cloudloop-x because no "
+              "identity-based policy allows the autoscaling:CreateAutoScalingGroup action")  # fmt: skip
 
 
-@pytest.mark.parametrize("row", CLI_ROWS, ids=[r.name for r in CLI_ROWS])
-def test_cloudloop_up_says_a_refusal_in_one_line(row, faults, make_profile, tmp_path):
-    """The same rows through `cloudloop up -n 2`: its exit status, the same lines, no
-    traceback (the subprocess waits the real bound, so these rows wait for nothing)."""
-    cluster, pools = make_profile(spot=row.spot, one_subnet=row.one_subnet)
-    zones = _zones(cluster, pools.subnets)
-    row.inject(faults, pools)
-    r = cli("up", "-n", "2", "--profile", "aws", cwd=tmp_path)
-    assert r.returncode == (0 if row.started else 1), r.stdout + r.stderr
+@dataclass
+class GroupRow:
+    name: str
+    action: str
+    code: str
+    message: str
+    status: int
+    said: str  # a pattern of the one line `cloudloop up` says
+    group_made: bool  # whether the group exists afterwards (a later step was refused)
+
+
+GROUP_ROWS = [
+    GroupRow("no right to create the group", "CreateAutoScalingGroup", "AccessDenied", ASG_DENIED,
+             403, r"cloudloop: error: AWS refused CreateAutoScalingGroup \(AccessDenied\): .*"
+             r"autoscaling:CreateAutoScalingGroup action; let these credentials manage Auto "
+             r"Scaling groups .* `cloudloop up --foreground`", False),
+    GroupRow("no right to put an alarm", "PutMetricAlarm", "AccessDenied",
+             "User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
+             "cloudwatch:PutMetricAlarm", 403,
+             r"cloudloop: error: AWS refused PutMetricAlarm \(AccessDenied\): .*"
+             r"cloudwatch:PutMetricAlarm; let these .*--foreground`", True),
+    GroupRow("throttled for good", "CreateAutoScalingGroup", "Throttling", "Rate exceeded", 400,
+             r"cloudloop: error: AWS refused set up for cluster 't[0-9a-f]+': Throttling: .*"
+             r"CreateAutoScalingGroup operation \(reached max retries: \d+\): Rate exceeded",
+             False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", GROUP_ROWS, ids=[r.name for r in GROUP_ROWS])
+def test_cloudloop_up_says_a_group_refusal_in_one_line(row, faults, make_profile, tmp_path):
+    """`cloudloop up` sets up the Auto Scaling group: a refusal of any step is one line and
+    exit status 2 (the CLI's for an error), no traceback; `down` then removes whatever was made before it."""
+    cluster, _ = make_profile()
+    faults.fail(row.action, row.code, row.message, row.status, times=None)
+    r = cli("up", "--profile", "aws", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
-    said = [x.strip() for x in r.stdout.splitlines() if x.startswith("  could not get ")]
-    assert len(said) == len(row.said), r.stdout
-    for line, want in zip(said, row.said):
-        assert re.fullmatch("could not get " + _pattern(want, pools, zones), line), r.stdout
-    assert r.stdout.startswith(f"started {len(row.started)} of 2 instances"), r.stdout
+    (line,) = r.stderr.strip().splitlines()
+    assert re.fullmatch(row.said, line), line
+    assert (cluster.group.describe() is not None) == row.group_made
+    faults.clear()
+    d = cli("down", "--profile", "aws", cwd=tmp_path)
+    assert d.returncode == 0, d.stdout + d.stderr
+    assert cluster.group.leftovers() == []

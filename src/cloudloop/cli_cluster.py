@@ -29,7 +29,13 @@ def cmd_aws_init(args) -> int:
 
 def cmd_up(args) -> int:
     cluster = _cluster(args)
-    if args.n is None and "follow" in cluster.capabilities():
+    if not args.foreground and (args.every is not None or args.until_idle):
+        raise CloudloopError("--every and --until-idle go with --foreground (scaling from this "
+                             "terminal)")  # fmt: skip
+    if args.foreground:
+        if args.n is not None:
+            raise CloudloopError("-n starts workers now; --foreground follows the queue: "
+                                 "choose one")  # fmt: skip
         every = parse_duration(args.every) or 15.0
         return cluster.follow(every, args.until_idle, lambda line: print(line, flush=True))
     return _say(cluster.up(args.n))
@@ -46,20 +52,21 @@ def cmd_down(args) -> int:
 
 def cmd_pause(args) -> int:
     cluster = _cluster(args)
-    cluster.pause()
+    report = cluster.pause()
     print(
         f"cluster {cluster.name!r} paused: no new machines, and every worker of its backend "
         "takes no new tasks, finishes what it holds and leaves when idle "
         "(`cloudloop resume` to go on)"
     )
-    return 0
+    return _say(report)
 
 
 def cmd_resume(args) -> int:
     cluster = _cluster(args)
-    cluster.resume()
-    print(f"cluster {cluster.name!r} resumed (`cloudloop up` starts workers again)")
-    return 0
+    report = cluster.resume()
+    print(f"cluster {cluster.name!r} resumed" + ("" if report.lines else
+          " (`cloudloop up` starts workers again)"))  # fmt: skip
+    return _say(report)
 
 
 def cmd_cleanup(args) -> int:
@@ -69,7 +76,7 @@ def cmd_cleanup(args) -> int:
 
 def cmd_instance_ended(args) -> int:
     """Run by an EC2 instance's bootstrap once its workers have left: close its bill."""
-    from .providers.prices import Ledger
+    from .providers.prices import Ledger, read_ledger_record
     from .spot import Imds
 
     try:
@@ -78,12 +85,36 @@ def cmd_instance_ended(args) -> int:
         raise CloudloopError(f"cannot read this instance's id from {args.metadata_url}: {e}") from e
     if not iid:
         raise CloudloopError(f"{args.metadata_url} gave no instance id: not an EC2 instance?")
-    n = Ledger(open_backend(args.backend), args.cluster).close([iid], by="instance")
+    ledger = Ledger(open_backend(args.backend), args.cluster)
+    n = ledger.close([iid], by="instance")
+    if not n and read_ledger_record(ledger.backend, ledger.key(iid)) is None:
+        # launched by its Auto Scaling group, and no client looked meanwhile: the instance
+        # writes its own record (this machine has no price API: list price, or its spot share)
+        n = _record_self(ledger, Imds(args.metadata_url), iid, args.booted)
     print(
         f"instance {iid}: {'closed its record' if n else 'no open record'} in cluster "
         f"{args.cluster!r}"
     )
     return 0
+
+
+def _record_self(ledger, imds, iid: str, booted: float | None) -> int:
+    import time
+
+    from .providers import prices
+
+    if booted is None or not 0 < booted <= time.time():
+        return 0
+    try:
+        launched = booted
+        itype = imds.get("instance-type") or "?"
+        zone = imds.get("placement/availability-zone")
+        market = "spot" if imds.get("instance-life-cycle") == "spot" else "on-demand"
+    except (OSError, ValueError, IndexError):
+        return 0
+    price = prices.hourly(None, itype, zone, market == "spot")
+    ledger.open({"id": iid, "type": itype, "zone": zone, "market": market}, price, launched)
+    return ledger.close([iid], by="instance")
 
 
 def add_commands(sub, common) -> None:
@@ -93,6 +124,7 @@ def add_commands(sub, common) -> None:
     ended.add_argument("--backend", required=True)
     ended.add_argument("--cluster", required=True)
     ended.add_argument("--metadata-url", default="http://169.254.169.254")
+    ended.add_argument("--booted", type=float, help="when its bootstrap began (unix time)")
     ended.set_defaults(fn=cmd_instance_ended)
     aws = sub.add_parser("aws", help="AWS set-up for an ec2 profile")
     aws_sub = aws.add_subparsers(dest="aws_cmd", required=True, metavar="COMMAND")
@@ -103,13 +135,20 @@ def add_commands(sub, common) -> None:
     )
     init.set_defaults(fn=cmd_aws_init)
 
-    up = common(sub.add_parser("up", help="start workers for a profile (ec2: scale to the queue)"))
-    up.add_argument("-n", type=int, help="workers to start now (default: follow the queue)")
-    up.add_argument("--every", default="15s", help="how often to look at the queue when scaling")
+    up = common(sub.add_parser(
+        "up", help="start workers for a profile (ec2: an Auto Scaling group that follows the queue)"
+    ))  # fmt: skip
+    up.add_argument("-n", type=int, help="workers to start now")
+    up.add_argument(
+        "--foreground",
+        action="store_true",
+        help="ec2: follow the queue from this terminal instead of an Auto Scaling group",
+    )
+    up.add_argument("--every", help="with --foreground: how often to look at the queue (15s)")
     up.add_argument(
         "--until-idle",
         action="store_true",
-        help="return once the queue is empty and no instance is left",
+        help="with --foreground: return once the queue is empty and no instance is left",
     )
     up.set_defaults(fn=cmd_up)
 

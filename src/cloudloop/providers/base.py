@@ -163,14 +163,16 @@ class Cluster(abc.ABC):
 
         return paused(self.backend)
 
-    def pause(self) -> None:
+    def pause(self) -> Report:
         """Every worker of the backend takes no new task and leaves when idle; a
-        provider that scales starts no machines. The flag is the backend's, so it
-        holds for workers of every cluster and of none."""
+        provider that scales starts no machines (its report says what it changed). The
+        flag is the backend's, so it holds for workers of every cluster and of none."""
         self.backend.put_record(keys.PAUSED, {"at": time.time()})
+        return Report()
 
-    def resume(self) -> None:
+    def resume(self) -> Report:
         self.backend.store.delete(keys.PAUSED)
+        return Report()
 
     # ------------------------------------------------------ optional capabilities
 

@@ -18,6 +18,10 @@ gateway endpoint is enough.
         the wheelhouse the record CLOUDLOOP_WHEELHOUSE names, from
         wheelhouse/<digest>/: its signed manifest, then every wheel, each
         checked against the manifest's SHA-256 before it is kept
+    python3 bootagent.py leave
+        end this instance within its Auto Scaling group (CLOUDLOOP_GROUP), the
+        group's desired capacity decremented; after a spot notice, nothing
+        (the group replaces what AWS takes back)
 
 Both records are signed with the backend's key (read from the bucket, as
 workers do), in the format of :func:`cloudloop.codec.sign`. Environment:
@@ -134,7 +138,44 @@ def identity():
     return out
 
 
-# ---------------------------------------------------------------- S3 with Signature V4
+# ---------------------------------------------------------------- Signature V4
+
+
+def sigv4(method, url, body, region, service, creds, now=None, extra=None):
+    """The headers of a Signature V4 request (as botocore signs it), ``host`` left out:
+    urllib sends its own, the same."""
+    p = urllib.parse.urlsplit(url)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    amzdate, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    access, secret, token = creds
+    headers = {"host": p.netloc, "x-amz-date": amzdate, **(extra or {})}
+    if token:
+        headers["x-amz-security-token"] = token
+    names = sorted(headers)
+    payload = headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    canonical = "\n".join([
+        method, p.path or "/", p.query,
+        "".join(f"{n}:{headers[n]}\n" for n in names),
+        ";".join(names), payload,
+    ])  # fmt: skip
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = "\n".join([
+        "AWS4-HMAC-SHA256", amzdate, scope, hashlib.sha256(canonical.encode()).hexdigest(),
+    ])  # fmt: skip
+    k = ("AWS4" + secret).encode()
+    for part in (day, region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), "sha256").digest()
+    signature = hmac.new(k, to_sign.encode(), "sha256").hexdigest()
+    headers["authorization"] = (
+        "AWS4-HMAC-SHA256 Credential={}/{}, SignedHeaders={}, Signature={}".format(
+            access, scope, ";".join(names), signature
+        )
+    )
+    del headers["host"]
+    return headers
+
+
+# ---------------------------------------------------------------- S3
 
 
 class Bucket:
@@ -159,34 +200,9 @@ class Bucket:
     def signed(self, method, key, body=b"", now=None):
         """(url, headers) of a Signature V4 request for ``key`` (as botocore signs it)."""
         url = self._url(key)
-        p = urllib.parse.urlsplit(url)
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        amzdate, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         payload = hashlib.sha256(body).hexdigest()
-        access, secret, token = self.creds
-        headers = {"host": p.netloc, "x-amz-content-sha256": payload, "x-amz-date": amzdate}
-        if token:
-            headers["x-amz-security-token"] = token
-        names = sorted(headers)
-        canonical = "\n".join([
-            method, p.path, "",
-            "".join(f"{n}:{headers[n]}\n" for n in names),
-            ";".join(names), payload,
-        ])  # fmt: skip
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join([
-            "AWS4-HMAC-SHA256", amzdate, scope, hashlib.sha256(canonical.encode()).hexdigest(),
-        ])  # fmt: skip
-        k = ("AWS4" + secret).encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            k = hmac.new(k, part.encode(), "sha256").digest()
-        signature = hmac.new(k, to_sign.encode(), "sha256").hexdigest()
-        headers["authorization"] = (
-            "AWS4-HMAC-SHA256 Credential={}/{}, SignedHeaders={}, Signature={}".format(
-                access, scope, ";".join(names), signature
-            )
-        )
-        del headers["host"]
+        headers = sigv4(method, url, body, self.region, "s3", self.creds, now,
+                        {"x-amz-content-sha256": payload})  # fmt: skip
         return url, headers
 
     def request(self, method, key, body=b""):
@@ -420,6 +436,60 @@ class Agent:
             f.write("\n".join(install) + "\n")
 
 
+def group_call(endpoint, region, creds, params, now=None):
+    """(url, body, headers) of an EC2 Auto Scaling Query API call, signed."""
+    url = (
+        (endpoint.rstrip("/") + "/") if endpoint else f"https://autoscaling.{region}.amazonaws.com/"
+    )
+    body = urllib.parse.urlencode(sorted({**params, "Version": "2011-01-01"}.items())).encode()
+    extra = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
+    return url, body, sigv4("POST", url, body, region, "autoscaling", creds, now, extra)
+
+
+def leave():
+    """End this instance within its Auto Scaling group, the desired capacity decremented
+    (else the group launches another in its place); after a spot interruption notice,
+    leave the capacity as it is (AWS takes the machine back; the group replaces it)."""
+    group = env("CLOUDLOOP_GROUP")
+    iid, token = metadata("instance-id")
+    try:
+        notice = metadata("spot/instance-action", token)[0]
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+        notice = ""
+    if notice.strip():
+        print(f"bootagent: spot interruption notice ({redact(notice)[:200]}): "
+              f"group {group} replaces this machine")  # fmt: skip
+        return
+    region = metadata("placement/region", token)[0]
+    creds = credentials(token)
+    creds = (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("Token"))
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(env("CLOUDLOOP_BACKEND")).query))
+    params = {"Action": "TerminateInstanceInAutoScalingGroup", "InstanceId": iid,
+              "ShouldDecrementDesiredCapacity": "true"}  # fmt: skip
+    deadline = time.monotonic() + REPORT_SECONDS
+    for attempt in range(4):
+        url, body, headers = group_call(query.get("endpoint"), region, creds, params)
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())):
+                print(f"bootagent: {iid} ends within group {group}, its capacity with it")
+                return
+        except urllib.error.HTTPError as e:
+            found = re.search(rb"<Message>([^<]{1,300})</Message>", e.read(4096) or b"")
+            why = f"{e.code} {found.group(1).decode('utf-8', 'replace') if found else e.reason}"
+            if e.code < 500:  # not in the group, or it is at its minimum: just shut down
+                print(f"bootagent: group {group} would not end {iid}: {redact(why)}")
+                return
+        except (OSError, urllib.error.URLError) as e:
+            why = str(getattr(e, "reason", e))
+        if time.monotonic() + 1 + attempt >= deadline:
+            break
+        time.sleep(1 + attempt)
+    raise Refused(f"group {group} did not answer ({redact(why)}); shutting down without it")
+
+
 def main(argv):
     argv = [text(a) for a in argv]
     if len(argv) >= 2 and argv[0] == "report":
@@ -430,9 +500,11 @@ def main(argv):
         print(metadata("ami-id")[0])
     elif len(argv) == 2 and argv[0] == "fetch":
         Agent().fetch(argv[1])
+    elif argv == ["leave"]:
+        leave()
     else:
         raise SystemExit(
-            "usage: bootagent.py report PHASE [--detail TEXT] [--log FILE] | fetch DEST"
+            "usage: bootagent.py report PHASE [--detail TEXT] [--log FILE] | fetch DEST | leave"
         )
 
 

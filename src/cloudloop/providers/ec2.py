@@ -38,8 +38,10 @@ from ..backends.base import secret_from_env
 from ..config import check_known, parse_duration
 from ..errors import ConfigError
 from ..model import WorkerOptions, format_seconds
+from . import prices
 from .base import Cluster, Provider, Report, WorkerPool
 from .ec2_billing import Ec2Billing
+from .ec2_group import LEAVE_MARGIN, Ec2Group, overrides_for
 from .ec2_inventory import LISTED, Ec2Inventory
 from .ec2_launch import Ec2Launcher, LaunchReport
 from .ec2_setup import AwsClients, Ec2Context, Ec2Setup, aws_errors_in_public_methods
@@ -70,6 +72,8 @@ class Ec2Settings:
     install: str | None = None  # a pip spec from the package index instead of the wheelhouse
     boot_timeout: float = 900.0  # an instance with no worker by then is terminated
     max_failed_boots: int = 3  # failed boots in a row before launches stop
+    on_demand_base: int = 0  # the group's first machines on-demand (needs on_demand_fallback)
+    scale_in_after: float = 600.0  # the group goes to zero once the queue is empty this long
     pip_args: tuple[str, ...] = ()
     workers_per_instance: int | None = None
     subnets: tuple[str, ...] = ()
@@ -103,6 +107,16 @@ class Ec2Settings:
         for k in ("max_workers", "workers_per_instance", "max_failed_boots"):
             if k in opts and (not isinstance(opts[k], int) or opts[k] < 1):
                 raise ConfigError(f"ec2 provider: {k} must be a whole number >= 1")
+        base = opts.get("on_demand_base", 0)
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise ConfigError("ec2 provider: on_demand_base must be a whole number >= 0")
+        if base and not opts.get("on_demand_fallback", True):
+            raise ConfigError("ec2 provider: on_demand_base asks for on-demand machines, but "
+                              "on_demand_fallback = false forbids them: choose one")  # fmt: skip
+        if "scale_in_after" in opts:
+            opts["scale_in_after"] = parse_duration(opts["scale_in_after"], "scale_in_after")
+            if not opts["scale_in_after"] or not 60 <= opts["scale_in_after"] <= 86400:
+                raise ConfigError("ec2 provider: scale_in_after must be between 1m and 24h")
         if "max_cost" in opts and (
             not isinstance(opts["max_cost"], (int, float)) or opts["max_cost"] <= 0
         ):
@@ -140,6 +154,7 @@ class Ec2Cluster(Cluster):
             self.ctx, self.setup, self.inventory, self.billing, paused=self.paused
         )
         self.teardown = Ec2Teardown(self.ctx, self.inventory)
+        self.group = Ec2Group(self.ctx)
 
     @property
     def backend(self) -> AwsBackend:
@@ -151,31 +166,55 @@ class Ec2Cluster(Cluster):
     # ---------------------------------------------------------------- every provider
 
     def up(self, n: int | None = None) -> Report:
-        """Start instances for ``n`` workers (workers_per_instance each, rounded up);
-        ``None``: as many as the queue's waiting tasks need now (one step of :meth:`follow`)."""
-        if n is None:
-            report = self._up_for_queue()
-        else:
-            wpi = self.launcher.workers_per_instance()
-            report = self.launcher.launch(math.ceil(n / wpi)).report()
-        problems = self.boot_problems(limit=1)
-        return Report(report.lines + tuple(problems), report.ok) if problems else report
+        """Set up (or update) the cluster's Auto Scaling group, which follows the queue
+        with nothing of ours running (ec2_group.py), and return; ``n``: that many workers
+        now too (the group's desired capacity, in machines)."""
+        s = self.settings
+        if n is not None and self.paused():
+            raise ConfigError(f"cluster {s.cluster!r} is paused: `cloudloop resume` first")
+        wpi = self.launcher.workers_per_instance()
+        deadline = self.group_deadline(self.group.cap(wpi))
+        stop_at = None if deadline is None else deadline - LEAVE_MARGIN
+        report = LaunchReport(wanted=0)
+        prepared = self.launcher.prepare(stop_at, report, group=self.group.names.group)
+        if prepared is None:  # every architecture's boots keep failing: the group must not grow
+            said = self.group.pause() if self.group.describe() else None
+            lines = [f"could not set up the group: {x}" for x in report.failed]
+            lines += [f"  {x}" for x in report.lines] + ([said] if said else [])
+            return Report(tuple(lines + self.boot_problems(limit=1)), ok=False)
+        configs, nets = prepared
+        default, overrides = overrides_for([(tid, v, p.types) for tid, v, p in configs])
+        lines = [f"  {x}" for x in report.lines]
+        lines += [f"  could not use {x}" for x in report.failed]
+        lines = self.group.set_up(overrides, default, [x["SubnetId"] for x in nets], wpi,
+                                  deadline, self.paused()) + lines  # fmt: skip
+        if n is not None:
+            lines.append(self.group.raise_desired(math.ceil(n / wpi)))
+        return Report(tuple(lines + self.boot_problems(limit=1)))
 
-    def _up_for_queue(self) -> Report:
-        waiting = self.backend.queue.stats().total
-        live = len(self.inventory.instances())
-        add = self.launcher.wanted(waiting, live, self.launcher.workers_per_instance())
-        if add <= 0:
-            return Report((f"{waiting} task(s) waiting and {live} instance(s) running in "
-                           f"cluster {self.name!r}: none to start",))  # fmt: skip
-        return self.launcher.launch(add).report()
+    def group_deadline(self, cap: int) -> float | None:
+        """When max_cost is reached if the group ran ``cap`` machines at the dearest type's
+        on-demand price from now on (the bill so far counted): the most it could spend."""
+        s = self.settings
+        if s.max_cost is None:
+            return None
+        spent, _ = self.billing.cost()
+        top = max((prices.on_demand(t, s.prices) or 0.0) for t in s.instance_types) or 0.5
+        if spent >= s.max_cost:
+            return time.time()
+        return time.time() + 3600 * (s.max_cost - spent) / (cap * top)
 
     def down(self, purge: bool = False) -> Report:
         """Terminate the instances, delete fleets, cancel spot requests (``purge``:
         the backend's data, queues and bucket too); each step runs even if one fails."""
         said = self._stopping("cloudloop down")
+        group_lines, group_ok = self.group.delete()
         lines, ok = self.teardown.down(purge=purge)
-        return Report(tuple(said + lines or ["nothing was running"]), ok)
+        left = self.group.leftovers()
+        if left:
+            lines.append(f"still there: {', '.join(left)}; run `cloudloop down` again")
+        return Report(tuple(said + group_lines + lines or ["nothing was running"]),
+                      ok and group_ok and not left)  # fmt: skip
 
     def _stopping(self, by: str, ids: list[str] | None = None) -> list[str]:
         """Boots the client is about to end (all live instances' by default) are not
@@ -197,7 +236,7 @@ class Ec2Cluster(Cluster):
         rows = self.inventory.instances(LISTED)
         live = {i["id"] for i in rows if i["state"] in ("pending", "running")}
         boots = {r.instance: r for r in self.launcher.boots.records()}
-        lines = []
+        lines = self.group.lines()
         for i in rows:
             up = format_seconds(now - i["launched"])
             price = ledger.get(i["id"], {}).get("price", 0.0)
@@ -239,8 +278,13 @@ class Ec2Cluster(Cluster):
     def cleanup(self, purge: bool = False) -> Report:
         """``down``, then everything ``init`` and launching made (template, role, group)."""
         self._stopping("cloudloop cleanup")
+        group_lines, group_ok = self.group.delete()
         lines, ok = self.teardown.cleanup(purge=purge)
-        return Report(tuple(lines or ["nothing to clean up"]), ok)
+        left = self.group.leftovers()
+        if left:
+            lines.append(f"still there: {', '.join(left)}; run `cloudloop cleanup` again")
+        return Report(tuple(group_lines + lines or ["nothing to clean up"]),
+                      ok and group_ok and not left)  # fmt: skip
 
     # ---------------------------------------------------------------- capabilities
 
@@ -255,10 +299,19 @@ class Ec2Cluster(Cluster):
         problems = [] if finished else self.boot_problems(limit=1)
         return "\n".join([line, *problems])
 
-    def resume(self) -> None:
-        """Workers take work again; boots that failed so far hold launches back no more."""
+    def pause(self) -> Report:
+        """The backend's flag, and the group starts nothing more (nothing at work ends)."""
+        super().pause()
+        said = self.group.pause()
+        return Report((said,) if said else ())
+
+    def resume(self) -> Report:
+        """Workers take work again; boots that failed so far hold launches back no more;
+        the group follows the queue again."""
         super().resume()
         self.launcher.boots.reset()
+        said = self.group.resume(self.launcher.workers_per_instance())
+        return Report((said,) if said else ())
 
     def init(self) -> Report:
         """Create the bucket, queue, IAM role and instance profile, security group."""
@@ -272,6 +325,10 @@ class Ec2Cluster(Cluster):
         instance is left; otherwise it runs until interrupted.
         """
         s = self.settings
+        if self.group.describe() is not None:
+            raise ConfigError(f"cluster {s.cluster!r} has an Auto Scaling group following the "
+                              f"queue already ({self.group.names.group}): `cloudloop down` "
+                              "first to scale it from this terminal instead")  # fmt: skip
         wpi = self.launcher.workers_per_instance()
         say(f"scaling cluster {s.cluster!r} to its queue every {every:g} s (Ctrl-C stops scaling; "
             "workers still leave by themselves when idle)")  # fmt: skip

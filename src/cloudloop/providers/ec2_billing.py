@@ -3,6 +3,7 @@
 ::
 
     launched instance -> prices.hourly(type, zone, market) -> ledger record opened
+                         (the Auto Scaling group's: by the next client that looks)
     cost()            -> records still open for instances EC2 no longer runs are
                          closed first, then prices.cost(records): (spent, $/h now)
     job_cost()        -> the same, for the time a job ran (``cloudloop status``)
@@ -42,16 +43,27 @@ class Ec2Billing:
         return self.ctx.bill().records()
 
     def current(self) -> list[dict[str, Any]]:
-        """The ledger, after closing the records of instances EC2 no longer runs."""
+        """The ledger, after closing the records of instances EC2 no longer runs and
+        opening those of instances no client launched (the Auto Scaling group's), from
+        their launch time."""
         recs = self.ledger()
+        known = {r["id"] for r in recs}
         open_ids = [r["id"] for r in recs if not r.get("ended")]
+        live = self.inventory.instances()
+        changed = False
+        for inst in live:
+            if inst["id"] not in known:
+                s = self.ctx.settings
+                price = prices.hourly(self.ctx.aws.ec2, inst["type"], inst["zone"],
+                                      inst["market"] == "spot", s.prices)  # fmt: skip
+                self.ctx.bill().open(inst, price, launched=inst["launched"])
+                changed = True
         if open_ids:
-            live = {i["id"] for i in self.inventory.instances()}
-            gone = [i for i in open_ids if i not in live]
+            gone = [i for i in open_ids if i not in {x["id"] for x in live}]
             if gone:
                 self.ctx.bill().close(gone)
-                recs = self.ledger()
-        return recs
+                changed = True
+        return self.ledger() if changed else recs
 
     def cost(self) -> tuple[float, float]:
         """(USD so far, USD per hour now); notices instances that ended meanwhile."""

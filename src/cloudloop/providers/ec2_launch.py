@@ -126,7 +126,7 @@ class Ec2Launcher:
 
     def launch(self, n: int) -> LaunchReport:
         """Start up to ``n`` instances (fewer if max_workers or max_cost say so)."""
-        c, s = self.ctx, self.ctx.settings
+        s = self.ctx.settings
         if self.paused():
             raise ConfigError(f"cluster {s.cluster!r} is paused: `cloudloop resume` first")
         wpi = self.workers_per_instance()
@@ -141,20 +141,11 @@ class Ec2Launcher:
             return report
         if n <= 0:
             return report
-        self.setup.init()
-        setup.wait_for_profile(c.aws.iam, c.role)
-        plans = self.plans(stop_at, report)
-        if not plans:
+        prepared = self.prepare(stop_at, report)
+        if prepared is None:
             return report
-        group = self.setup.security_group()
-        configs = []
-        for p in plans:
-            tid, version = setup.template_version(
-                c.aws.ec2, c.template_name, p.image, render(p.boot), c.role, group, c.tags,
-                s.key_name,
-            )  # fmt: skip
-            configs.append((tid, version, p))
-        nets = setup.subnets(c.aws.ec2, s.subnets)
+        configs, nets = prepared
+        plans = [p for _, _, p in configs]
         zone_of = {x["SubnetId"]: x["AvailabilityZone"] for x in nets}
         plan_of = {t: p for p in plans for t in p.types}
         markets = (
@@ -177,6 +168,29 @@ class Ec2Launcher:
             want -= len(got)
         return report
 
+    def prepare(
+        self, stop_at: float | None, report: LaunchReport, group: str | None = None
+    ) -> tuple[list[tuple[str, str, LaunchPlan]], list[dict[str, str]]] | None:
+        """What any launch needs: the account set up (aws init), a launch template version
+        per architecture (its user-data: ``stop_at``, and ``group``, the Auto Scaling group
+        its instances leave when idle), the subnets. None: every plan is held back
+        (said in the report)."""
+        c, s = self.ctx, self.ctx.settings
+        self.setup.init()
+        setup.wait_for_profile(c.aws.iam, c.role)
+        plans = self.plans(stop_at, report, group)
+        if not plans:
+            return None
+        sg = self.setup.security_group()
+        configs = []
+        for p in plans:
+            tid, version = setup.template_version(
+                c.aws.ec2, c.template_name, p.image, render(p.boot), c.role, sg, c.tags,
+                s.key_name, instance_type=p.types[0],
+            )  # fmt: skip
+            configs.append((tid, version, p))
+        return configs, setup.subnets(c.aws.ec2, s.subnets)
+
     def _request(
         self,
         configs: list[tuple[str, str, LaunchPlan]],
@@ -190,7 +204,9 @@ class Ec2Launcher:
         c = self.ctx
         return ec2_fleet.request(c.aws.ec2, fleet, nets, market, want, c.tags, report.failed)
 
-    def plans(self, stop_at: float | None, report: LaunchReport) -> list[LaunchPlan]:
+    def plans(
+        self, stop_at: float | None, report: LaunchReport, group: str | None = None
+    ) -> list[LaunchPlan]:
         """For each architecture of the profile's instance types: its image, the wheelhouse
         its instances install (published to the store), and their user-data; none for an
         architecture whose boots keep failing (:meth:`Boots.hold`: said in the report)."""
@@ -222,7 +238,7 @@ class Ec2Launcher:
                 backend=c.url, version=__version__, worker=c.worker, python=s.python,
                 wheelhouse=wheelhouse, install=install, pip_args=s.pip_args,
                 workers_per_instance=s.workers_per_instance, boot_timeout=s.boot_timeout,
-                stop_at=stop_at, cluster=s.cluster,
+                stop_at=stop_at, cluster=s.cluster, group=group,
             )  # fmt: skip
             held = self.boots.hold(boot.config(), live, s.max_failed_boots)
             if held:

@@ -59,6 +59,8 @@ class AwsClients:
     ssm: Any
     sqs: Any
     s3: Any
+    autoscaling: Any = None
+    cloudwatch: Any = None
 
     @classmethod
     def for_backend(cls, backend_url: str) -> AwsClients:
@@ -67,7 +69,8 @@ class AwsClients:
         kw = {"endpoint_url": p.get("endpoint")}
         sqs, s3 = clients(p.get("region"), p.get("endpoint"))
         return cls(session.client("ec2", **kw), session.client("iam", **kw),
-                   session.client("ssm", **kw), sqs, s3)  # fmt: skip
+                   session.client("ssm", **kw), sqs, s3, session.client("autoscaling", **kw),
+                   session.client("cloudwatch", **kw))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class Ec2Setup:
         queue = cast(SqsQueue, c.backend().queue)  # open_aws's
         arn = c.aws.sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["QueueArn"])
         arn = arn["Attributes"]["QueueArn"]
-        policy = worker_policy(arn, c.bucket, c.prefix)
+        policy = worker_policy(arn, c.bucket, c.prefix, c.group_name, c.cluster)
         ensure_role(c.aws.iam, c.role, policy, c.tags)
         vpc = self.vpc()
         group = ensure_security_group(c.aws.ec2, c.group_name, vpc, c.tags)
@@ -201,11 +204,20 @@ def tags(cluster: str, profile: str) -> list[dict[str, str]]:
     ]
 
 
-def worker_policy(queue_arn: str, bucket: str, prefix: str) -> dict[str, Any]:
-    """Least privilege for a worker: its queue and its bucket prefix, nothing else."""
+def worker_policy(
+    queue_arn: str, bucket: str, prefix: str, group: str | None = None, cluster: str | None = None
+) -> dict[str, Any]:
+    """Least privilege for a worker: its queue and its bucket prefix, nothing else; with
+    ``group``, also leaving that Auto Scaling group (and only that one, by name and by
+    its ``cloudloop:cluster`` tag) with its desired capacity taken down.
+
+    IAM has no condition key for the instance a TerminateInstanceInAutoScalingGroup
+    call names, so "only itself" cannot be a policy: an instance of the group could
+    end another instance of the same group (whose task then runs again elsewhere),
+    never anything outside it, and never start one."""
     objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
     listing = f"{prefix}/*" if prefix else "*"
-    return {
+    policy: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -227,6 +239,14 @@ def worker_policy(queue_arn: str, bucket: str, prefix: str) -> dict[str, Any]:
             },
         ],
     }  # fmt: skip
+    if group:
+        policy["Statement"].append({
+            "Effect": "Allow",
+            "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup"],
+            "Resource": [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{group}"],
+            "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{TAG_CLUSTER}": cluster or ""}},
+        })  # fmt: skip
+    return policy
 
 
 _TRUST = {
@@ -371,8 +391,13 @@ def template_version(
     group: str,
     tag_list: list[dict],
     key_name: str | None = None,
+    instance_type: str | None = None,
 ) -> tuple[str, str]:
-    """A launch template version with this user-data; returns (template id, version)."""
+    """A launch template version with this user-data; returns (template id, version).
+
+    ``instance_type`` is the template's own (an Auto Scaling group's overrides
+    and a fleet's take precedence over it; a template with none cannot be launched
+    on its own)."""
     data: dict[str, Any] = {
         "ImageId": image,
         "UserData": base64.b64encode(user_data.encode()).decode(),
@@ -387,6 +412,8 @@ def template_version(
     }
     if key_name:
         data["KeyName"] = key_name
+    if instance_type:
+        data["InstanceType"] = instance_type
     try:
         found = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
     except ClientError as e:

@@ -209,10 +209,11 @@ class Ledger:
     def key(self, iid: str) -> str:
         return keys.ledger(self.cluster, iid)
 
-    def open(self, inst: dict[str, Any], price: float) -> None:
-        """Open the record of an instance just launched (``inst``: its id, type, zone, market)."""
+    def open(self, inst: dict[str, Any], price: float, launched: float | None = None) -> None:
+        """Open the record of an instance just launched (``inst``: its id, type, zone, market;
+        ``launched``: when, if not now: one the client did not launch itself)."""
         rec = LedgerRecord(
-            inst["id"], inst["type"], price, time.time(), inst["zone"], inst["market"]
+            inst["id"], inst["type"], price, launched or time.time(), inst["zone"], inst["market"]
         )
         self.backend.put_record(self.key(rec.id), rec.to_dict())
 

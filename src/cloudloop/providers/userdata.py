@@ -17,7 +17,12 @@ store (``clusters/<cluster>/boots/<instance>``) so ``cloudloop ls`` shows it::
     workers       one worker per vCPU (or ``workers_per_instance``)
     ended         the workers left (idle, preempted, past the cost deadline,
                   stopped); the machine shuts down, which terminates it
-                  (``InstanceInitiatedShutdownBehavior=terminate``)
+                  (``InstanceInitiatedShutdownBehavior=terminate``). One of an
+                  Auto Scaling group (``CLOUDLOOP_GROUP``) first ends itself in
+                  the group, its desired capacity decremented (bootagent.py
+                  ``leave``), so the group does not start another in its place;
+                  after a spot notice it leaves the capacity for the group to
+                  replace
 
 A failed phase reports ``failed`` with the reason and the tail of the
 bootstrap log, then shuts the machine down. Its workers get the backend URL
@@ -57,6 +62,7 @@ class Bootstrap:
     boot_timeout: float = 900.0  # no worker by then: the machine ends itself
     stop_at: float | None = None  # unix time: workers leave then (max_cost)
     cluster: str | None = None  # its workers' cluster; closes this instance's bill record
+    group: str | None = None  # the Auto Scaling group it leaves (decrementing) as it ends
     env: dict[str, str] = field(default_factory=dict)
 
     def config(self) -> str:
@@ -82,7 +88,7 @@ def render(b: Bootstrap) -> str:
     if b.cluster:
         close_bill = (
             f'"$HOME_DIR/venv/bin/cloudloop" instance-ended --backend {q(b.backend)} '
-            f'--cluster {q(b.cluster)} --metadata-url "$META" || true\n'
+            f'--cluster {q(b.cluster)} --metadata-url "$META" --booted "$T0" || true\n'
         )
     env = {**b.env, "CLOUDLOOP_BACKEND": b.backend, "CLOUDLOOP_BOOT_CONFIG": b.config(),
            "CLOUDLOOP_BOOT_TIMEOUT": f"{b.boot_timeout:g}"}  # fmt: skip
@@ -90,6 +96,8 @@ def render(b: Bootstrap) -> str:
         env[CLUSTER_ENV] = b.cluster  # into their heartbeat records: `ls` and workers() find them
     if b.wheelhouse:
         env["CLOUDLOOP_WHEELHOUSE"] = b.wheelhouse
+    if b.group:
+        env["CLOUDLOOP_GROUP"] = b.group
     exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(env.items()))
     if b.wheelhouse:
         fetch = (
@@ -135,6 +143,14 @@ find_anypy
 report() {{
   if [ -n "$ANYPY" ]; then "$ANYPY" -I "$AGENT" report "$@" || echo "could not report: $*"; fi
 }}
+# an instance of an Auto Scaling group ends itself within it, taking the desired capacity
+# down (else the group replaces it); after a spot notice it leaves that to AWS
+leave() {{
+  if [ -n "${{CLOUDLOOP_GROUP:-}}" ] && [ -n "$ANYPY" ]; then
+    "$ANYPY" -I "$AGENT" leave || echo "could not leave group $CLOUDLOOP_GROUP"
+  fi
+  shutdown -h now
+}}
 fail() {{
   echo "boot failed: $1"
   # the first failure (the watchdog's or the boot's own) is the one reported
@@ -142,7 +158,7 @@ fail() {{
     report failed --detail "$1" --log "$LOG"
     if [ -w /dev/console ]; then echo "cloudloop boot failed: $1" >/dev/console; fi
   fi
-  shutdown -h now
+  leave
   exit 1
 }}
 step() {{
@@ -203,5 +219,5 @@ report workers --detail "{count} worker(s) started $(( $(date +%s) - T0 )) s aft
 for pid in $PIDS; do wait "$pid"; done
 echo "workers left $(date -u +%FT%TZ); shutting down"
 report ended --detail "the workers left"
-{close_bill}shutdown -h now
+{close_bill}leave
 """
