@@ -30,6 +30,16 @@ Workers on a machine have no AWS keys in their environment: boto3 finds the
 instance-profile credentials through the metadata service, as on EC2. A test
 posts a spot interruption notice with :meth:`CloudBox.notice` and pulls a
 machine's plug with :meth:`CloudBox.kill`.
+
+What moto stores but never runs is done by :class:`asgbox.AutoScalingStandIn`
+(``box.autoscaling``), a thread beside the simulator that stands in for that part
+of AWS: it evaluates CloudWatch alarms on the SQS queue's attributes with their
+thresholds and periods (compressed: ``scale`` 1/20 makes a minute 3 s), runs the
+step and simple scaling policies they name and the one-time scheduled actions
+(``max_cost``: in real time), and replaces a group's instances that EC2 ended,
+as the group's health check does. asgbox.py says where it is simpler than AWS.
+In the box a group's instances are on-demand of the launch template's first
+type (moto launches no spot for a group): spot notices are still served.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from pathlib import Path
 
 import boto3
 import netns
+from asgbox import AutoScalingStandIn
 
 HERE = Path(__file__).resolve().parent
 MOTO_PORT = 5000
@@ -129,7 +140,7 @@ class Machine:
 class CloudBox:
     """moto_server in its own namespace plus an EC2 instance simulator."""
 
-    def __init__(self, root: Path, region: str = "us-east-1"):
+    def __init__(self, root: Path, region: str = "us-east-1", scale: float = 1 / 20):
         self.root = root
         self.region = region
         self.images: dict[str, Image] = {}
@@ -169,6 +180,9 @@ class CloudBox:
             for arch in ("x86_64", "arm64"):
                 ami = ssm.get_parameter(Name=AL2023_SSM.format(arch=arch))["Parameter"]["Value"]
                 self.images[ami] = AL2023
+            # what moto stores but never runs: alarms, scaling policies, scheduled actions,
+            # replacing a group's lost instances (asgbox.py); time runs `scale` times as fast
+            self.autoscaling = AutoScalingStandIn(self.endpoint, region, scale=scale)
         except Exception:
             self.close()
             raise
@@ -227,6 +241,7 @@ echo "Complete!"
     def start(self) -> CloudBox:
         self._thread = threading.Thread(target=self._run, name="cloudbox", daemon=True)
         self._thread.start()
+        self.autoscaling.start()
         return self
 
     def _run(self) -> None:
@@ -346,6 +361,8 @@ echo "Complete!"
 
     def close(self) -> None:
         self._stop.set()
+        if getattr(self, "autoscaling", None) is not None:
+            self.autoscaling.close()
         if self._thread is not None:
             self._thread.join(10)
         for m in list(self.machines.values()):

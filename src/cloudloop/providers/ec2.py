@@ -174,7 +174,9 @@ class Ec2Cluster(Cluster):
             raise ConfigError(f"cluster {s.cluster!r} is paused: `cloudloop resume` first")
         wpi = self.launcher.workers_per_instance()
         deadline = self.group_deadline(self.group.cap(wpi))
-        stop_at = None if deadline is None else deadline - LEAVE_MARGIN
+        # workers leave a little before AWS sets the group to zero (a tenth of a short budget)
+        margin = 0.0 if deadline is None else min(LEAVE_MARGIN, (deadline - time.time()) / 10)
+        stop_at = None if deadline is None else deadline - max(0.0, margin)
         report = LaunchReport(wanted=0)
         prepared = self.launcher.prepare(stop_at, report, group=self.group.names.group)
         if prepared is None:  # every architecture's boots keep failing: the group must not grow
