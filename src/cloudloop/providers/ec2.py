@@ -298,7 +298,7 @@ class Ec2Cluster(Cluster):
         """For ``cloudloop status``: this cluster's cost while a job ran, and to go; while
         it runs, also the cluster's latest failed boot (why its tasks may be waiting)."""
         line = self.billing.job_cost(created, finished, eta)
-        problems = [] if finished else self.boot_problems(limit=1)
+        problems = [] if finished else self.group.lines(activities=2) + self.boot_problems(limit=1)
         return "\n".join([line, *problems])
 
     def pause(self) -> Report:

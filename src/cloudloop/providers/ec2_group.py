@@ -84,6 +84,10 @@ class GroupNames:
         return [self.work_alarm, self.empty_alarm]
 
 
+def _usd(x: float | None) -> str:
+    return f"${x or 0:.2f}" if (x or 0) >= 1 else f"${x or 0:.4g}"
+
+
 def step_adjustments(per_instance: int, cap: int) -> list[dict[str, Any]]:
     """Steps over the waiting tasks (the alarm's value above its threshold 0): ``k``
     machines for up to ``k * per_instance`` tasks, k = 1, 2, 4, ... until ``cap``.
@@ -302,17 +306,17 @@ class Ec2Group:
         if deadline is None:
             self._delete_actions()
             return "  no max_cost: the group runs until `cloudloop down`"
-        if deadline <= time.time() + PERIOD:
+        if deadline <= time.time() + 5:  # AWS takes no StartTime in the past
             self._delete_actions()
             self._asg.update_auto_scaling_group(AutoScalingGroupName=n, MinSize=0, MaxSize=0,
                                                 DesiredCapacity=0)  # fmt: skip
-            return f"  max_cost ${self.ctx.settings.max_cost:.2f} is spent: the group is at zero"
+            return f"  max_cost {_usd(self.ctx.settings.max_cost)} is spent: the group is at zero"
         at = datetime.datetime.fromtimestamp(deadline, datetime.timezone.utc)
         self._asg.put_scheduled_update_group_action(
             AutoScalingGroupName=n, ScheduledActionName=COST_ACTION, StartTime=at,
             MinSize=0, MaxSize=0, DesiredCapacity=0,
         )  # fmt: skip
-        return (f"  max_cost ${self.ctx.settings.max_cost:.2f}: AWS sets the group to zero at "
+        return (f"  max_cost {_usd(self.ctx.settings.max_cost)}: AWS sets the group to zero at "
                 f"{at:%Y-%m-%d %H:%M} UTC (in {format_seconds(deadline - time.time())}); "
                 "workers leave a minute before")  # fmt: skip
 
