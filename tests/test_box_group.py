@@ -164,9 +164,10 @@ def test_pause_resume_down_and_cleanup_leave_what_the_docs_say(box, tmp_path):
     name = cluster.group.names.group
     assert asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"] == []
     assert asg.describe_policies(AutoScalingGroupName=name)["ScalingPolicies"] == []
-    assert asg.describe_scheduled_actions(AutoScalingGroupName=name)[
-        "ScheduledUpdateGroupActions"
-    ] == []
+    assert (
+        asg.describe_scheduled_actions(AutoScalingGroupName=name)["ScheduledUpdateGroupActions"]
+        == []
+    )
     assert cw.describe_alarms(AlarmNamePrefix=name)["MetricAlarms"] == []
     tagged = cluster.ctx.aws.ec2.describe_launch_templates(
         Filters=[{"Name": "tag:cloudloop:cluster", "Values": [cluster.name]}]
