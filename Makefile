@@ -71,6 +71,10 @@ bench-aws: $(VENV)/.bench
 bench-boot: $(VENV)/.bench
 	$(PY) benchmarks/bench_boot.py --repeat 3 --write
 
+.PHONY: bench-group
+bench-group: $(VENV)/.bench
+	$(PY) benchmarks/bench_group.py --repeat 2 --write
+
 clean:
 	rm -rf $(VENV) $(LS_VENV) .cloudloop .pytest_cache .ruff_cache
 
