@@ -43,6 +43,9 @@ Where it is simpler than AWS:
   scale-out within it of the policy's last one adds only what its step asks beyond
   that one's; scale-in is not held back. SimpleScaling: after a change, the policy does
   nothing for its Cooldown (else the group's DefaultCooldown, else 300 s).
+* Suspended processes: with Launch suspended (SuspendProcesses) a policy that would
+  raise the desired capacity does nothing (AWS raises it and launches nothing; moto
+  would launch); other processes are not looked at.
 * Scheduled actions with a Recurrence are errors, not run. The health check is the
   EC2 state alone (no grace period, no ELB check).
 """
@@ -384,6 +387,10 @@ class AutoScalingStandIn:
                 target = desired + max(0, asked - before)
         new = clamp(target, group)
         if new == desired:
+            return
+        if new > desired and any(
+            p.get("ProcessName") == "Launch" for p in group.get("SuspendedProcesses", [])
+        ):  # AWS would raise the desired capacity and launch nothing; moto would launch
             return
         self._asg.set_desired_capacity(
             AutoScalingGroupName=group["AutoScalingGroupName"], DesiredCapacity=new,

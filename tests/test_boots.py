@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -67,7 +68,7 @@ def test_the_boot_agent_spells_keys_and_signs_records_as_cloudloop_does(name):
         bootagent.verify(key, codec.encode_record(key, "n", {"b": 2}), "other")
 
 
-def test_the_boot_agent_runs_on_the_oldest_python_an_image_may_have():
+def test_the_boot_agent_runs_on_the_oldest_python_an_image_may_have(tmp_path):
     """Amazon Linux 2023's python3 is 3.9: the agent must at least compile there."""
     from cloudbox import pyenv_python
 
@@ -79,6 +80,11 @@ def test_the_boot_agent_runs_on_the_oldest_python_an_image_may_have():
         r = subprocess.run(
             [str(py), "-I", bootagent.__file__, "nonsense"], capture_output=True, text=True
         )
+        assert r.returncode == 1 and "usage:" in r.stderr, (version, r.stderr)
+        # and as the user-data carries it: without its docstrings and comments
+        lean = tmp_path / f"agent-{version}.py"
+        lean.write_text(userdata.lean(Path(bootagent.__file__).read_text()))
+        r = subprocess.run([str(py), "-I", str(lean), "nonsense"], capture_output=True, text=True)
         assert r.returncode == 1 and "usage:" in r.stderr, (version, r.stderr)
 
 

@@ -71,7 +71,9 @@ def test_init_creates_least_privilege_identity_and_a_closed_group(profile):
     assert not any(r == "*" for r in resources)
     # the group: instances may only end themselves within it (their capacity with them)
     (leave,) = [st for st in doc["Statement"] if any("autoscaling" in a for a in st["Action"])]
-    assert leave["Action"] == ["autoscaling:TerminateInstanceInAutoScalingGroup"]
+    assert leave["Action"] == [
+        "autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SuspendProcesses"
+    ]  # fmt: skip
     assert leave["Condition"] == {
         "StringEquals": {"autoscaling:ResourceTag/cloudloop:cluster": c.cluster}
     }

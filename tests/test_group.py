@@ -127,10 +127,68 @@ def test_an_instance_of_a_group_leaves_it_on_every_way_out():
                            python="3.11", cluster="c", group="cloudloop-c")  # fmt: skip
     script = userdata.render(b)
     assert "export CLOUDLOOP_GROUP=cloudloop-c" in script
-    body = script.split("fail() {", 1)[1]
-    assert body.split("}", 1)[0].count("leave") == 1  # a failed boot leaves too
+    body = script.split("fail() {", 1)[1].split("\n}", 1)[0]
+    assert "\n  leave\n" in body  # a failed boot leaves too, after counting the failures
+    assert body.index('"$AGENT" hold') < body.index("\n  leave\n")
+    assert "export CLOUDLOOP_MAX_FAILED_BOOTS=3" in script
     assert script.rstrip().endswith("leave")  # and the end of the workers
     assert "shutdown -h now" in script.split("leave() {", 1)[1].split("\n}", 1)[0]
     plain = userdata.render(userdata.Bootstrap(backend="aws://b/p", version="1",
                                                worker=WorkerOptions(), python="3.11"))  # fmt: skip
     assert "CLOUDLOOP_GROUP=" not in plain  # a fleet's instance just shuts down
+
+
+def _rec(config, launched, failed=False, served=False, stopped=False):
+    phases = [["launched", launched, ""]]
+    if served:
+        phases.append(["workers", launched + 30, ""])
+    rec = {"config": config, "phases": phases}
+    if failed:
+        rec["failed"] = "no python3.11"
+    if stopped:
+        rec["stopped"] = "cloudloop down"
+    return (launched, rec)
+
+
+@pytest.mark.parametrize(
+    ("records", "since", "run"),
+    [
+        ([_rec("a", 1, failed=True), _rec("a", 2, failed=True)], 0, 2),
+        ([_rec("a", 1, failed=True), _rec("a", 2, served=True), _rec("a", 3, failed=True)], 0, 1),
+        ([_rec("a", 1, failed=True), _rec("b", 2, failed=True), _rec("a", 3, failed=True)], 0, 2),
+        ([_rec("a", 1, failed=True), _rec("a", 2), _rec("a", 3, failed=True)], 0, 2),  # under way
+        ([_rec("a", 1, failed=True), _rec("a", 2, failed=True, stopped=True)], 0, 1),
+        ([_rec("a", 1, failed=True), _rec("a", 5, failed=True)], 3, 1),  # a resume at 3
+        ([_rec("b", 1, failed=True)], 0, 0),
+        ([], 0, 0),
+    ],
+)
+def test_the_instance_counts_failed_boots_in_a_row_as_the_client_does(records, since, run):
+    assert bootagent.failed_in_a_row(records, "a", since) == run
+
+
+def test_the_boot_agents_reset_key_is_the_clients():
+    from cloudloop import keys
+
+    for name in ("plain", "with space", "ünï", "x" * 80):
+        assert bootagent.reset_key(name) == keys.boots_reset(name)
+
+
+def test_the_boot_agent_signs_a_listing_exactly_as_botocore_does():
+    from botocore.auth import S3SigV4Auth
+
+    creds = ("AKIDEXAMPLE", "secret/with+chars", "session=token")
+    for url in ("aws://my-bucket/jobs?region=eu-west-1",
+                "aws://bk/jobs?region=us-east-1&endpoint=http://10.0.0.1:5000"):  # fmt: skip
+        bucket = bootagent.Bucket(url, None, creds)
+        query = "list-type=2&prefix=jobs%2Fclusters%2Fa%3Db%2Fboots%2F"
+        u, headers = bucket.signed("GET", "", b"", NOW, query=query)
+        assert u.endswith("?" + query)
+        req = AWSRequest(method="GET", url=u, data=b"",
+                         headers={"x-amz-content-sha256": headers["x-amz-content-sha256"]})  # fmt: skip
+        auth = S3SigV4Auth(Credentials(*creds), "s3", bucket.region)
+        with mock.patch(
+            "botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)
+        ):
+            auth.add_auth(req)
+        assert headers["authorization"] == req.headers["Authorization"]

@@ -22,6 +22,10 @@ gateway endpoint is enough.
         end this instance within its Auto Scaling group (CLOUDLOOP_GROUP), the
         group's desired capacity decremented; after a spot notice, nothing
         (the group replaces what AWS takes back)
+    python3 bootagent.py hold
+        after a failed boot: if the last CLOUDLOOP_MAX_FAILED_BOOTS boots of this
+        configuration failed (as the client counts them, since the last
+        `cloudloop resume`), suspend the group's launches
 
 Both records are signed with the backend's key (read from the bucket, as
 workers do), in the format of :func:`cloudloop.codec.sign`. Environment:
@@ -189,7 +193,14 @@ class Bucket:
         self.creds = creds
         self.deadline = None  # time.monotonic() by which requests give up (None: retries only)
 
-    def _url(self, key):
+    def _url(self, key, query=""):
+        """The object's URL; with ``query`` (canonical: sorted, encoded), the bucket's."""
+        if query:
+            if self.endpoint:
+                return self.endpoint.rstrip("/") + "/" + self.bucket + "?" + query
+            if "." not in self.bucket:
+                return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/?{query}"
+            return f"https://s3.{self.region}.amazonaws.com/{self.bucket}?{query}"
         path = urllib.parse.quote(self.prefix + key, safe="/-_.~")
         if self.endpoint:
             return self.endpoint.rstrip("/") + "/" + self.bucket + "/" + path
@@ -197,15 +208,32 @@ class Bucket:
             return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{path}"
         return f"https://s3.{self.region}.amazonaws.com/{self.bucket}/{path}"
 
-    def signed(self, method, key, body=b"", now=None):
+    def signed(self, method, key, body=b"", now=None, query=""):
         """(url, headers) of a Signature V4 request for ``key`` (as botocore signs it)."""
-        url = self._url(key)
+        url = self._url(key, query)
         payload = hashlib.sha256(body).hexdigest()
         headers = sigv4(method, url, body, self.region, "s3", self.creds, now,
                         {"x-amz-content-sha256": payload})  # fmt: skip
         return url, headers
 
-    def request(self, method, key, body=b""):
+    def listing(self, prefix):
+        """[(key below the backend's prefix, LastModified)] under ``prefix``: the first 1000."""
+        query = urllib.parse.urlencode(
+            [("list-type", "2"), ("prefix", self.prefix + prefix)],
+            quote_via=urllib.parse.quote, safe="-_.~",
+        )  # fmt: skip
+        body = self.request("GET", prefix, query=query)
+        out = []
+        for item in re.findall(rb"<Contents>(.*?)</Contents>", body, re.S):
+            key = re.search(rb"<Key>([^<]{1,1024})</Key>", item)
+            when = re.search(rb"<LastModified>([^<]{1,64})</LastModified>", item)
+            if key and when:
+                name = key.group(1).decode("utf-8", "replace").replace("&amp;", "&")
+                if name.startswith(self.prefix):
+                    out.append((name[len(self.prefix) :], when.group(1).decode()))
+        return out
+
+    def request(self, method, key, body=b"", query=""):
         """The response's body; :class:`Refused` naming the request and S3's reason.
 
         A bucket in another region than the one signed for (the backend URL names
@@ -218,7 +246,7 @@ class Bucket:
                 timeout = min(timeout, self.deadline - time.monotonic())
                 if timeout <= 0:
                     raise Refused(f"{method} {key}: no answer from the store in time")
-            url, headers = self.signed(method, key, body)  # signed now: a retry is not stale
+            url, headers = self.signed(method, key, body, query=query)  # now: a retry is fresh
             if method == "PUT":  # not urllib's default, a form (which a server may parse as one)
                 headers["content-type"] = "application/octet-stream"
             req = urllib.request.Request(url, data=body if method == "PUT" else None,
@@ -446,6 +474,36 @@ def group_call(endpoint, region, creds, params, now=None):
     return url, body, sigv4("POST", url, body, region, "autoscaling", creds, now, extra)
 
 
+def group_post(params):
+    """One EC2 Auto Scaling call for this instance, with its instance-profile credentials:
+    None if it was done, else why not (AWS's refusal, or no answer in time)."""
+    iid, token = metadata("instance-id")
+    region = metadata("placement/region", token)[0]
+    creds = credentials(token)
+    creds = (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("Token"))
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(env("CLOUDLOOP_BACKEND")).query))
+    params = {k: (iid if v is None else v) for k, v in params.items()}  # None: this instance
+    deadline = time.monotonic() + REPORT_SECONDS
+    why = "no answer"
+    for attempt in range(4):
+        url, body, headers = group_call(query.get("endpoint"), region, creds, params)
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())):
+                return None
+        except urllib.error.HTTPError as e:
+            found = re.search(rb"<Message>([^<]{1,300})</Message>", e.read(4096) or b"")
+            why = f"{e.code} {found.group(1).decode('utf-8', 'replace') if found else e.reason}"
+            if e.code < 500:
+                return redact(why)
+        except (OSError, urllib.error.URLError) as e:
+            why = str(getattr(e, "reason", e))
+        if time.monotonic() + 1 + attempt >= deadline:
+            break
+        time.sleep(1 + attempt)
+    return redact(why) + " (no answer in time)"
+
+
 def leave():
     """End this instance within its Auto Scaling group, the desired capacity decremented
     (else the group launches another in its place); after a spot interruption notice,
@@ -462,32 +520,78 @@ def leave():
         print(f"bootagent: spot interruption notice ({redact(notice)[:200]}): "
               f"group {group} replaces this machine")  # fmt: skip
         return
-    region = metadata("placement/region", token)[0]
-    creds = credentials(token)
-    creds = (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("Token"))
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(env("CLOUDLOOP_BACKEND")).query))
-    params = {"Action": "TerminateInstanceInAutoScalingGroup", "InstanceId": iid,
-              "ShouldDecrementDesiredCapacity": "true"}  # fmt: skip
-    deadline = time.monotonic() + REPORT_SECONDS
-    for attempt in range(4):
-        url, body, headers = group_call(query.get("endpoint"), region, creds, params)
-        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())):
-                print(f"bootagent: {iid} ends within group {group}, its capacity with it")
-                return
-        except urllib.error.HTTPError as e:
-            found = re.search(rb"<Message>([^<]{1,300})</Message>", e.read(4096) or b"")
-            why = f"{e.code} {found.group(1).decode('utf-8', 'replace') if found else e.reason}"
-            if e.code < 500:  # not in the group, or it is at its minimum: just shut down
-                print(f"bootagent: group {group} would not end {iid}: {redact(why)}")
-                return
-        except (OSError, urllib.error.URLError) as e:
-            why = str(getattr(e, "reason", e))
-        if time.monotonic() + 1 + attempt >= deadline:
+    why = group_post({"Action": "TerminateInstanceInAutoScalingGroup", "InstanceId": None,
+                      "ShouldDecrementDesiredCapacity": "true"})  # fmt: skip
+    if why is None:
+        print(f"bootagent: {iid} ends within group {group}, its capacity with it")
+    else:  # not in the group, or it is at its minimum: the machine just shuts down
+        print(f"bootagent: group {group} would not end {iid}: {why}")
+
+
+def failed_in_a_row(records, config, since):
+    """How many boots of ``config`` launched since ``since`` failed, newest first, up to
+    the first that served (boots under way, stopped by a client or of another config are
+    passed over), as the client counts them (providers/boots.py)."""
+    run = 0
+    for launched, rec in sorted(records, key=lambda x: x[0], reverse=True):
+        if rec.get("config") != config or launched < since or rec.get("stopped"):
+            continue
+        if rec.get("failed"):
+            run += 1
+        elif any(isinstance(p, list) and p[:1] == ["workers"] for p in rec.get("phases", [])):
             break
-        time.sleep(1 + attempt)
-    raise Refused(f"group {group} did not answer ({redact(why)}); shutting down without it")
+    return run
+
+
+def launched_at(rec):
+    first = rec.get("phases")
+    first = first[0] if isinstance(first, list) and first else None
+    ok = isinstance(first, list) and len(first) == 3 and type(first[1]) in (int, float)
+    return float(first[1]) if ok and 0 < first[1] < 2**33 else 0.0
+
+
+def reset_key(cluster):
+    """As cloudloop.keys.boots_reset."""
+    return "clusters/" + cluster_dir(cluster) + "/boots-reset"
+
+
+def hold(agent):
+    """After this boot failed: if it is the ``CLOUDLOOP_MAX_FAILED_BOOTS``-th of its
+    configuration in a row, suspend the group's launches, so a broken profile does not
+    become machines failing one after another with nobody watching (``cloudloop up``
+    with a changed profile, or ``cloudloop resume``, resumes them)."""
+    group, cluster = env("CLOUDLOOP_GROUP"), env("CLOUDLOOP_CLUSTER")
+    try:
+        limit = max(1, int(os.environ.get("CLOUDLOOP_MAX_FAILED_BOOTS", "3")))
+    except ValueError:
+        limit = 3
+    config = os.environ.get("CLOUDLOOP_BOOT_CONFIG", "")
+    agent.bucket.deadline = time.monotonic() + 2 * REPORT_SECONDS
+    since = 0.0
+    try:
+        name = reset_key(cluster)
+        at = json.loads(verify(agent.key, agent.bucket.request("GET", name), name)).get("at")
+        since = float(at) if type(at) in (int, float) else 0.0
+    except (Refused, ValueError, SystemExit, AttributeError):
+        pass
+    prefix = "clusters/" + cluster_dir(cluster) + "/boots/"  # as boot_key's
+    listed = sorted(agent.bucket.listing(prefix), key=lambda x: x[1], reverse=True)
+    records = []
+    for key, _ in listed[: 4 * limit]:  # the latest boots are enough to count a run
+        try:
+            rec = json.loads(verify(agent.key, agent.bucket.request("GET", key), key))
+        except (Refused, ValueError, SystemExit):
+            continue
+        if isinstance(rec, dict):
+            records.append((launched_at(rec), rec))
+    run = failed_in_a_row(records, config, since)
+    if run < limit:
+        print(f"bootagent: {run} boot(s) of this configuration failed in a row (stop at {limit})")
+        return
+    why = group_post({"Action": "SuspendProcesses", "AutoScalingGroupName": group,
+                      "ScalingProcesses.member.1": "Launch"})  # fmt: skip
+    said = "suspended its launches" if why is None else f"could not suspend its launches: {why}"
+    print(f"bootagent: {run} boots in a row failed; group {group} {said}")
 
 
 def main(argv):
@@ -502,9 +606,11 @@ def main(argv):
         Agent().fetch(argv[1])
     elif argv == ["leave"]:
         leave()
+    elif argv == ["hold"]:
+        hold(Agent())
     else:
         raise SystemExit(
-            "usage: bootagent.py report PHASE [--detail TEXT] [--log FILE] | fetch DEST | leave"
+            "usage: bootagent.py report PHASE [--detail TEXT] [--log FILE] | fetch DEST | leave | hold"
         )
 
 

@@ -16,6 +16,12 @@ Everything is named after the cluster (``cloudloop-<cluster>``) and tagged
                                        -> policy -zero: desired capacity 0
     action cloudloop-max-cost          (with max_cost) at the deadline: min = max = desired = 0
 
+A boot that fails ends itself in the group too; the ``max_failed_boots``-th
+failure of one configuration in a row suspends the group's launches
+(bootagent.py ``hold``), so a broken profile is not a stream of machines that
+fail one after another with nobody watching. ``up`` with a changed profile, or
+``resume``, resumes them.
+
 Machines are not taken away while they work: a worker idle for ``idle_exit``
 leaves, and its instance ends itself *within the group*
 (TerminateInstanceInAutoScalingGroup with the desired capacity decremented:
@@ -82,6 +88,11 @@ class GroupNames:
     @property
     def alarms(self) -> list[str]:
         return [self.work_alarm, self.empty_alarm]
+
+
+def _suspended(group: dict[str, Any]) -> bool:
+    """Whether the group's launches are suspended (by an instance after failed boots)."""
+    return any(p.get("ProcessName") == "Launch" for p in group.get("SuspendedProcesses", []))
 
 
 def _usd(x: float | None) -> str:
@@ -238,6 +249,9 @@ class Ec2Group:
             self._asg.update_auto_scaling_group(**common)
             lines.append(f"updated Auto Scaling group {n.group}")
         self._scaling(per_instance, cap, paused)
+        if existing is not None and _suspended(existing):  # the profile changed since: try again
+            self._asg.resume_processes(AutoScalingGroupName=n.group, ScalingProcesses=["Launch"])
+            lines.append("  its launches, suspended after failed boots, are resumed")
         lines.append(self._cost_action(deadline))
         kind = (f"spot (price-capacity-optimized) above {s.on_demand_base} on-demand"
                 if spot and s.on_demand_base else "spot (price-capacity-optimized)"
@@ -368,6 +382,9 @@ class Ec2Group:
         cap = self.cap(per_instance)
         self._asg.update_auto_scaling_group(AutoScalingGroupName=self.names.group, MaxSize=cap)
         self._cw.enable_alarm_actions(AlarmNames=[self.names.work_alarm])
+        if _suspended(g):
+            self._asg.resume_processes(AutoScalingGroupName=self.names.group,
+                                       ScalingProcesses=["Launch"])  # fmt: skip
         return f"group {self.names.group}: max {cap} again; it follows the queue"
 
     # ------------------------------------------------------------------ down
@@ -467,6 +484,9 @@ class Ec2Group:
             f"{states.get('InService', 0)}{f' ({where})' if where else ''}, "
             f"min {g.get('MinSize')}, max {g.get('MaxSize')}; " + "; ".join(says)
         ]
+        if _suspended(g):
+            lines.append("  launching suspended: boots kept failing (below); fix the profile and "
+                         "`cloudloop up`, or `cloudloop resume`")  # fmt: skip
         acts = self._asg.describe_scheduled_actions(AutoScalingGroupName=n.group)
         for a in acts.get("ScheduledUpdateGroupActions", []):
             at = a.get("StartTime")

@@ -239,6 +239,7 @@ class Ec2Launcher:
                 wheelhouse=wheelhouse, install=install, pip_args=s.pip_args,
                 workers_per_instance=s.workers_per_instance, boot_timeout=s.boot_timeout,
                 stop_at=stop_at, cluster=s.cluster, group=group,
+                max_failed_boots=s.max_failed_boots,
             )  # fmt: skip
             held = self.boots.hold(boot.config(), live, s.max_failed_boots)
             if held:

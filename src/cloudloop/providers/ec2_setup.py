@@ -178,7 +178,8 @@ class Ec2Setup:
         group = ensure_security_group(c.aws.ec2, c.group_name, vpc, c.tags)
         return [
             f"bucket s3://{c.bucket}/{c.prefix} and queue {c.queue_name}",
-            f"IAM role and instance profile {c.role} (that queue and that prefix only)",
+            f"IAM role and instance profile {c.role} (that queue and that prefix only; "
+            f"ending its own machines in group {c.group_name})",
             f"security group {group} ({c.group_name}, no inbound rules) in {vpc}",
         ]
 
@@ -209,7 +210,8 @@ def worker_policy(
 ) -> dict[str, Any]:
     """Least privilege for a worker: its queue and its bucket prefix, nothing else; with
     ``group``, also leaving that Auto Scaling group (and only that one, by name and by
-    its ``cloudloop:cluster`` tag) with its desired capacity taken down.
+    its ``cloudloop:cluster`` tag) with its desired capacity taken down, and suspending
+    that group's launches (after failed boots: bootagent.py ``hold``).
 
     IAM has no condition key for the instance a TerminateInstanceInAutoScalingGroup
     call names, so "only itself" cannot be a policy: an instance of the group could
@@ -242,7 +244,8 @@ def worker_policy(
     if group:
         policy["Statement"].append({
             "Effect": "Allow",
-            "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup"],
+            "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup",
+                       "autoscaling:SuspendProcesses"],
             "Resource": [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{group}"],
             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{TAG_CLUSTER}": cluster or ""}},
         })  # fmt: skip

@@ -22,7 +22,9 @@ store (``clusters/<cluster>/boots/<instance>``) so ``cloudloop ls`` shows it::
                   the group, its desired capacity decremented (bootagent.py
                   ``leave``), so the group does not start another in its place;
                   after a spot notice it leaves the capacity for the group to
-                  replace
+                  replace. A failed boot that is the ``max_failed_boots``-th of its
+                  configuration in a row suspends the group's launches first
+                  (bootagent.py ``hold``)
 
 A failed phase reports ``failed`` with the reason and the tail of the
 bootstrap log, then shuts the machine down. Its workers get the backend URL
@@ -36,6 +38,7 @@ Environment overrides (for images with another layout, and for tests):
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import hashlib
@@ -63,6 +66,7 @@ class Bootstrap:
     stop_at: float | None = None  # unix time: workers leave then (max_cost)
     cluster: str | None = None  # its workers' cluster; closes this instance's bill record
     group: str | None = None  # the Auto Scaling group it leaves (decrementing) as it ends
+    max_failed_boots: int = 3  # failed boots in a row (this config) that suspend its launches
     env: dict[str, str] = field(default_factory=dict)
 
     def config(self) -> str:
@@ -72,8 +76,53 @@ class Bootstrap:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
+def lean(source: str) -> str:
+    """``source`` without its docstrings and comment lines (the same program, smaller):
+    the user-data, agent included, must stay within EC2's 16 KB."""
+    tree = ast.parse(source)
+    drop: dict[int, str | None] = {}  # line -> None (dropped) or what replaces it
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) or not body:
+            continue
+        doc = body[0]
+        if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str)):  # fmt: skip
+            continue
+        end = doc.end_lineno or doc.lineno
+        for line in range(doc.lineno, end + 1):
+            drop[line] = None
+        if len(body) == 1:  # the docstring was the whole body: it needs a statement
+            drop[doc.lineno] = " " * doc.col_offset + "pass"
+    kept: list[str] = []
+    for i, text in enumerate(source.splitlines(), 1):
+        if i in drop:
+            said = drop[i]
+            if said is not None:
+                kept.append(said)
+        elif not text.lstrip().startswith("#") or i == 1:
+            kept.append(text)
+    out = "\n".join(kept) + "\n"
+    # the same program: what was dropped was docstrings and comments, nothing else
+    if _code(ast.parse(out)) != _code(tree):
+        raise AssertionError("lean() changed more than docstrings and comments")
+    return out
+
+
+def _code(tree: ast.AST) -> str:
+    """The program without its docstrings, for comparing two spellings of it."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body:
+            doc = body[0]
+            if (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)):  # fmt: skip
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _agent() -> str:
-    packed = base64.b64encode(gzip.compress(AGENT.read_bytes(), mtime=0)).decode()
+    packed = base64.b64encode(gzip.compress(lean(AGENT.read_text()).encode(), mtime=0)).decode()
     return "\n".join(packed[i : i + 76] for i in range(0, len(packed), 76))
 
 
@@ -98,6 +147,7 @@ def render(b: Bootstrap) -> str:
         env["CLOUDLOOP_WHEELHOUSE"] = b.wheelhouse
     if b.group:
         env["CLOUDLOOP_GROUP"] = b.group
+        env["CLOUDLOOP_MAX_FAILED_BOOTS"] = str(b.max_failed_boots)
     exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(env.items()))
     if b.wheelhouse:
         fetch = (
@@ -157,6 +207,8 @@ fail() {{
   if mkdir "$HOME_DIR/failed" 2>/dev/null; then
     report failed --detail "$1" --log "$LOG"
     if [ -w /dev/console ]; then echo "cloudloop boot failed: $1" >/dev/console; fi
+    # the last boots of this configuration failed too: the group launches no more
+    if [ -n "${{CLOUDLOOP_GROUP:-}}" ] && [ -n "$ANYPY" ]; then "$ANYPY" -I "$AGENT" hold || true; fi
   fi
   leave
   exit 1
