@@ -192,3 +192,29 @@ def test_the_boot_agent_signs_a_listing_exactly_as_botocore_does():
         ):
             auth.add_auth(req)
         assert headers["authorization"] == req.headers["Authorization"]
+
+
+def test_the_dashboard_asks_aws_for_the_group_at_most_every_30_s(tmp_path):
+    from cloudloop.backends import open_backend
+    from cloudloop.dashboard import DashboardServer
+
+    calls = []
+
+    def snapshot():
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("AWS refused DescribeAutoScalingGroups")
+        return [{"group": "cloudloop-x", "desired": 1}]
+
+    server = DashboardServer(open_backend(f"sqlite://{tmp_path}/b"), port=0, groups=snapshot)
+    try:
+        for _ in range(20):  # however many browsers poll
+            assert server.groups() == [{"group": "cloudloop-x", "desired": 1}]
+        assert len(calls) == 1
+        server._groups_every = 0.0
+        assert server.groups() == [{"error": "RuntimeError: AWS refused DescribeAutoScalingGroups"}]
+    finally:
+        server.server_close()
+    plain = DashboardServer(open_backend(f"sqlite://{tmp_path}/b"), port=0)
+    assert plain.groups() == []
+    plain.server_close()

@@ -158,13 +158,29 @@ def hostile(tmp_path_factory):
     _hostile_boots(ex2.backend)
     report = base / "report.html"
     assert cli_main(["report", "--backend", url, done.id, "-o", str(report)]) == 0
-    server = DashboardServer(ex2.backend, port=0, job_every=0.2)
+    server = DashboardServer(ex2.backend, port=0, job_every=0.2, groups=lambda: GROUPS)
     server.start()
     yield {"url": url, "done": done, "waiting": waiting, "records": records,
            "server": server, "report": report}  # fmt: skip
     server.shutdown()
     server.server_close()
     ex2.shutdown(wait=False, cancel_futures=True)
+
+
+GROUP_NAME = "cloudloop-" + HOSTILE[0]
+GROUPS = [
+    {
+        "group": GROUP_NAME, "cluster": HOSTILE[1], "desired": 2, "min": 0, "max": "<b>9</b>",
+        "in_service": 1, "suspended": True,
+        "alarms": [{"name": HOSTILE[2], "state": HOSTILE[3], "actions": False}, "not a dict"],
+        "scheduled": [{"name": HOSTILE[4], "max": 0, "at": "not a time"}],
+        "activities": [
+            {"at": 1796140000.0, "status": HOSTILE[5], "text": HOSTILE[6], "why": HOSTILE[0]},
+            {"at": None, "status": None, "text": 7, "why": ["x"]},
+        ],
+    },
+    {"error": HOSTILE[1]},  # a group AWS would not describe
+]  # fmt: skip
 
 
 def _page(browser, csp: str):
@@ -307,6 +323,25 @@ def test_boots_show_hostile_fields_as_text(hostile, browser, csp):
         for hidden in ("i-0otherkey", "i-0unsigned", "i-0copied", "i-0typed", "forged reason"):
             assert hidden not in card, hidden
         _assert_clean(page, seen, 1, csp)
+    ctx.close()
+
+
+@pytest.mark.parametrize("csp", CSPS)
+def test_the_auto_scaling_group_shows_awss_words_as_text(hostile, browser, csp):
+    from playwright.sync_api import expect
+
+    server = hostile["server"]
+    ctx, page, seen = _page(browser, csp)
+    page.goto(server.url)
+    card = page.locator("#group-card")
+    expect(card.locator("tr.group-activity")).to_have_count(2)
+    text = card.text_content()
+    for shown in (GROUP_NAME, HOSTILE[2], HOSTILE[3], HOSTILE[4], HOSTILE[5], HOSTILE[6],
+                  HOSTILE[0], HOSTILE[1], "(actions off)", "launching suspended"):  # fmt: skip
+        assert shown in text, shown
+    assert "desired 2, in service 1, min 0, max ?" in text  # a max that is not a number
+    assert card.locator("[data-group]").first.get_attribute("data-group") == GROUP_NAME
+    _assert_clean(page, seen, 1, csp)
     ctx.close()
 
 

@@ -382,8 +382,17 @@ def cmd_dashboard(args) -> int:
 
     port = _port(args.port)
     backend = _backend(args)
+    groups = None
+    if not args.backend:  # the profile's cluster, if it is an Auto Scaling group's
+        from .providers import cluster_for
+
+        cluster = cluster_for(load_profile(args.profile), backend.url)
+        group = getattr(cluster, "group", None)
+        if group is not None:
+            groups = lambda: [g for g in [group.snapshot()] if g]  # noqa: E731
     try:
-        server = DashboardServer(backend, host=args.host, port=port, job_every=args.interval)
+        server = DashboardServer(backend, host=args.host, port=port, job_every=args.interval,
+                                 groups=groups)  # fmt: skip
     except OSError as e:
         raise CloudloopError(
             f"cannot listen on {args.host}:{port} ({e.strerror}); "

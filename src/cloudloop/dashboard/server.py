@@ -7,7 +7,10 @@
     GET /api/jobs                      one row per job
     GET /api/jobs/<id>                 one job's snapshot (progress, chart data, workers, tasks)
     GET /api/jobs/<id>/logs/<index>    {"text": ...}: what the task printed so far
-    GET /api/boots                     {"clusters": [...]}: every cluster's newest ec2 boots
+    GET /api/boots                     {"clusters": [...], "groups": [...]}: every cluster's
+                                       newest ec2 boots; the profile's Auto Scaling group
+                                       (``--profile`` of an ec2 cluster: asked of AWS at
+                                       most every 30 s, whatever the polls)
     anything without the token         403
 
 Every response carries a Content-Security-Policy (:data:`CSP`) that allows
@@ -32,6 +35,8 @@ import hmac
 import logging
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rows = view.jobs()
                 self._json({"backend": view.backend.url, "jobs": rows, "count": view.job_count})
             elif parts == ["boots"]:
-                self._json({"clusters": view.boots()})
+                self._json({"clusters": view.boots(), "groups": self.server.groups()})
             elif len(parts) == 2 and parts[0] == "jobs":
                 jv = view.job(parts[1])
                 jv.refresh(view.job_every)
@@ -160,10 +165,30 @@ class DashboardServer(ThreadingHTTPServer):
         port: int = 8787,
         token: str | None = None,
         job_every: float = 2.0,
+        groups: Callable[[], list[dict[str, Any]]] | None = None,
+        groups_every: float = 30.0,
     ):
         self.token = token or secrets.token_urlsafe(18)
         self.view = DashboardView(backend, job_every=job_every)
+        self._groups_fn, self._groups_every = groups, groups_every
+        self._groups: tuple[float, list[dict[str, Any]]] | None = None
+        self._groups_lock = threading.Lock()
         super().__init__((host, port), _Handler)
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The Auto Scaling groups to show, asked of AWS at most every ``groups_every`` s;
+        trouble asking is shown as the group's error, not a failed page."""
+        if self._groups_fn is None:
+            return []
+        with self._groups_lock:
+            now = time.monotonic()
+            if self._groups is None or now - self._groups[0] >= self._groups_every:
+                try:
+                    got = self._groups_fn()
+                except Exception as e:  # AWS refused or is away: the page says so, and polls
+                    got = [{"error": f"{type(e).__name__}: {e}"[:300]}]
+                self._groups = (now, got)
+            return self._groups[1]
 
     @property
     def url(self) -> str:

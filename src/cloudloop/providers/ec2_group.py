@@ -496,6 +496,44 @@ class Ec2Group:
         lines += self.activity_lines(activities)
         return lines
 
+    def snapshot(self, activities: int = 5) -> dict[str, Any] | None:
+        """The group as the dashboard shows it (plain values; the page escapes them all)."""
+        g = self.describe()
+        if g is None:
+            return None
+        n = self.names
+        states: dict[str, int] = {}
+        for i in g.get("Instances", []):
+            k = str(i.get("LifecycleState", "?"))
+            states[k] = states.get(k, 0) + 1
+        alarms = self._cw.describe_alarms(AlarmNames=n.alarms).get("MetricAlarms", [])
+        acts = self._asg.describe_scheduled_actions(AutoScalingGroupName=n.group)
+        try:
+            found = self._asg.describe_scaling_activities(
+                AutoScalingGroupName=n.group, MaxRecords=activities
+            ).get("Activities", [])
+        except ClientError:
+            found = []
+
+        def at(v: Any) -> float | None:
+            return v.timestamp() if isinstance(v, datetime.datetime) else None
+
+        return {
+            "group": n.group, "cluster": self.ctx.cluster,
+            "desired": g.get("DesiredCapacity"), "min": g.get("MinSize"),
+            "max": g.get("MaxSize"), "in_service": states.get("InService", 0), "states": states,
+            "suspended": _suspended(g),
+            "alarms": [{"name": a.get("AlarmName"), "state": a.get("StateValue"),
+                        "actions": bool(a.get("ActionsEnabled", True))} for a in alarms],
+            "scheduled": [{"name": a.get("ScheduledActionName"), "max": a.get("MaxSize"),
+                           "at": at(a.get("StartTime"))}
+                          for a in acts.get("ScheduledUpdateGroupActions", [])],
+            "activities": [{"at": at(a.get("StartTime")), "status": a.get("StatusCode"),
+                            "text": str(a.get("Description", ""))[:300],
+                            "why": str(a.get("StatusMessage") or "")[:400]}
+                           for a in found[:activities]],
+        }  # fmt: skip
+
     def activity_lines(self, limit: int = 5) -> list[str]:
         """The latest scaling activities, newest first, each with its status and cause."""
         try:

@@ -279,11 +279,39 @@
     });
     return html`<div class="card" id="boots-card"><h2>Boots</h2>${tables}</div>`;
   }
+  // the profile's Auto Scaling group (`cloudloop dashboard --profile` of an ec2 cluster), as AWS
+  // describes it: its counts, alarms, max_cost action and latest activities, AWS's words escaped
+  function groupSection(data) {
+    const groups = arr(data && data.groups).slice(0, 5);
+    if (!groups.length) return "";
+    const cards = groups.map((g) => {
+      g = g && typeof g === "object" ? g : {};
+      if (g.error) return html`<div class="group"><p class="muted">the Auto Scaling group could not be read: ${g.error}</p></div>`;
+      const alarms = arr(g.alarms).slice(0, 5).map((a) => {
+        a = a && typeof a === "object" ? a : {};
+        return html`<span class="tag">${a.name}: ${a.state}${a.actions === false ? " (actions off)" : ""}</span> `;
+      });
+      const sched = arr(g.scheduled).slice(0, 5).map((a) => {
+        a = a && typeof a === "object" ? a : {};
+        return html`<div class="muted">scheduled ${a.name}: max ${count(a.max)} at ${when(a.at)}</div>`;
+      });
+      const acts = arr(g.activities).slice(0, 10).map((a) => {
+        a = a && typeof a === "object" ? a : {};
+        return html`<tr class="group-activity"><td class="when">${when(a.at)}</td><td>${a.status}</td><td>${a.text}${a.why ? html`<div class="muted">${a.why}</div>` : ""}</td></tr>`;
+      });
+      return cat(html`<div class="group" data-group="${g.group}"><h3>group <span class="mono">${g.group}</span> <span class="muted">· desired ${count(g.desired)}, in service ${count(g.in_service)}, min ${count(g.min)}, max ${count(g.max)}</span></h3>`,
+        g.suspended ? html`<p class="suspended">launching suspended: boots kept failing; fix the profile and run cloudloop up, or cloudloop resume</p>` : "",
+        html`<div>${alarms}</div>`, sched,
+        acts.length ? html`<table class="boots"><thead><tr><th>When</th><th>Status</th><th>Activity</th></tr></thead><tbody>${acts}</tbody></table>` : "",
+        html`</div>`);
+    });
+    return html`<div class="card" id="group-card"><h2>Auto Scaling</h2>${cards}</div>`;
+  }
   async function refreshBoots() {  // its own request: a store hiccup here leaves the rest of the page be
     if (SNAP) return;
     let data;
     try { data = await api("boots"); } catch (e) { return; }
-    const shown = bootSection(data), text = part(shown);
+    const shown = cat(groupSection(data), bootSection(data)), text = part(shown);
     if (text === ui.bootsHtml) return;
     ui.boots = shown; ui.bootsHtml = text;
     const box = document.getElementById("boots");
