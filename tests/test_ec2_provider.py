@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cloudloop.config import load_profile
+from cloudloop.errors import ConfigError
 from cloudloop.providers.base import CLUSTER_ENV, Report
 from cloudloop.providers.ec2 import Ec2Cluster, Ec2Provider, Ec2Settings
 from cloudloop.providers.ec2_setup import TAG_CLUSTER
@@ -67,13 +68,15 @@ def test_init_creates_least_privilege_identity_and_a_closed_group(profile):
     doc = doc if isinstance(doc, dict) else json.loads(doc)
     resources = [r for st in doc["Statement"] for r in st["Resource"]]
     group_arn = f"autoScalingGroup:*:autoScalingGroupName/{c.group_name}"
-    assert all(c.queue_name in r or c.bucket in r or r.endswith(group_arn) for r in resources)
+    assert all(c.queue_name in r or c.bucket in r or r.endswith(group_arn)
+               or r.endswith(f":alarm:{c.group_name}-work") for r in resources)  # fmt: skip
     assert not any(r == "*" for r in resources)
     # the group: instances may only end themselves within it (their capacity with them)
     (leave,) = [st for st in doc["Statement"] if any("autoscaling" in a for a in st["Action"])]
-    assert leave["Action"] == [
-        "autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SuspendProcesses"
-    ]  # fmt: skip
+    assert leave["Action"] == ["autoscaling:TerminateInstanceInAutoScalingGroup"]
+    (hold,) = [st for st in doc["Statement"] if any("cloudwatch" in a for a in st["Action"])]
+    assert hold["Action"] == ["cloudwatch:DisableAlarmActions"]  # its scale-out alarm only
+    assert hold["Resource"] == [f"arn:aws:cloudwatch:*:*:alarm:{c.group_name}-work"]
     assert leave["Condition"] == {
         "StringEquals": {"autoscaling:ResourceTag/cloudloop:cluster": c.cluster}
     }
@@ -170,7 +173,7 @@ def test_the_cluster_interface_reports_what_it_did(profile):
     assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == (0, 3, 0)
     assert cluster.up().lines[0] == f"updated Auto Scaling group {cluster.group.names.group}"
     assert "desired capacity 0 -> 3 machine(s) (max_workers allows 3)" in cluster.up(5).lines
-    assert "already" in cluster.up(1).lines[-1]  # never fewer: that would end machines at work
+    assert any("already" in x for x in cluster.up(1).lines)  # never fewer: machines at work
     r = cluster.ls()
     assert r.lines[0].startswith(f"group {cluster.group.names.group}: desired 3, in service 3")
     inst = [x for x in r.lines if x.startswith("i-")]
@@ -259,3 +262,58 @@ def test_cluster_commands_without_credentials_or_endpoint_say_so_in_one_line(tmp
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot reach AWS" in r.stderr and "127.0.0.1:9" in r.stderr
+
+
+def test_resume_after_the_max_cost_deadline_keeps_the_group_at_zero(profile):
+    p, cluster = profile(extra="max_cost = 0.5")
+    cluster.up()
+    asg, name = cluster.ctx.aws.autoscaling, cluster.group.names.group
+    # the deadline came: AWS ran the scheduled action (set to zero, then removed it)
+    asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=0,
+                                  DesiredCapacity=0)  # fmt: skip
+    asg.delete_scheduled_action(AutoScalingGroupName=name, ScheduledActionName="cloudloop-max-cost")
+    cluster.pause()
+    said = cluster.resume()
+    assert "stays at zero, its max_cost deadline has passed" in str(said), said
+    assert cluster.group.describe()["MaxSize"] == 0
+
+
+def test_down_leaves_a_group_of_the_same_name_that_is_not_the_clusters_alone(profile):
+    p, cluster = profile()
+    asg, cw = cluster.ctx.aws.autoscaling, cluster.ctx.aws.cloudwatch
+    name = cluster.group.names.group
+    ec2 = cluster.ctx.aws.ec2
+    tid = ec2.create_launch_template(
+        LaunchTemplateName=f"other-{name}",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "c7a.large"},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        MinSize=0,
+        MaxSize=1,
+        LaunchTemplate={"LaunchTemplateId": tid},
+        VPCZoneIdentifier=subnet,
+    )  # fmt: skip  (untagged: not ours)
+    asg.put_scaling_policy(AutoScalingGroupName=name, PolicyName="theirs",
+                           AdjustmentType="ChangeInCapacity", ScalingAdjustment=1)  # fmt: skip
+    cw.put_metric_alarm(AlarmName=f"{name}-work", MetricName="CPUUtilization",
+                        Namespace="AWS/EC2", Statistic="Average", Period=60,
+                        EvaluationPeriods=1, Threshold=1.0,
+                        ComparisonOperator="GreaterThanThreshold")  # fmt: skip
+    assert cluster.group.describe() is None
+    cluster.down()
+    assert asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+    assert asg.describe_policies(AutoScalingGroupName=name)["ScalingPolicies"]
+    assert cw.describe_alarms(AlarmNames=[f"{name}-work"])["MetricAlarms"]
+    asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+    asg.delete_policy(AutoScalingGroupName=name, PolicyName="theirs")
+    cw.delete_alarms(AlarmNames=[f"{name}-work"])
+
+
+def test_max_cost_with_a_type_of_no_known_price_is_refused(profile):
+    p, cluster = profile(extra="max_cost = 5.0")
+    cluster.settings.prices.clear()
+    object.__setattr__(cluster.settings, "instance_types", ("c7a.large", "x9z.weird"))
+    with pytest.raises(ConfigError, match="x9z.weird has none"):
+        cluster.up()

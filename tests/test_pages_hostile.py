@@ -337,7 +337,7 @@ def test_the_auto_scaling_group_shows_awss_words_as_text(hostile, browser, csp):
     expect(card.locator("tr.group-activity")).to_have_count(2)
     text = card.text_content()
     for shown in (GROUP_NAME, HOSTILE[2], HOSTILE[3], HOSTILE[4], HOSTILE[5], HOSTILE[6],
-                  HOSTILE[0], HOSTILE[1], "(actions off)", "launching suspended"):  # fmt: skip
+                  HOSTILE[0], HOSTILE[1], "(actions off)", "launching stopped"):  # fmt: skip
         assert shown in text, shown
     assert "desired 2, in service 1, min 0, max ?" in text  # a max that is not a number
     assert card.locator("[data-group]").first.get_attribute("data-group") == GROUP_NAME

@@ -25,7 +25,7 @@ gateway endpoint is enough.
     python3 bootagent.py hold
         after a failed boot: if the last CLOUDLOOP_MAX_FAILED_BOOTS boots of this
         configuration failed (as the client counts them, since the last
-        `cloudloop resume`), suspend the group's launches
+        `cloudloop resume`), turn off the group's scale-out alarm's actions
 
 Both records are signed with the backend's key (read from the bucket, as
 workers do), in the format of :func:`cloudloop.codec.sign`. Environment:
@@ -464,37 +464,47 @@ class Agent:
             f.write("\n".join(install) + "\n")
 
 
-def group_call(endpoint, region, creds, params, now=None):
-    """(url, body, headers) of an EC2 Auto Scaling Query API call, signed."""
-    url = (
-        (endpoint.rstrip("/") + "/") if endpoint else f"https://autoscaling.{region}.amazonaws.com/"
-    )
-    body = urllib.parse.urlencode(sorted({**params, "Version": "2011-01-01"}.items())).encode()
+QUERY_APIS = {"autoscaling": "2011-01-01", "monitoring": "2010-08-01"}  # service -> Version
+
+
+def group_call(endpoint, region, creds, params, now=None, service="autoscaling"):
+    """(url, body, headers) of a Query API call (EC2 Auto Scaling, or CloudWatch:
+    ``monitoring``), signed."""
+    url = (endpoint.rstrip("/") + "/") if endpoint else f"https://{service}.{region}.amazonaws.com/"
+    params = {**params, "Version": QUERY_APIS[service]}
+    body = urllib.parse.urlencode(sorted(params.items())).encode()
     extra = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
-    return url, body, sigv4("POST", url, body, region, "autoscaling", creds, now, extra)
+    return url, body, sigv4("POST", url, body, region, service, creds, now, extra)
 
 
-def group_post(params):
-    """One EC2 Auto Scaling call for this instance, with its instance-profile credentials:
-    None if it was done, else why not (AWS's refusal, or no answer in time)."""
+def group_post(params, service="autoscaling"):
+    """One EC2 Auto Scaling (or CloudWatch) call for this instance, with its instance-profile
+    credentials: None if it was done, else why not (AWS's refusal, or no answer in time).
+    Throttling is retried; any other refusal is final."""
     iid, token = metadata("instance-id")
-    region = metadata("placement/region", token)[0]
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(env("CLOUDLOOP_BACKEND")).query))
+    try:
+        region = metadata("placement/region", token)[0]
+    except (OSError, urllib.error.URLError):
+        region = query.get("region") or "us-east-1"
     creds = credentials(token)
     creds = (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("Token"))
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(env("CLOUDLOOP_BACKEND")).query))
     params = {k: (iid if v is None else v) for k, v in params.items()}  # None: this instance
     deadline = time.monotonic() + REPORT_SECONDS
     why = "no answer"
     for attempt in range(4):
-        url, body, headers = group_call(query.get("endpoint"), region, creds, params)
+        url, body, headers = group_call(query.get("endpoint"), region, creds, params,
+                                        service=service)  # fmt: skip
         req = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())):
                 return None
         except urllib.error.HTTPError as e:
-            found = re.search(rb"<Message>([^<]{1,300})</Message>", e.read(4096) or b"")
+            answer = e.read(4096) or b""
+            found = re.search(rb"<Message>([^<]{1,300})</Message>", answer)
             why = f"{e.code} {found.group(1).decode('utf-8', 'replace') if found else e.reason}"
-            if e.code < 500:
+            throttled = re.search(rb"<Code>(Throttling|RequestLimitExceeded)</Code>", answer)
+            if e.code < 500 and not throttled:
                 return redact(why)
         except (OSError, urllib.error.URLError) as e:
             why = str(getattr(e, "reason", e))
@@ -512,10 +522,8 @@ def leave():
     iid, token = metadata("instance-id")
     try:
         notice = metadata("spot/instance-action", token)[0]
-    except urllib.error.HTTPError as e:
-        if e.code != 404:
-            raise
-        notice = ""
+    except (OSError, urllib.error.URLError):  # 404: no notice; metadata away: none either
+        notice = ""  # (leaving with the capacity is the cheaper mistake)
     if notice.strip():
         print(f"bootagent: spot interruption notice ({redact(notice)[:200]}): "
               f"group {group} replaces this machine")  # fmt: skip
@@ -557,9 +565,10 @@ def reset_key(cluster):
 
 def hold(agent):
     """After this boot failed: if it is the ``CLOUDLOOP_MAX_FAILED_BOOTS``-th of its
-    configuration in a row, suspend the group's launches, so a broken profile does not
+    configuration in a row, turn off the actions of the group's scale-out alarm (the one
+    right the instance has besides leaving: that alarm only), so a broken profile does not
     become machines failing one after another with nobody watching (``cloudloop up``
-    with a changed profile, or ``cloudloop resume``, resumes them)."""
+    with a changed profile, or ``cloudloop resume``, turns them on again)."""
     group, cluster = env("CLOUDLOOP_GROUP"), env("CLOUDLOOP_CLUSTER")
     try:
         limit = max(1, int(os.environ.get("CLOUDLOOP_MAX_FAILED_BOOTS", "3")))
@@ -588,10 +597,11 @@ def hold(agent):
     if run < limit:
         print(f"bootagent: {run} boot(s) of this configuration failed in a row (stop at {limit})")
         return
-    why = group_post({"Action": "SuspendProcesses", "AutoScalingGroupName": group,
-                      "ScalingProcesses.member.1": "Launch"})  # fmt: skip
-    said = "suspended its launches" if why is None else f"could not suspend its launches: {why}"
-    print(f"bootagent: {run} boots in a row failed; group {group} {said}")
+    alarm = group + "-work"  # ec2_group.py's GroupNames.work_alarm
+    why = group_post({"Action": "DisableAlarmActions", "AlarmNames.member.1": alarm},
+                     service="monitoring")  # fmt: skip
+    said = "starts no more machines" if why is None else f"could not be stopped: {why}"
+    print(f"bootagent: {run} boots in a row failed; group {group} {said} (alarm {alarm} off)")
 
 
 def main(argv):

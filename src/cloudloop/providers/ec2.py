@@ -172,6 +172,11 @@ class Ec2Cluster(Cluster):
         s = self.settings
         if n is not None and self.paused():
             raise ConfigError(f"cluster {s.cluster!r} is paused: `cloudloop resume` first")
+        unpriced = [t for t in s.instance_types if not prices.on_demand(t, s.prices)]
+        if s.max_cost is not None and unpriced:  # an unknown price would count as free
+            raise ConfigError(f"max_cost needs a price for every instance type; "
+                              f"{', '.join(unpriced)} has none: add it to the profile's "
+                              'prices = { "TYPE" = USD_PER_HOUR }')  # fmt: skip
         wpi = self.launcher.workers_per_instance()
         deadline = self.group_deadline(self.group.cap(wpi))
         # workers leave a little before AWS sets the group to zero (a tenth of a short budget)
@@ -192,6 +197,9 @@ class Ec2Cluster(Cluster):
                                   deadline, self.paused()) + lines  # fmt: skip
         if n is not None:
             lines.append(self.group.raise_desired(math.ceil(n / wpi)))
+            if not self.backend.queue.stats().total:
+                lines.append("  no task waits: the group takes these machines back within a "
+                             "minute or two while the queue stays empty (submit, then `up -n`)")  # fmt: skip
         return Report(tuple(lines + self.boot_problems(limit=1)))
 
     def group_deadline(self, cap: int) -> float | None:
@@ -212,11 +220,18 @@ class Ec2Cluster(Cluster):
         said = self._stopping("cloudloop down")
         group_lines, group_ok = self.group.delete()
         lines, ok = self.teardown.down(purge=purge)
-        left = self.group.leftovers()
+        left = self._leftovers()
         if left:
             lines.append(f"still there: {', '.join(left)}; run `cloudloop down` again")
         return Report(tuple(said + group_lines + lines or ["nothing was running"]),
                       ok and group_ok and not left)  # fmt: skip
+
+    def _leftovers(self) -> list[str]:
+        """What of the group is left, or why that cannot be seen (one line, not a stop)."""
+        try:
+            return self.group.leftovers()
+        except Exception as e:
+            return [f"(could not check the group: {e})"]
 
     def _stopping(self, by: str, ids: list[str] | None = None) -> list[str]:
         """Boots the client is about to end (all live instances' by default) are not
@@ -238,7 +253,7 @@ class Ec2Cluster(Cluster):
         rows = self.inventory.instances(LISTED)
         live = {i["id"] for i in rows if i["state"] in ("pending", "running")}
         boots = {r.instance: r for r in self.launcher.boots.records()}
-        lines = self.group.lines()
+        lines = self.group.lines(paused=self.paused())
         for i in rows:
             up = format_seconds(now - i["launched"])
             price = ledger.get(i["id"], {}).get("price", 0.0)
@@ -282,7 +297,7 @@ class Ec2Cluster(Cluster):
         self._stopping("cloudloop cleanup")
         group_lines, group_ok = self.group.delete()
         lines, ok = self.teardown.cleanup(purge=purge)
-        left = self.group.leftovers()
+        left = self._leftovers()
         if left:
             lines.append(f"still there: {', '.join(left)}; run `cloudloop cleanup` again")
         return Report(tuple(group_lines + lines or ["nothing to clean up"]),
@@ -298,7 +313,11 @@ class Ec2Cluster(Cluster):
         """For ``cloudloop status``: this cluster's cost while a job ran, and to go; while
         it runs, also the cluster's latest failed boot (why its tasks may be waiting)."""
         line = self.billing.job_cost(created, finished, eta)
-        problems = [] if finished else self.group.lines(activities=2) + self.boot_problems(limit=1)
+        problems = (
+            []
+            if finished
+            else self.group.lines(activities=2, paused=self.paused()) + self.boot_problems(limit=1)
+        )
         return "\n".join([line, *problems])
 
     def pause(self) -> Report:

@@ -17,10 +17,10 @@ Everything is named after the cluster (``cloudloop-<cluster>``) and tagged
     action cloudloop-max-cost          (with max_cost) at the deadline: min = max = desired = 0
 
 A boot that fails ends itself in the group too; the ``max_failed_boots``-th
-failure of one configuration in a row suspends the group's launches
-(bootagent.py ``hold``), so a broken profile is not a stream of machines that
+failure of one configuration in a row turns off the ``-work`` alarm's
+actions (bootagent.py ``hold``), so a broken profile is not a stream of machines that
 fail one after another with nobody watching. ``up`` with a changed profile, or
-``resume``, resumes them.
+``resume``, turns them on again.
 
 Machines are not taken away while they work: a worker idle for ``idle_exit``
 leaves, and its instance ends itself *within the group*
@@ -90,8 +90,13 @@ class GroupNames:
         return [self.work_alarm, self.empty_alarm]
 
 
+def _one_line(text: Any) -> str:
+    """AWS's text as one line (its API allows newlines, tabs and other control characters)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+
+
 def _suspended(group: dict[str, Any]) -> bool:
-    """Whether the group's launches are suspended (by an instance after failed boots)."""
+    """Whether the group's Launch process is suspended (by hand: cloudloop never does)."""
     return any(p.get("ProcessName") == "Launch" for p in group.get("SuspendedProcesses", []))
 
 
@@ -149,9 +154,21 @@ class Ec2Group:
     def _cw(self) -> Any:
         return self.ctx.aws.cloudwatch
 
+    denied: str | None = None  # why these credentials may not describe groups, if so
+    _had = 0  # the group's instances when delete() began
+
     def describe(self) -> dict[str, Any] | None:
-        """The group as AWS describes it, if it exists and is the cluster's (tagged)."""
-        found = self._asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.names.group])
+        """The group as AWS describes it, if it exists and is the cluster's (tagged); None
+        also when these credentials may not describe groups (``denied`` says so: an
+        account without Auto Scaling, used with ``up --foreground``)."""
+        try:
+            found = self._asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.names.group])
+        except ClientError as e:
+            if error_code(e) not in ("AccessDenied", "AccessDeniedException",
+                                     "UnauthorizedOperation"):  # fmt: skip
+                raise
+            self.denied = error_code(e)
+            return None
         for g in found.get("AutoScalingGroups", []):
             tags = {t.get("Key"): t.get("Value") for t in g.get("Tags", [])}
             if g.get("AutoScalingGroupName") == self.names.group and (
@@ -217,8 +234,8 @@ class Ec2Group:
         cap = self.cap(per_instance)
         existing = self.describe()
         if existing and existing.get("Status"):  # "Delete in progress"
-            raise RuntimeError(f"group {n.group} is being deleted ({existing['Status']}): "
-                               "try `cloudloop up` again in a minute")  # fmt: skip
+            raise ConfigError(f"group {n.group} is being deleted ({existing['Status']}): "
+                              "try `cloudloop up` again in a minute")  # fmt: skip
         spot = s.spot
         policy = {
             "LaunchTemplate": {"LaunchTemplateSpecification": template, "Overrides": overrides},
@@ -248,10 +265,12 @@ class Ec2Group:
         else:
             self._asg.update_auto_scaling_group(**common)
             lines.append(f"updated Auto Scaling group {n.group}")
+        # zones fall out of balance as idle machines leave: AWS must not end busy ones for it
+        self._asg.suspend_processes(AutoScalingGroupName=n.group, ScalingProcesses=["AZRebalance"])
         self._scaling(per_instance, cap, paused)
-        if existing is not None and _suspended(existing):  # the profile changed since: try again
+        if existing is not None and _suspended(existing):  # a group that cannot launch
             self._asg.resume_processes(AutoScalingGroupName=n.group, ScalingProcesses=["Launch"])
-            lines.append("  its launches, suspended after failed boots, are resumed")
+            lines.append("  its Launch process was suspended: resumed")
         lines.append(self._cost_action(deadline))
         kind = (f"spot (price-capacity-optimized) above {s.on_demand_base} on-demand"
                 if spot and s.on_demand_base else "spot (price-capacity-optimized)"
@@ -334,9 +353,12 @@ class Ec2Group:
                 f"{at:%Y-%m-%d %H:%M} UTC (in {format_seconds(deadline - time.time())}); "
                 "workers leave a minute before")  # fmt: skip
 
-    def _delete_actions(self) -> int:
+    def _actions(self) -> list[str]:
         found = self._asg.describe_scheduled_actions(AutoScalingGroupName=self.names.group)
-        names = [a["ScheduledActionName"] for a in found.get("ScheduledUpdateGroupActions", [])]
+        return [a["ScheduledActionName"] for a in found.get("ScheduledUpdateGroupActions", [])]
+
+    def _delete_actions(self) -> int:
+        names = self._actions()
         for name in names:
             self._asg.delete_scheduled_action(AutoScalingGroupName=self.names.group,
                                               ScheduledActionName=name)  # fmt: skip
@@ -347,7 +369,7 @@ class Ec2Group:
         machines at work; they leave by themselves when idle)."""
         g = self.describe()
         if g is None:
-            raise RuntimeError(f"no group {self.names.group}")
+            raise ConfigError(f"no group {self.names.group}: `cloudloop up` first")
         have, top = int(g["DesiredCapacity"]), int(g["MaxSize"])
         want = min(machines, top)
         if want <= have:
@@ -367,18 +389,21 @@ class Ec2Group:
             return None
         serving = sum(1 for i in g.get("Instances", []) if i.get("LifecycleState") == "InService")
         self._cw.disable_alarm_actions(AlarmNames=[self.names.work_alarm])
-        self._asg.update_auto_scaling_group(
-            AutoScalingGroupName=self.names.group,
-            MaxSize=serving,
-            DesiredCapacity=min(int(g["DesiredCapacity"]), serving),
-        )
+        # (the desired capacity follows the maximum down by itself; set from this look it
+        # could raise it again for a machine that left since)
+        self._asg.update_auto_scaling_group(AutoScalingGroupName=self.names.group, MaxSize=serving)
         return (f"group {self.names.group}: starts nothing more (max {serving}, its machines in "
                 "service; each leaves when idle)")  # fmt: skip
 
     def resume(self, per_instance: int) -> str | None:
+        """Max back and the scale-out alarm on; not past the max_cost deadline (the scheduled
+        action has run: `cloudloop up` recomputes the budget and the workers' deadline)."""
         g = self.describe()
         if g is None:
             return None
+        if self.ctx.settings.max_cost is not None and not self._actions():
+            return (f"group {self.names.group}: stays at zero, its max_cost deadline has passed; "
+                    "raise max_cost and `cloudloop up`")  # fmt: skip
         cap = self.cap(per_instance)
         self._asg.update_auto_scaling_group(AutoScalingGroupName=self.names.group, MaxSize=cap)
         self._cw.enable_alarm_actions(AlarmNames=[self.names.work_alarm])
@@ -393,12 +418,19 @@ class Ec2Group:
         """The scheduled action, policies, alarms, then the group and its instances;
         each step runs even if one before it failed."""
         n, done, ok = self.names, [], True
+        g = self.describe()
+        self._had = len(g.get("Instances", [])) if g else 0  # before _to_zero ends them
         steps: tuple[tuple[str, Callable[[], int | str]], ...] = (
-            ("its scheduled actions", self._delete_actions),
-            ("its scaling policies", self._delete_policies),
             ("its alarms", self._delete_alarms),
-            ("the group", self._delete_group),
-        )
+        )  # a group of that name that is not the cluster's (untagged): only our alarms go
+        if g is not None and not g.get("Status"):
+            steps = (
+                ("its machines", self._to_zero),  # first: no scaling without its safety net
+                ("its scheduled actions", self._delete_actions),
+                ("its scaling policies", self._delete_policies),
+                *steps,
+                ("the group", self._delete_group),
+            )
         for what, fn in steps:
             try:
                 said = fn()
@@ -410,6 +442,11 @@ class Ec2Group:
                 done.append(said if isinstance(said, str) else f"deleted {what} ({said})")
         return done, ok
 
+    def _to_zero(self) -> int:
+        self._asg.update_auto_scaling_group(AutoScalingGroupName=self.names.group, MinSize=0,
+                                            MaxSize=0, DesiredCapacity=0)  # fmt: skip
+        return 0
+
     def _delete_policies(self) -> int:
         found = self._asg.describe_policies(AutoScalingGroupName=self.names.group)
         names = [p["PolicyName"] for p in found.get("ScalingPolicies", [])
@@ -418,9 +455,19 @@ class Ec2Group:
             self._asg.delete_policy(AutoScalingGroupName=self.names.group, PolicyName=name)
         return len(names)
 
+    def _ours(self, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Only the alarms tagged with this cluster (not one of the same name of another's)."""
+        out = []
+        for a in alarms:
+            tags = self._cw.list_tags_for_resource(ResourceARN=a["AlarmArn"]).get("Tags", [])
+            if any(t.get("Key") == TAG_CLUSTER and t.get("Value") == self.ctx.cluster
+                   for t in tags):  # fmt: skip
+                out.append(a)
+        return out
+
     def _delete_alarms(self) -> int:
         found = self._cw.describe_alarms(AlarmNames=self.names.alarms).get("MetricAlarms", [])
-        names = [a["AlarmName"] for a in found]
+        names = [a["AlarmName"] for a in self._ours(found)]
         if names:
             self._cw.delete_alarms(AlarmNames=names)
         return len(names)
@@ -429,12 +476,12 @@ class Ec2Group:
         g = self.describe()
         if g is None:
             return ""
-        n = len(g.get("Instances", []))
+        n = max(self._had, len(g.get("Instances", [])))
         try:
             self._asg.delete_auto_scaling_group(AutoScalingGroupName=self.names.group,
                                                 ForceDelete=True)  # fmt: skip
         except ClientError as e:
-            if "not found" not in str(e).lower():
+            if "not found" not in str(e).lower() and "in progress" not in str(e).lower():
                 raise
         return f"deleted Auto Scaling group {self.names.group} and its {n} instance(s)"
 
@@ -444,24 +491,24 @@ class Ec2Group:
         g = self.describe()
         if g is not None and not g.get("Status"):
             left.append(f"group {n.group}")
-        pols = self._asg.describe_policies(AutoScalingGroupName=n.group).get("ScalingPolicies", [])
-        left += [f"policy {p['PolicyName']}" for p in pols
-                 if p.get("AutoScalingGroupName") == n.group]  # fmt: skip
-        acts = self._asg.describe_scheduled_actions(AutoScalingGroupName=n.group)
-        left += [f"scheduled action {a['ScheduledActionName']}"
-                 for a in acts.get("ScheduledUpdateGroupActions", [])]  # fmt: skip
+            pols = self._asg.describe_policies(AutoScalingGroupName=n.group)
+            left += [f"policy {p['PolicyName']}" for p in pols.get("ScalingPolicies", [])
+                     if p.get("AutoScalingGroupName") == n.group]  # fmt: skip
+            left += [f"scheduled action {a}" for a in self._actions()]
+        if self.denied:
+            return left
         alarms = self._cw.describe_alarms(AlarmNames=n.alarms).get("MetricAlarms", [])
-        left += [f"alarm {a['AlarmName']}" for a in alarms]
+        left += [f"alarm {a['AlarmName']}" for a in self._ours(alarms)]
         return left
 
     # ------------------------------------------------------------------ ls
 
-    def lines(self, activities: int = 5) -> list[str]:
+    def lines(self, activities: int = 5, paused: bool = False) -> list[str]:
         """The group's counts, its alarms' states, the max_cost action and the latest
         scaling activities with AWS's own words (why a launch failed); [] if no group."""
         g = self.describe()
         if g is None:
-            return []
+            return [f"(cannot see Auto Scaling groups: {self.denied})"] if self.denied else []
         n = self.names
         states: dict[str, int] = {}
         for i in g.get("Instances", []):
@@ -471,9 +518,11 @@ class Ec2Group:
                   self._cw.describe_alarms(AlarmNames=n.alarms).get("MetricAlarms", [])}  # fmt: skip
         work, empty = alarms.get(n.work_alarm), alarms.get(n.empty_alarm)
         says = []
+        held = False
         if work is not None:
-            off = "" if work.get("ActionsEnabled", True) else ", its actions off (paused)"
+            off = "" if work.get("ActionsEnabled", True) else ", its actions off"
             says.append(f"tasks-waiting alarm {work.get('StateValue', '?')}{off}")
+            held = not work.get("ActionsEnabled", True) and not paused
         if empty is not None:
             says.append(f"queue-empty alarm {empty.get('StateValue', '?')}")
         missing = [a for a in n.alarms if a not in alarms]
@@ -484,8 +533,8 @@ class Ec2Group:
             f"{states.get('InService', 0)}{f' ({where})' if where else ''}, "
             f"min {g.get('MinSize')}, max {g.get('MaxSize')}; " + "; ".join(says)
         ]
-        if _suspended(g):
-            lines.append("  launching suspended: boots kept failing (below); fix the profile and "
+        if held or _suspended(g):
+            lines.append("  launching stopped: boots kept failing (below); fix the profile and "
                          "`cloudloop up`, or `cloudloop resume`")  # fmt: skip
         acts = self._asg.describe_scheduled_actions(AutoScalingGroupName=n.group)
         for a in acts.get("ScheduledUpdateGroupActions", []):
@@ -522,7 +571,10 @@ class Ec2Group:
             "group": n.group, "cluster": self.ctx.cluster,
             "desired": g.get("DesiredCapacity"), "min": g.get("MinSize"),
             "max": g.get("MaxSize"), "in_service": states.get("InService", 0), "states": states,
-            "suspended": _suspended(g),
+            "suspended": _suspended(g) or any(
+                a.get("AlarmName") == n.work_alarm and not a.get("ActionsEnabled", True)
+                for a in alarms
+            ),
             "alarms": [{"name": a.get("AlarmName"), "state": a.get("StateValue"),
                         "actions": bool(a.get("ActionsEnabled", True))} for a in alarms],
             "scheduled": [{"name": a.get("ScheduledActionName"), "max": a.get("MaxSize"),
@@ -549,9 +601,9 @@ class Ec2Group:
             status = a.get("StatusCode", "?")
             text = a.get("Description", "")
             why = a.get("StatusMessage") if status in ("Failed", "Cancelled") else None
-            out.append(f"  {when} {status:11s} {text}"[:300])
+            out.append(f"  {when} {_one_line(status):11s} {_one_line(text)}"[:300])
             if why:
-                out.append(f"    | {why}"[:400])
+                out.append(f"    | {_one_line(why)}"[:400])
         return out
 
 

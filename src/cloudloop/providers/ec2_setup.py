@@ -210,8 +210,9 @@ def worker_policy(
 ) -> dict[str, Any]:
     """Least privilege for a worker: its queue and its bucket prefix, nothing else; with
     ``group``, also leaving that Auto Scaling group (and only that one, by name and by
-    its ``cloudloop:cluster`` tag) with its desired capacity taken down, and suspending
-    that group's launches (after failed boots: bootagent.py ``hold``).
+    its ``cloudloop:cluster`` tag) with its desired capacity taken down, and turning off
+    the actions of that group's scale-out alarm, that alarm only (after failed boots:
+    bootagent.py ``hold``).
 
     IAM has no condition key for the instance a TerminateInstanceInAutoScalingGroup
     call names, so "only itself" cannot be a policy: an instance of the group could
@@ -244,10 +245,14 @@ def worker_policy(
     if group:
         policy["Statement"].append({
             "Effect": "Allow",
-            "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup",
-                       "autoscaling:SuspendProcesses"],
+            "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup"],
             "Resource": [f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{group}"],
             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{TAG_CLUSTER}": cluster or ""}},
+        })  # fmt: skip
+        policy["Statement"].append({
+            "Effect": "Allow",
+            "Action": ["cloudwatch:DisableAlarmActions"],
+            "Resource": [f"arn:aws:cloudwatch:*:*:alarm:{group}-work"],
         })  # fmt: skip
     return policy
 

@@ -300,7 +300,7 @@
         return html`<tr class="group-activity"><td class="when">${when(a.at)}</td><td>${a.status}</td><td>${a.text}${a.why ? html`<div class="muted">${a.why}</div>` : ""}</td></tr>`;
       });
       return cat(html`<div class="group" data-group="${g.group}"><h3>group <span class="mono">${g.group}</span> <span class="muted">· desired ${count(g.desired)}, in service ${count(g.in_service)}, min ${count(g.min)}, max ${count(g.max)}</span></h3>`,
-        g.suspended ? html`<p class="suspended">launching suspended: boots kept failing; fix the profile and run cloudloop up, or cloudloop resume</p>` : "",
+        g.suspended ? html`<p class="suspended">launching stopped: its scale-out alarm is off (cloudloop pause, or boots kept failing: the Boots card says); cloudloop resume</p>` : "",
         html`<div>${alarms}</div>`, sched,
         acts.length ? html`<table class="boots"><thead><tr><th>When</th><th>Status</th><th>Activity</th></tr></thead><tbody>${acts}</tbody></table>` : "",
         html`</div>`);
