@@ -89,9 +89,10 @@ def _in_service(cluster) -> int:
     return sum(1 for i in _group(cluster)["Instances"] if i["LifecycleState"] == "InService")
 
 
-def test_a_job_whose_client_left_gets_machines_finishes_and_the_group_returns_to_zero(
+def test_a_job_whose_client_left_gets_machines_finishes_the_group_returns_to_zero_and_obeys(
     box, tmp_path
 ):
+    """...then pause, resume, down and cleanup leave what the docs say."""
     home = _home(box, tmp_path)
     t0 = time.monotonic()
     out = cli("up", "--profile", "aws", cwd=home).stdout
@@ -126,13 +127,10 @@ def test_a_job_whose_client_left_gets_machines_finishes_and_the_group_returns_to
     assert f"group {cluster.group.names.group}: desired 0, in service 0" in ls, ls
     assert box.autoscaling.errors == [] and box.errors == []
 
-
-def test_pause_resume_down_and_cleanup_leave_what_the_docs_say(box, tmp_path):
-    home = _home(box, tmp_path)
-    cli("up", "--profile", "aws", "-n", "2", cwd=home)  # one machine of two workers now
-    cluster = _cluster()
-    wait_for(lambda: box.running(), timeout=60, what="a machine")
+    # pause, resume, down and cleanup, on the same cluster
     job = _submit(home, 40, 0.5)
+    cli("up", "--profile", "aws", "-n", "2", cwd=home)  # one machine of two workers now
+    wait_for(lambda: box.running(), timeout=60, what="a machine")
     wait_for(lambda: job.status().done > 0, timeout=90, what="work under way")
 
     out = cli("pause", "--profile", "aws", cwd=home).stdout
@@ -177,8 +175,8 @@ def test_pause_resume_down_and_cleanup_leave_what_the_docs_say(box, tmp_path):
 
 
 def test_max_cost_with_nobody_running_anything_ends_every_machine_by_the_deadline(box, tmp_path):
-    # $0.002 for a group of two machines at the dearest listed $0.10/h: a deadline 36 s out
-    home = _home(box, tmp_path, "max_cost = 0.002\n")
+    # $0.0015 for a group of two machines at the dearest listed $0.10/h: a deadline 27 s out
+    home = _home(box, tmp_path, "max_cost = 0.0015\n")
     out = cli("up", "--profile", "aws", cwd=home).stdout
     assert "AWS sets the group to zero at" in out, out
     cluster = _cluster()
@@ -187,14 +185,14 @@ def test_max_cost_with_nobody_running_anything_ends_every_machine_by_the_deadlin
     )["ScheduledUpdateGroupActions"]
     deadline = action["StartTime"].timestamp()
     assert (action["MinSize"], action["MaxSize"], action["DesiredCapacity"]) == (0, 0, 0)
-    assert 20 < deadline - time.time() < 40
-    job = _submit(home, 300, 0.5)  # more work than the budget buys
+    assert 15 < deadline - time.time() < 30
+    job = _submit(home, 200, 0.5)  # more work than the budget buys
     wait_for(lambda: len(box.running()) == 2, timeout=60, what="two machines")
     wait_for(lambda: time.time() > deadline + 2, timeout=120, interval=1, what="the deadline")
     wait_for(lambda: not box.running(), timeout=15, what="every machine gone at the deadline")
     g = _group(cluster)
     assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == (0, 0, 0)
-    assert 0 < job.status().done < 300  # it worked until the deadline and stopped there
+    assert 0 < job.status().done < 200  # it worked until the deadline and stopped there
     logs = "".join(m.worker_logs() for m in box.machines.values())
     assert "cost deadline has passed" in logs, logs[-2000:]
     time.sleep(5)
@@ -206,5 +204,5 @@ def test_max_cost_with_nobody_running_anything_ends_every_machine_by_the_deadlin
         PROFILE.format(tag=os.getpid(), endpoint=box.endpoint) + "max_cost = 5.0\n"
     )
     cli("up", "--profile", "aws", cwd=home)
-    assert job.results(timeout=180) == [i * i for i in range(300)]
-    assert sorted(job.outcomes()) == list(range(300))
+    assert job.results(timeout=180) == [i * i for i in range(200)]
+    assert sorted(job.outcomes()) == list(range(200))

@@ -156,11 +156,12 @@ def test_worker_credentials_come_from_instance_metadata_only(box, tmp_path):
     """No AWS key reaches a machine: not its environment, not its user-data."""
     home = tmp_path / "client"
     home.mkdir()
-    (home / "cloudloop.toml").write_text(PROFILE.format(tag=os.getpid(), endpoint=box.endpoint))
+    profile = PROFILE.format(tag=os.getpid(), endpoint=box.endpoint)
+    (home / "cloudloop.toml").write_text(profile.replace("max_workers = 8", "max_workers = 1"))
     os.chdir(home)
-    cli("up", "--profile", "aws", "-n", "1", cwd=home)
-    (m,) = wait_for(box.running, timeout=30, what="a machine")
     job = cl.Executor(profile="aws").map_job(_env_keys, [0])
+    cli("up", "--profile", "aws", "-n", "1", cwd=home)  # the group: one machine at most
+    (m,) = wait_for(box.running, timeout=30, what="a machine")
     (seen,) = job.results(timeout=120)
     assert seen["keys"] == [] and seen["creds"] == "ASIAINSTANCEPROFILE"
     # its worker carries the cluster's name (the profile's) into its heartbeat record
