@@ -360,17 +360,19 @@ def find_unpicklable(obj: Any, what: str, depth: int = 0) -> str | None:
     return label
 
 
-def dumps_fast(obj: Any, what: str) -> bytes:
+def dumps_fast(obj: Any, what: str, n: int | None = None) -> bytes:
     """Plain pickle when it works (results are usually plain data), else cloudpickle.
 
     A class that plain pickle can only name but the other side cannot import
     (one rebuilt from a shipped ``__main__``) fails the name lookup here and
-    falls back to cloudpickle, which ships it by value.
+    falls back to cloudpickle, which ships it by value. ``what`` (followed by
+    ``n`` if given) names the object in an error; nothing is formatted unless
+    one is raised.
     """
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return dumps(obj, what)
+        return dumps(obj, what if n is None else f"{what} {n}")
 
 
 def loads(data: bytes) -> Any:
@@ -481,6 +483,11 @@ def decode_part(
     key: bytes, blob: bytes, name: str, span: tuple[int, int] | None = None
 ) -> list[Outcome]:
     worker, host, rows = part_rows(key, blob, name, span)
+    return outcomes(rows, worker, host, name)
+
+
+def outcomes(rows: list[tuple[Any, ...]], worker: str, host: str, name: str) -> list[Outcome]:
+    """A verified part's rows (:func:`part_rows`) as :class:`Outcome` s."""
     try:
         return [
             Outcome(i, a, v, None if e is None else ErrorInfo(*e), s, t, worker, host, c)

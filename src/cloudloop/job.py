@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -365,8 +366,11 @@ class Job:
         self, return_exceptions: bool = False, deadline: float | None = None
     ) -> Iterator[Any]:
         """Yield values in input order as they become available, holding little in memory."""
-        nxt, consumed, pending = 0, set[str](), dict[int, Outcome]()
+        # pending: index -> the pickled value of a task that succeeded (the usual
+        # case, kept as bytes: no Outcome is built), or the best other Outcome
+        nxt, consumed, pending = 0, set[str](), dict[int, Any]()
         pause = self.backend.poll_interval
+        loads = pickle.loads
         while True:
             total = self._total
             if total is not None and nxt >= total:
@@ -374,7 +378,16 @@ class Job:
             while nxt in pending:
                 o = pending.pop(nxt)
                 nxt += 1
-                ok, value = read_outcome(o, self.id)
+                ok = True
+                if type(o) is bytes:
+                    try:
+                        value = loads(o)
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:  # read_outcome says why, in an UnreadableResult
+                        ok, value = read_outcome(Outcome(nxt - 1, 0, o), self.id)
+                else:
+                    ok, value = read_outcome(o, self.id)
                 if not ok and not return_exceptions:
                     raise value
                 box = [value]  # hold no reference to what was yielded (as the stdlib's map)
@@ -387,9 +400,7 @@ class Job:
             if keys_here:
                 for key in keys_here:
                     consumed.add(key)
-                    for o in self._parts.read(key):
-                        if o.index >= nxt and better(o, pending.get(o.index)):
-                            pending[o.index] = o
+                    self._take(key, nxt, pending)
                 continue
             self._refresh()
             if self._parts.containing(nxt) and any(
@@ -405,6 +416,34 @@ class Job:
                 raise FuturesTimeout(f"result {nxt} of job {self.id} not ready in time")
             time.sleep(pause)
             pause = min(pause * 1.5, self.backend.poll_max)
+
+    def _take(self, key: str, nxt: int, pending: dict[int, Any]) -> None:
+        """Put a part's outcomes for tasks ``nxt`` on in ``pending`` (see iter_results):
+        a success wins over anything; otherwise :func:`better` decides."""
+        got = self._parts.read_rows(key)
+        if got is None:
+            return
+        worker, host, rows = got
+        odd = []
+        for r in rows:
+            i = r[0]
+            if i < nxt:
+                continue
+            if r[3] is None and r[6] is False and type(r[2]) is bytes:
+                if type(pending.get(i)) is not bytes:
+                    pending[i] = r[2]
+            else:
+                odd.append(r)
+        if odd:
+            try:
+                others = codec.outcomes(odd, worker, host, key)
+            except TamperedError as e:
+                self._parts._distrust(key, e)
+                return
+            for o in others:
+                old = pending.get(o.index)
+                if type(old) is not bytes and better(o, old):
+                    pending[o.index] = o
 
     def _exception(self, o: Outcome) -> BaseException:
         return read_outcome(o, self.id)[1]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 _dir: Path | None = None  # the running task's output directory (in the runner child)
+_lazy: tuple[str, int, str] | None = None  # ...or where it goes: made if the task asks
 
 
 def output_dir() -> Path:
@@ -38,6 +39,9 @@ def output_dir() -> Path:
 
     Returns ``./outputs`` (created) outside a task.
     """
+    global _dir, _lazy
+    if _lazy is not None:
+        _dir, _lazy = Path("".join((_lazy[0], str(_lazy[1]), _lazy[2]))), None
     path = _dir if _dir is not None else Path("outputs")
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -45,15 +49,24 @@ def output_dir() -> Path:
 
 def begin(path: Path, create: bool = False) -> Path:
     """Runner hook: the next task's output directory (made now, or on first use)."""
-    global _dir
-    _dir = path
+    global _dir, _lazy
+    _dir, _lazy = path, None
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def begin_lazy(where: tuple[str, int, str]) -> None:
+    """Runner hook, per function task: its output directory, if it asks for one,
+    is ``prefix + str(index) + suffix``. Nothing is built, made or removed for a
+    task that never asks."""
+    global _dir, _lazy
+    _dir, _lazy = None, where
+
+
 def current_dir() -> Path | None:
-    """Runner hook: the running task's output directory (None outside a task)."""
+    """Runner hook: the running task's output directory (None outside a task, or
+    when the task never asked for it)."""
     return _dir
 
 
@@ -73,10 +86,10 @@ def upload(backend: Backend, directory: Path, job_id: str, index: int) -> list[s
 
 def end() -> None:
     """Runner hook: the task is over; remove its output directory."""
-    global _dir
+    global _dir, _lazy
     if _dir is not None:
         shutil.rmtree(_dir, ignore_errors=True)
-    _dir = None
+    _dir = _lazy = None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from typing import Any
 
 from . import codec, commands, context, outputs, procs
 from .errors import BackendError, Preempted, SerializationError, TamperedError
-from .model import OutcomeRow, RunnerJob
+from .model import RunnerJob
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
 _pack_rec = struct.Struct(_FMT).pack_into
@@ -286,7 +286,7 @@ class _Child:
         self.tasks: list[Any] = []
         self.load_error: BaseException | None = None
         self.lo = 0
-        self.rows: list[OutcomeRow] = []  # not yet sent
+        self.rows: list[tuple] = []  # OutcomeRow's fields, not yet sent
         self.indices: list[int] = []
         self.side: list[tuple] = []  # (index, log segments, checkpointed, failed), when any
         self.last_send = 0.0
@@ -294,6 +294,8 @@ class _Child:
         self.log_end = 0
         self.saved_env: dict[str, str | None] = {}
         self.ctx: context.TaskContext | None = None
+        self.pid = os.getpid()
+        self.out_prefix, self.out_suffix = "", ""  # a function task's output directory
 
     def load(self, data: dict[str, Any]) -> None:
         job: RunnerJob = data["job"]
@@ -305,6 +307,7 @@ class _Child:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        self.out_prefix, self.out_suffix = f"{job.workroot}/out-{job.id}-", f"-{self.pid}"
         self.saved_env = {k: os.environ.get(k) for k in job.env}
         os.environ.update(job.env)
         self.ctx = context.TaskContext(
@@ -353,13 +356,15 @@ class _Child:
         self.status.write(index, attempt, started, off, fraction, message)
 
     def run(self, todo: list[tuple[int, int]]) -> None:
-        self.log_end = _log_end()
+        self.log_end = _log_start()
+        preempted, monotonic = self.status.preempted, time.monotonic
+        run_one = self.run_one
         for index, attempt in todo:
-            if self.status.preempted():  # start nothing new on a machine about to vanish
+            if preempted():  # start nothing new on a machine about to vanish
                 break
-            if not self.run_one(index, attempt):
+            if not run_one(index, attempt):
                 break
-            if time.monotonic() - self.last_send > _FLUSH_EVERY:
+            if monotonic() - self.last_send > _FLUSH_EVERY:
                 self.send()
         self.cur = (-1, 0, 0.0, 0)
         self.status.write(-1, 0, 0.0, 0, -1.0, "")
@@ -375,9 +380,11 @@ class _Child:
         self.last_send = time.monotonic()
 
     def run_one(self, index: int, attempt: int) -> bool:
+        """Run a task (its retries too) and keep its outcome row. The usual case (it
+        returns at once, prints nothing, stores nothing) costs a few microseconds."""
         job = self.job
         assert job is not None
-        segments = []
+        segments = None
         while True:
             started, off = time.time(), self.log_end
             self.cur = (index, attempt, started, off)
@@ -393,17 +400,22 @@ class _Child:
                     sys.stderr.write(
                         f"cloudloop: task {index} attempt {attempt} failed; retrying ({left} left)\n"
                     )
-            self.log_end = _log_end()
-            if self.log_end > off:
-                segments.append((attempt, off, self.log_end))
+            end = self.log_end = _log_end()
+            if end > off:
+                if segments is None:
+                    segments = []
+                segments.append((attempt, off, end))
             if ok or not job.retry_after(attempt):
                 break
             attempt += 1
-        value, error = (payload, None) if ok else (None, payload.to_wire())
-        self.rows.append(OutcomeRow(index, attempt, value, error, started, time.time()))
+        # a plain tuple in OutcomeRow's order: what codec.pack_rows sends
+        if ok:
+            self.rows.append((index, attempt, payload, None, started, time.time(), False))
+        else:
+            self.rows.append((index, attempt, None, payload.to_wire(), started, time.time(), False))
         self.indices.append(index)
         if segments or checkpointed or not ok:
-            self.side.append((index, segments, checkpointed, not ok))
+            self.side.append((index, segments or [], checkpointed, not ok))
         return True
 
     def call(self, index: int, attempt: int) -> tuple[bool | None, Any, bool]:
@@ -423,23 +435,20 @@ class _Child:
                 if "numpy" in sys.modules:
                     sys.modules["numpy"].random.seed(seed % 2**32)
             task = self.tasks[index - self.lo]
-            if isinstance(task, _Unloadable):
+            if type(task) is _Unloadable:
                 raise task.error
             fn_ref, args, kwargs = task
-            outputs.begin(Path(job.workroot) / f"out-{job.id}-{index}-{os.getpid()}")
             if job.kind == "command":
                 value = self.command(index, ctx.seed, args[0])
             else:
+                outputs.begin_lazy((self.out_prefix, index, self.out_suffix))
                 if self.wants_rng[fn_ref] and "rng" not in kwargs:
                     kwargs = {**kwargs, "rng": context.task_rng()}
                 value = self.fns[fn_ref](*args, **kwargs)
-                self.upload_outputs()  # cl.output_dir()
+                if outputs.current_dir() is not None:  # the task called cl.output_dir()
+                    self.upload_outputs()
             try:
-                return (
-                    True,
-                    codec.dumps_fast(value, f"the result of task {index}"),
-                    ctx.checkpointed,
-                )
+                return True, codec.dumps_fast(value, "the result of task", index), ctx.checkpointed
             except SerializationError as e:
                 return False, codec.error_info(e, f"SerializationError: {e}\n"), ctx.checkpointed
         except Preempted:
@@ -545,8 +554,28 @@ def _flush() -> None:
             pass
 
 
-def _log_end() -> int:
+def _log_start() -> int:
+    """The log's end as a run starts: the file may have been emptied since the
+    last write, so the shared offset is moved to its end (see :func:`_log_end`)."""
     _flush()
+    try:
+        return os.lseek(1, 0, os.SEEK_END)
+    except OSError:
+        return _log_size()
+
+
+def _log_end() -> int:
+    """Where the log ends now. Fds 1 and 2 of this process and of everything it
+    starts share one ``O_APPEND`` open file, whose offset every write moves to
+    the end: reading that offset is cheaper than an ``fstat`` per task."""
+    _flush()
+    try:
+        return os.lseek(1, 0, os.SEEK_CUR)
+    except OSError:
+        return _log_size()
+
+
+def _log_size() -> int:
     try:
         return os.fstat(1).st_size
     except OSError:

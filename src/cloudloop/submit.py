@@ -93,6 +93,7 @@ class JobWriter:
         self._stored: set[str] = set()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._flushes = 0  # queue.put calls made
         self.chunks = 0
         self.tasks = 0
 
@@ -243,13 +244,17 @@ class JobWriter:
         self.tasks += n
         self._pending.append(body)
         self._pending_bytes += len(body)
-        if autoflush and (len(self._pending) >= _SEND_BATCH or self._pending_bytes >= _SEND_BYTES):
+        # the first message goes at once, so workers start while the rest is pickled;
+        # then batches double up to _SEND_BATCH (few queue calls for a big job)
+        batch = min(_SEND_BATCH, 1 << (self._flushes))
+        if autoflush and (len(self._pending) >= batch or self._pending_bytes >= _SEND_BYTES):
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
             self.backend.queue.put(self._pending)
             self._pending, self._pending_bytes = [], 0
+            self._flushes += 1
 
     def seal(self) -> None:
         """Mark submission finished: the job has ``self.tasks`` tasks."""
