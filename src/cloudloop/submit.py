@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from . import __version__, codec, keys
@@ -266,18 +267,14 @@ class JobWriter:
     def write_items(self, fn: Any, items: Iterable[tuple], sizes: Iterator[int]) -> None:
         """Stream ``fn(*args)`` for each args tuple, ``next(sizes)`` per message."""
         ref = self.add_fn(fn) if fn is not None else None
-        buf: list[tuple[str | None, tuple, dict]] = []
+        items = iter(items)
         lo = self.tasks
-        size = next(sizes)
-        for args in items:
-            buf.append((ref, args, {}))
-            if len(buf) >= size:
-                self.add_chunk(lo, buf)
-                lo += len(buf)
-                buf = []
-                size = next(sizes)
-        if buf:
+        while True:
+            buf = [(ref, args, {}) for args in islice(items, next(sizes))]
+            if not buf:
+                return
             self.add_chunk(lo, buf)
+            lo += len(buf)
 
 
 def pickle_fn(fn: Any, wrap: Callable[[Any], Any] | None = None) -> tuple[str, bytes]:
