@@ -83,6 +83,7 @@ class Job:
         self._logs = LogParts(backend, job_id)  # what new_log_lines() has relayed
         self._total: int | None = None
         self._cancelled = False
+        self._cancel_checked = -math.inf  # when the cancelled marker was last read
         self._failed = 0
         self._samples: list[tuple[float, int]] = []
         self._finished_at: float | None = None
@@ -129,7 +130,11 @@ class Job:
         self._parts.refresh()
         if self._total is None:
             self._total = self._sealed_total()
-        if not self._cancelled:
+        # a cancellation by another client is seen within check_interval (the
+        # marker is a billed GET on S3: not one per poll of the results)
+        now = time.monotonic()
+        if not self._cancelled and now - self._cancel_checked >= self.backend.check_interval:
+            self._cancel_checked = now
             self._cancelled = self._marked(keys.cancelled(self.id)) is not None
         self._failed = self._parts.failed()
 
