@@ -42,6 +42,9 @@ log = logging.getLogger("cloudloop")
 Segment = tuple[int, int, str]  # a piece of a task's log: (attempt, part, text)
 
 
+_KEEP_BYTES = 16 << 20  # parts held between verify() and their read
+
+
 def better(new: Outcome, old: Outcome | None) -> bool:
     """Which outcome wins when a task ran twice: success, then failure, then cancel."""
     if old is None:
@@ -74,6 +77,8 @@ class ResultParts:
         self._verified: set[str] = set()
         self._failed: dict[int, bool] = {}  # index -> still failed, for failing parts read
         self._read_failing: set[str] = set()
+        self._kept: dict[str, bytes] = {}  # parts verify() read, for the read that follows
+        self._kept_bytes = 0
 
     def refresh(self) -> bool:
         """List the job's parts again; True if the listing changed."""
@@ -92,6 +97,8 @@ class ResultParts:
 
     def drop(self, key: str) -> None:
         """A part that failed verification: it counts for nothing from now on."""
+        blob = self._kept.pop(key, None)
+        self._kept_bytes -= len(blob) if blob is not None else 0
         if self.spans.pop(key, None) is not None:
             self._junk.add(key)
             self._merge()
@@ -159,6 +166,15 @@ class ResultParts:
                 self._distrust(key, e)
             else:
                 self._verified.add(key)
+                self._keep(key, blob)
+
+    def _keep(self, key: str, blob: bytes) -> None:
+        """Hold a part :meth:`verify` read for the :meth:`read_rows` that usually
+        follows (``results()`` after ``wait()``): a second GET of it on S3 saved,
+        within a small memory budget."""
+        if self._kept_bytes + len(blob) <= _KEEP_BYTES:
+            self._kept[key] = blob
+            self._kept_bytes += len(blob)
 
     def read(self, key: str) -> list[Outcome]:
         """The outcomes of one part, verified (a key not listed before is parsed here;
@@ -178,7 +194,11 @@ class ResultParts:
         None if it is gone or fails verification. For a reader that wants speed:
         each row is ``(index, attempt, value, error, started, ended, cancelled)``."""
         span = self.spans.get(key) or keys.parse_result(key)
-        blob = self.backend.store.get_or_none(key)
+        blob = self._kept.pop(key, None)
+        if blob is not None:
+            self._kept_bytes -= len(blob)
+        else:
+            blob = self.backend.store.get_or_none(key)
         if blob is None:  # removed since it was listed
             self.drop(key)
             return None
