@@ -30,16 +30,19 @@ profiles, instance roles) apply otherwise.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import parse_size
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+# The package imports this module eagerly (``cl.chunks`` is its function), so
+# what only planning needs (glob, fnmatch, threads, the size parser) is
+# imported there.
 
 _SCAN = 64 << 10  # bytes read at a time while looking for the end of a line
 _GLOB = "*?["
@@ -113,6 +116,8 @@ def _next_line_start(src: _Local | _S3, pos: int, size: int) -> int:
 
 
 def _expand_local(pattern: str) -> list[str]:
+    import glob
+
     path = Path(pattern).expanduser()
     if any(c in pattern for c in _GLOB):
         found = sorted(glob.glob(str(path), recursive=True))
@@ -129,6 +134,8 @@ def _expand_local(pattern: str) -> list[str]:
 
 
 def _expand_s3(url: str, client: Any) -> list[tuple[str, int]]:
+    import fnmatch
+
     bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket:
         raise ConfigError(
@@ -190,6 +197,10 @@ def chunks(
     Raises:
         ConfigError: a source matches nothing, or ``size`` is not a size.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .config import parse_size
+
     step = parse_size(size, "chunk size")
     if not step or step <= 0:
         raise ConfigError(f"chunk size must be positive, not {size!r}")

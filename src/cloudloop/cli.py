@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import functools
-import glob
 import importlib
 import json
 import logging
@@ -14,17 +12,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, codec
+from . import __version__
 from .backends import open_backend
 from .cli_cluster import add_commands
-from .commands import build_template, check_rows, compile_template, read_table
 from .config import Profile, default_backend, load_profile, parse_duration
 from .errors import CloudloopError
-from .job import Job, attach_job, list_jobs
 from .model import WorkerOptions, format_seconds
-from .providers import cluster_for
+
+if TYPE_CHECKING:
+    from .job import Job
+
+# `cloudloop worker` is started once per worker (hundreds at once on one machine):
+# what only the other commands use (the job API, command templates, providers,
+# csv) is imported inside them, so a worker does not pay for it
 
 _SHIP_LIMIT = 50 << 20
 
@@ -43,6 +45,8 @@ def _backend(args):
 
 
 def _job(args) -> Job:
+    from .job import attach_job
+
     return attach_job(_backend(args), args.job)
 
 
@@ -71,6 +75,8 @@ def _ship(words: tuple[str, ...], patterns: list[str]) -> dict[str, bytes]:
     anything else is shipped only when --files names it. Two files for one
     name in the task directory are an error.
     """
+    import glob
+
     here = os.path.realpath(os.getcwd())
     chosen: dict[str, str] = {}  # name in the task's directory -> local path
 
@@ -109,6 +115,7 @@ def _ship(words: tuple[str, ...], patterns: list[str]) -> dict[str, bytes]:
 
 
 def cmd_run(args) -> int:
+    from .commands import build_template, check_rows, compile_template, read_table
     from .executor import Executor
 
     opts = {
@@ -165,6 +172,8 @@ def _cost_line(args, st) -> str | None:
     """What the job's cluster cost (where the profile's provider bills), or None."""
     if args.backend:
         return None
+    from .providers import cluster_for
+
     cluster = cluster_for(load_profile(args.profile))
     if "job_cost" not in cluster.capabilities():
         return None
@@ -173,6 +182,8 @@ def _cost_line(args, st) -> str | None:
 
 
 def cmd_status(args) -> int:
+    from .job import attach_job, list_jobs
+
     backend = _backend(args)
     if args.job:
         job = attach_job(backend, args.job)
@@ -254,6 +265,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_results(args) -> int:
+    import csv
+
+    from . import codec
+
     job = _job(args)
     outcomes = job.outcomes()
     rows = []

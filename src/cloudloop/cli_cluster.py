@@ -7,13 +7,19 @@ the provider lacks (``aws init`` on a local profile) is one line saying so.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .backends import open_backend
 from .config import load_profile, parse_duration
 from .errors import CloudloopError
-from .providers import Cluster, Report, cluster_for
+
+if TYPE_CHECKING:  # the providers are imported by the commands that use them, not by
+    from .providers import Cluster, Report  # `cloudloop worker`, which builds this parser
 
 
 def _cluster(args) -> Cluster:
+    from .providers import cluster_for
+
     return cluster_for(load_profile(args.profile), args.backend)
 
 
@@ -46,6 +52,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_down(args) -> int:
+    from .providers import Report
+
     report = _cluster(args).down(purge=args.purge)
     return _say(report if report.lines else Report(("nothing was running",), report.ok))
 
@@ -70,6 +78,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_cleanup(args) -> int:
+    from .providers import Report
+
     report = _cluster(args).cleanup(purge=args.purge)
     return _say(report if report.lines else Report(("nothing to clean up",), report.ok))
 

@@ -33,24 +33,56 @@ its output open (``cmd &``) is ended once the command has exited.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .errors import CommandFailed, ConfigError
-from .items import Table, load_items, read_table
-from .template import (
-    CommandLine,
-    Script,
-    build_template,
-    compile_template,
-    prepare,
-    render,
-    template_fields,
-)
+
+if TYPE_CHECKING:
+    from .items import Table, load_items, read_table
+    from .template import (
+        CommandLine,
+        Script,
+        build_template,
+        compile_template,
+        prepare,
+        render,
+        template_fields,
+    )
+
+# Every task runner imports this module, and most never run a command: the
+# template and items modules (the shell reader and its rules among them) are
+# imported when one of their names is first used (PEP 562).
+_LAZY = {
+    **dict.fromkeys(["Table", "load_items", "read_table"], "items"),
+    **dict.fromkeys(
+        [
+            "CommandLine",
+            "Script",
+            "build_template",
+            "compile_template",
+            "prepare",
+            "render",
+            "template_fields",
+        ],
+        "template",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{where}", __package__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "STDERR_KEEP",
@@ -77,6 +109,8 @@ STDERR_KEEP = 16 << 10
 
 def check_rows(template: str, table: Table) -> None:
     """Every row fills the template (raises ConfigError naming file, line and field)."""
+    from .template import prepare
+
     for i, item in enumerate(table.items):
         prepare(template, item, i, where=table.where(i))
 

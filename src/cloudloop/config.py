@@ -34,11 +34,6 @@ from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions, WorkerOpti
 
 log = logging.getLogger("cloudloop")
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 _UNITS_S = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "ms": 0.001}
 _UNITS_B = {
     "": 1,
@@ -319,6 +314,10 @@ def _checked(path: Path) -> Path:
 def _read_config(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
+    try:  # imported here: most processes (a worker, a task runner) have no file to read
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

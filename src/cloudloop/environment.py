@@ -36,23 +36,25 @@ distribution owns, is skipped.
 
 from __future__ import annotations
 
-import dis
 import functools
-import importlib.util
 import itertools
 import logging
 import os
 import re
 import sys
 import types
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import codec
 
 if TYPE_CHECKING:
+    from importlib import metadata
+
     from .backends import Backend
+
+# importlib.metadata, dis and importlib.util are imported where they are used: a
+# worker imports this module for missing() only, and most workers never call it
 
 log = logging.getLogger("cloudloop")
 
@@ -171,6 +173,8 @@ def _inside(obj: types.FunctionType | type) -> list[Any]:
 def _imports(code: types.CodeType) -> frozenset[str]:
     """Modules ``code`` (and the code nested in it) imports by absolute name."""
     out: set[str] = set()
+    import dis
+
     recent: list[Any] = [None, None]  # the arguments of the last two instructions
     for ins in dis.get_instructions(code):
         # IMPORT_NAME follows LOAD_CONST level, LOAD_CONST fromlist: level 0 is absolute
@@ -220,6 +224,8 @@ def _module_pin(module: str) -> str | None:
 
 
 def _owner(module: str) -> metadata.Distribution | None:
+    from importlib import metadata
+
     top = module.partition(".")[0]
     dist = _named(top)  # most are named as the package they install (numpy, scipy)
     if dist is not None:
@@ -243,6 +249,8 @@ def _owner(module: str) -> metadata.Distribution | None:
 def _origin(top: str) -> str | None:
     """Where the top-level module ``top`` would be imported from (not importing it: a
     function may import it only when it runs)."""
+    import importlib.util
+
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
@@ -253,6 +261,8 @@ def _origin(top: str) -> str | None:
 @functools.lru_cache(maxsize=1024)
 def _named(top: str) -> metadata.Distribution | None:
     """The distribution named ``top``, if it installs the module ``top``."""
+    from importlib import metadata
+
     try:
         dist = metadata.distribution(top)
     except metadata.PackageNotFoundError:
@@ -318,6 +328,8 @@ def missing(requires: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """The pins of ``requires`` this interpreter does not satisfy, each with the
     version it has ("" when it has none). A local version label (``+cpu``) is not
     compared: builds of one release read each other's pickles."""
+    from importlib import metadata
+
     out = []
     for pin in requires:
         name, _, want = pin.partition("==")

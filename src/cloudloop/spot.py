@@ -13,8 +13,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 log = logging.getLogger("cloudloop.spot")
@@ -30,6 +28,8 @@ class Imds:
         self._token: tuple[str, float] | None = None
 
     def _get_token(self) -> str:
+        import urllib.request  # here: most workers read no metadata (http.client, ssl, email)
+
         if self._token is None or time.monotonic() > self._token[1]:
             req = urllib.request.Request(
                 f"{self.base}/latest/api/token",
@@ -42,6 +42,9 @@ class Imds:
 
     def get(self, path: str) -> str | None:
         """The metadata value at ``path`` (e.g. ``instance-id``), None if absent."""
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(
             f"{self.base}/latest/meta-data/{path}",
             headers={"X-aws-ec2-metadata-token": self._get_token()},
@@ -85,7 +88,7 @@ class SpotWatcher(threading.Thread):
             try:
                 notice = self.check()
                 self._failures = 0
-            except (OSError, urllib.error.URLError) as e:
+            except OSError as e:  # urllib's URLError and HTTPError are OSErrors
                 self._failures += 1
                 if self._failures in (1, 10):
                     log.warning("cannot read spot notices from %s: %s", self.imds.base, e)
