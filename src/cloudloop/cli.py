@@ -461,22 +461,62 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common(sp, job=False):
+    sp.add_argument("--backend", help="backend URL (default: the profile's)")
+    sp.add_argument(
+        "--profile", help="profile from cloudloop.toml (default: $CLOUDLOOP_PROFILE or local)"
+    )
+    if job:
+        sp.add_argument("job", help="job id (see `cloudloop status`)")
+    return sp
+
+
+def _top() -> tuple[argparse.ArgumentParser, Any]:
     p = argparse.ArgumentParser(
         prog="cloudloop",
         description="Run a loop's iterations as a durable parallel job, here or on many machines.",
     )
     p.add_argument("--version", action="version", version=f"cloudloop {__version__}")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    return p, p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def common(sp, job=False):
-        sp.add_argument("--backend", help="backend URL (default: the profile's)")
-        sp.add_argument(
-            "--profile", help="profile from cloudloop.toml (default: $CLOUDLOOP_PROFILE or local)"
+
+def _add_worker(sub, common) -> None:
+    w = common(
+        sub.add_parser(
+            "worker",
+            help="serve a backend's queue until stopped",
+            description=(
+                "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
+                "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop)."
+            ),
         )
-        if job:
-            sp.add_argument("job", help="job id (see `cloudloop status`)")
-        return sp
+    )
+    # one flag per WorkerOptions field, kept as typed for WorkerOptions.from_args to read
+    for f in dataclasses.fields(WorkerOptions):
+        switch = f.default is False
+        w.add_argument(
+            WorkerOptions.flag(f.name),
+            action=_WorkerFlag,
+            dest="worker_flags",
+            nargs=0 if switch else None,
+            metavar=None if switch else f.name.upper(),
+            help=_WORKER_HELP[f.name],
+        )
+    w.set_defaults(worker_flags=[])
+    w.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    w.set_defaults(fn=cmd_worker)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; for ``command="worker"`` only that command's (a
+    worker builds no other: hundreds may start at once)."""
+    p, sub = _top()
+    common = _common
+    if command == "worker":
+        _add_worker(sub, common)
+        return p
 
     r = common(
         sub.add_parser(
@@ -534,32 +574,7 @@ def _parser() -> argparse.ArgumentParser:
     c = common(sub.add_parser("cancel", help="cancel a job"), job=True)
     c.set_defaults(fn=cmd_cancel)
 
-    w = common(
-        sub.add_parser(
-            "worker",
-            help="serve a backend's queue until stopped",
-            description=(
-                "Run one worker: it pulls tasks of any job on the backend and only connects out to it. "
-                "Start as many as you like, anywhere (Slurm, Kubernetes, a spare desktop)."
-            ),
-        )
-    )
-    # one flag per WorkerOptions field, kept as typed for WorkerOptions.from_args to read
-    for f in dataclasses.fields(WorkerOptions):
-        switch = f.default is False
-        w.add_argument(
-            WorkerOptions.flag(f.name),
-            action=_WorkerFlag,
-            dest="worker_flags",
-            nargs=0 if switch else None,
-            metavar=None if switch else f.name.upper(),
-            help=_WORKER_HELP[f.name],
-        )
-    w.set_defaults(worker_flags=[])
-    w.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
-    w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    w.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    w.set_defaults(fn=cmd_worker)
+    _add_worker(sub, common)
     d = common(sub.add_parser("dashboard", help="serve a live web dashboard of the jobs"))
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     d.add_argument("--port", default="8787", help="port, 1-65535 (default 8787; 0: any free port)")
@@ -586,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1 :]
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv[:1] == ["worker"] else None).parse_args(argv)
     args.command = command
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,

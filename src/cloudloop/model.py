@@ -30,7 +30,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple, TypeGuard, TypeVar
 
 from . import keys
@@ -176,6 +175,8 @@ class WorkerOptions:
                 # a flag cannot say "unset" or "off": those are the defaults
                 raise ValueError(f"worker option {f.name}={value!r} has no command-line form")
             elif isinstance(value, float):
+                from decimal import Decimal  # here: only a provider starting workers writes flags
+
                 # positional, never '1e-05' (a duration's syntax has no exponent)
                 text = str(int(value)) if value.is_integer() else f"{Decimal(repr(value)):f}"
                 out += [self.flag(f.name), text]
