@@ -1,11 +1,12 @@
 """A worker's heartbeat thread: keeps leases alive, notices cancellation, says who it is.
 
 Every third of the lease it extends the message being run and those waiting
-for their ack; every couple of seconds it checks the running job's
-cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
+for their ack; every couple of seconds (the backend's ``check_interval``)
+while a chunk runs it checks the job's cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
 (host, pid, provider, current job and task, the task's ``cl.progress``, tasks
 done, memory, and any trouble it is in) so ``status``, the dashboard and
-clients can see every worker. Records are signed by the worker; readers go
+clients can see every worker. Between those it sleeps: it wakes only when
+one of them is due, never on a fixed tick. Records are signed by the worker; readers go
 through :func:`worker_records`, which verifies and validates each one, so a
 forged or malformed record is never shown or counted. A worker started by a
 cluster (``cloudloop up``) also names it (``CLOUDLOOP_CLUSTER``), which is how
@@ -45,6 +46,9 @@ class HeartbeatSource(Protocol):
     def tick(self) -> None:
         """The worker's own periodic checks (cancellation, a cost deadline)."""
 
+    def check_every(self) -> float:
+        """Seconds between calls of :meth:`tick` now (longer while the worker is idle)."""
+
     def record(self) -> dict[str, Any]:
         """Its heartbeat record now (the fields of :class:`~cloudloop.model.WorkerRecord`)."""
 
@@ -55,10 +59,17 @@ class Heartbeat(threading.Thread):
     def __init__(self, backend: Any, source: HeartbeatSource):
         super().__init__(name="cloudloop-heartbeat", daemon=True)
         self.backend, self.source = backend, source
-        self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def nudge(self) -> None:
+        """Look again at what is due now (the worker has taken a chunk: checks for its
+        cancellation are due more often than while it was idle)."""
+        self._wake.set()
 
     def stop(self) -> None:
-        self._stop_event.set()
+        self._stopping = True
+        self._wake.set()
         self.join(timeout=10)
         try:  # a clean exit leaves no record behind; a crashed worker's goes stale
             self.backend.store.delete(keys.worker(self.source.id))
@@ -67,24 +78,34 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         src = self.source
-        last = extended = time.monotonic()
+        last = extended = checked = time.monotonic()
         self.write()
-        tick = max(0.2, min(1.0, src.lease_s / 6))
-        while not self._stop_event.wait(tick):
-            if time.monotonic() - extended > src.lease_s:
+        while True:
+            # sleep until the next thing is due (an extension, a check, a record), not
+            # on a fixed tick: a waiting worker wakes every couple of seconds at most
+            now = time.monotonic()
+            due = min(extended + src.lease_s / 3, last + src.every, checked + src.check_every())
+            if self._wake.wait(max(0.05, due - now)):
+                self._wake.clear()
+            if self._stopping:
+                return
+            now = time.monotonic()
+            if now - extended > src.lease_s:
                 # frozen (SIGSTOP, a stalled VM) past the lease: someone else may hold the
                 # message now, whatever an extend answers (SQS "extends" expired leases)
                 for lease in src.leases():
                     log.warning("lease on message %s may have expired while frozen", lease.id)
                     src.lease_lost(lease)
-            if time.monotonic() - extended > src.lease_s / 3:
+            if now - extended >= src.lease_s / 3:
                 self._extend(src.leases())
                 extended = time.monotonic()
-            try:
-                src.tick()
-            except Exception as e:  # a backend hiccup: the next tick tries again
-                log.warning("worker check failed: %s", e)
-            if time.monotonic() - last > src.every:
+            if now - checked >= src.check_every():
+                checked = now
+                try:
+                    src.tick()
+                except Exception as e:  # a backend hiccup: the next tick tries again
+                    log.warning("worker check failed: %s", e)
+            if now - last >= src.every:
                 last = time.monotonic()
                 self.write()
 

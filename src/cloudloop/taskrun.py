@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -51,6 +53,9 @@ log = logging.getLogger("cloudloop.worker")
 
 _BATCH_TARGET = 0.2  # seconds of work per sub-batch sent to the runner
 _LIVE_LOG_EVERY = 2.0
+_MEMORY_EVERY = 0.1  # how often a task with a memory limit has its memory measured
+_LOOK_AGAIN = 0.05  # no task has started yet: when to look at the runner's status again
+_MAX_WAIT = 5.0  # the longest a worker waits on its runner without looking around
 _SESSION_AHEAD = 4  # tasks of a submit() job claimed (and so RUNNING) before they start
 
 
@@ -80,6 +85,67 @@ def describe_death(index: int, rc: int | None) -> Exception:
         f"task {index}'s process exited with status {rc} before returning "
         "(os._exit(), or a native library calling exit())."
     )
+
+
+class _Wakeup:
+    """A self-pipe: what the worker's main thread waits on beside its runner's pipe,
+    so a stop (a signal handler), a spot notice or a cancellation (other threads) ends
+    its wait at once instead of at its next look around. Safe to ring from a signal
+    handler: one non-blocking write."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+
+    def ring(self) -> None:
+        try:
+            os.write(self.w, b"!")
+        except OSError:  # full (it is rung already) or closed (the worker has ended)
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def tree_rss(pid: int) -> int | None:
+    """Resident memory of ``pid`` and every descendant, in bytes, read from their own
+    ``/proc`` entries (``task/*/children``), not from a scan of every process on the
+    machine; None where the kernel does not list children."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * page
+            tids = os.listdir(f"/proc/{p}/task")
+        except (OSError, IndexError, ValueError):
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except FileNotFoundError:
+                if p == pid and tid == str(pid) and os.path.exists(f"/proc/{p}"):
+                    return None  # no children files on this kernel
+            except (OSError, ValueError):
+                continue
+    return total
 
 
 class _Flag:
@@ -186,6 +252,15 @@ class ChunkRunner:
     tasks_done: int
     failures: int
     _mem_checked: float
+    wakeup: _Wakeup
+
+    def runner_rss(self) -> int:
+        """Resident memory of the task runner and everything it started."""
+        proc = self.runner.proc
+        if proc is None:
+            return 0
+        rss = tree_rss(proc.pid)
+        return self.runner.rss() if rss is None else rss
 
     def _load(self, chunk: _Chunk) -> None:
         h, m = chunk.header, chunk.job.manifest
@@ -298,7 +373,7 @@ class ChunkRunner:
         try:
             self.runner.send("run", [(i, chunk.todo[i]) for i in sub])
             while True:
-                msg = self.runner.recv(0.05)
+                msg = self._next_message(chunk)
                 if msg is not None:
                     kind, data = _message(msg)
                     if kind == "end":
@@ -321,6 +396,50 @@ class ChunkRunner:
             chunk.stop = _Stop.fail(TaskCrashed(f"the task process was killed: {e}"))
         finally:
             chunk.running = frozenset()
+
+    def _next_message(self, chunk: _Chunk) -> Any | None:
+        """The runner's next message, or None once something may be due (see
+        :meth:`_due`). It waits blocked on the runner's pipe and the worker's wake-up
+        pipe, so a worker whose task sleeps sleeps too."""
+        msg = self.runner.recv(0)
+        if msg is not None:
+            return msg
+        timeout = self._due(chunk)
+        conn = getattr(self.runner, "_res", None)
+        if conn is None or timeout <= 0:
+            return self.runner.recv(max(0.0, timeout))
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(self.wakeup.r, select.POLLIN)
+        ready = poller.poll(timeout * 1000)
+        if any(fd == self.wakeup.r for fd, _ in ready):
+            self.wakeup.drain()
+        return self.runner.recv(0)
+
+    def _due(self, chunk: _Chunk) -> float:
+        """Seconds until :meth:`_watch` may have something to do: the running task's
+        timeout, its next memory check (with a memory limit), its next live log, a
+        flush of stored-up outcomes, the end of a preemption's grace. A stop, a
+        cancellation or a spot notice ring the wake-up pipe instead."""
+        now = time.monotonic()
+        due = now + _MAX_WAIT
+        opts = chunk.job.manifest.options
+        if self.preempted_at is not None:
+            due = min(due, self.preempted_at + self.options.preempt_grace)
+        out = chunk.out
+        if out.indices or out.logs or out.checkpoints:
+            due = min(due, chunk.last_flush + max(self.backend.flush_interval, 1.0) + 0.001)
+        st = self.runner.status()
+        if st.index < 0:  # between tasks, or the first one not yet begun: look again soon
+            return max(0.0, min(due, now + _LOOK_AGAIN) - now)
+        ran = time.time() - st.started
+        if opts.timeout is not None:
+            due = min(due, now + opts.timeout - ran + 0.001)
+        if opts.memory is not None:
+            due = min(due, self._mem_checked + _MEMORY_EVERY)
+        live = max(now + _LIVE_LOG_EVERY - ran, chunk.last_stream + _LIVE_LOG_EVERY)
+        due = min(due, live + 0.001)
+        return max(0.0, due - now)
 
     def _serve(self, chunk: _Chunk, op: Any, index: Any, args: Any) -> None:
         """Do a store call for the running task, under its own keys only."""
@@ -373,16 +492,16 @@ class ChunkRunner:
                     f"task {st.index} ran for {ran:.1f} s, over its timeout of "
                     f"{opts.timeout:g} s; it and every process it started were killed"
                 )
-            elif opts.memory is not None and time.monotonic() - self._mem_checked > 0.1:
+            elif opts.memory is not None and time.monotonic() - self._mem_checked >= _MEMORY_EVERY:
                 self._mem_checked = time.monotonic()
-                rss = self.runner.rss()
+                rss = self.runner_rss()
                 if rss > opts.memory:
                     reason = MemoryLimitExceeded(
                         f"task {st.index} used {_fmt_bytes(rss)} (its processes together), "
                         f"over its memory limit of {_fmt_bytes(opts.memory)}; it was killed. "
                         "Raise memory= or make the task hold less at once."
                     )
-            if reason is None and ran > _LIVE_LOG_EVERY:
+            if reason is None and ran >= _LIVE_LOG_EVERY:
                 self._stream_log(chunk, st.index, st.attempt, st.log_offset)
         if reason is not None:
             return _Kill(error=reason)
@@ -475,18 +594,23 @@ class ChunkRunner:
                 chunk.out.logs.setdefault(index, []).append([attempt, part, text])
 
     def _stream_log(self, chunk: _Chunk, index: int, attempt: int, offset: int) -> None:
+        """What the running task printed since the last look, stored as it runs: looked
+        at every _LIVE_LOG_EVERY seconds (:meth:`_due` wakes the worker for it)."""
+        now = time.monotonic()
+        if now - chunk.last_stream < _LIVE_LOG_EVERY:
+            return
+        chunk.last_stream = now
         if index not in chunk.todo:
             # the status record can still name a task whose outcome (and its whole
             # log) was already taken: streaming it again would duplicate the log
             return
         sent, part = chunk.streamed.get((index, attempt), (offset, 0))
         size = self.runner.log_size()
-        if size > sent and time.monotonic() - chunk.last_stream > _LIVE_LOG_EVERY:
+        if size > sent:
             text = self.runner.read_log(sent, size).decode(errors="replace")
             chunk.streamed[(index, attempt)] = (size, part + 1)
             record = {index: [[attempt, part, text]]}
             self.backend.put_record(keys.logs(chunk.job_id, index, index), record)
-            chunk.last_stream = time.monotonic()
 
     def _flush(self, chunk: _Chunk) -> None:
         """Hand the chunk's finished outcomes and logs to the committer."""

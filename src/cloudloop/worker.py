@@ -84,7 +84,7 @@ from .model import (
 )
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
-from .taskrun import ChunkRunner, _Chunk, _Flag, _said
+from .taskrun import ChunkRunner, _Chunk, _Flag, _said, _Wakeup
 
 log = logging.getLogger("cloudloop.worker")
 
@@ -146,6 +146,7 @@ class Worker(ChunkRunner):
         self.data = JobData(backend, self.scratch)
         self.current: _Chunk | None = None
         self.stopping = _Flag()
+        self.wakeup = _Wakeup()  # ends the main thread's wait on its task at once
         self.tasks_done = 0
         self.failures = 0
         self.started = time.time()
@@ -189,6 +190,13 @@ class Worker(ChunkRunner):
 
     def request_stop(self, *_: Any) -> None:
         self.stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the main thread's wait, on its task or on the queue (safe in a signal
+        handler)."""
+        self.wakeup.ring()
+        self.queue.wakeup()
 
     def on_preempt(self, notice: dict | None = None) -> None:
         """A spot interruption notice (or the cost deadline): finish or checkpoint,
@@ -197,6 +205,7 @@ class Worker(ChunkRunner):
             log.warning("leaving: %s", (notice or {}).get("action", "preempted"))
             self.preempted_at = time.monotonic()
             self.runner.preempt()
+            self._wake()
 
     def orphaned(self) -> bool:
         """The client that started this worker is gone."""
@@ -220,10 +229,19 @@ class Worker(ChunkRunner):
         if chunk is not None and lease is chunk.lease:
             chunk.lost = True
 
+    def check_every(self) -> float:
+        """How often the heartbeat calls :meth:`tick`: every ``check_interval`` while a
+        chunk runs (cancellation); idle, only for the cost deadline."""
+        every = self.data.check_interval if self.current is not None else 10.0
+        stop_at = self.options.stop_at
+        if stop_at and self.preempted_at is None:
+            every = min(every, max(0.0, stop_at - time.time()) + 0.01)
+        return max(0.2, every)
+
     def tick(self) -> None:
         chunk = self.current
-        if chunk is not None:
-            self.data.is_cancelled(chunk.job)
+        if chunk is not None and not chunk.job.cancelled and self.data.is_cancelled(chunk.job):
+            self.wakeup.ring()  # the running task may have to stop now
         stop_at = self.options.stop_at
         if stop_at and time.time() > stop_at and self.preempted_at is None:
             self.on_preempt({"action": "the cluster's cost deadline has passed"})
@@ -249,7 +267,7 @@ class Worker(ChunkRunner):
             "message": st.message if st else "",
             "tasks_done": self.tasks_done,
             "failures": self.failures,
-            "rss": self.runner.rss() if self.runner.alive else 0,
+            "rss": self.runner_rss() if self.runner.alive else 0,
             "load": os.getloadavg()[0],
             "error": self.trouble(),
             "cluster": self.cluster,
@@ -274,6 +292,7 @@ class Worker(ChunkRunner):
             self.committer.close()
             self._heartbeat.stop()
             self.runner.close()
+            self.wakeup.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
             why = " (preempted)" if self.preempted_at else ""
             log.info("worker %s stopped after %d tasks%s", self.id, self.tasks_done, why)
@@ -513,6 +532,7 @@ class Worker(ChunkRunner):
                 todo.pop(i, None)
         chunk = _Chunk(lease, header, job, todo, payload, careful)
         self.current = chunk
+        self._heartbeat.nudge()
         try:
             if todo:
                 self._run_chunk(chunk)

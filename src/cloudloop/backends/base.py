@@ -87,6 +87,11 @@ class Queue(abc.ABC):
             time.sleep(min(pause, left))
             pause = min(pause * 2, max_pause)
 
+    def wakeup(self) -> None:  # noqa: B027 - optional hook
+        """End a ``lease`` that is waiting for a message now (it returns what it has,
+        perhaps nothing). Safe to call from a signal handler or another thread; a
+        backend whose wait is short anyway need not implement it."""
+
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease_s: float) -> None:
         """Push the leases' expiry to ``lease_s`` from now (raises LeaseLost if stale)."""

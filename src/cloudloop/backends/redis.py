@@ -7,6 +7,8 @@
     <prefix>:q              stream of task messages, one field "b" = the body
                             consumer group "workers"; its pending-entries
                             list (PEL) is the set of leases
+    <prefix>:bell           stream of one entry, renewed when a release makes
+                            messages visible again (wakes waiting workers)
     <prefix>:keys           sorted set of every store key (score 0: ordered by
                             name, so list(prefix) is one ZRANGEBYLEX)
     <prefix>:b:<key>        one string per store key (the blob)
@@ -20,6 +22,13 @@ with ``XAUTOCLAIM`` at min-idle ``EXPIRY`` before reading new ones with
 ``XREADGROUP``. Leases of different lengths therefore share one reclaim
 rule. ``extend`` sets the idle time again, ``release`` sets it to ``EXPIRY``
 under a neutral consumer, ``ack`` is ``XACK`` + ``XDEL``.
+
+A ``lease`` that finds nothing waits blocked in ``XREAD BLOCK`` on the
+stream (from its newest entry) and the bell, in slices of half a second, so an
+idle worker costs one cheap call every half second and takes a new message as
+soon as it is added; it never blocks inside the group (``XREADGROUP BLOCK``
+would deliver a message before its lease is set, and a worker dying then would
+hide it for 30 days). Expired leases are reclaimed when its wait ends.
 
 Every queue operation is one Lua script, so it is atomic. A lease token is
 ``<consumer>:<delivery count>``; ``ack``/``extend`` first compare it with the
@@ -40,6 +49,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -54,6 +64,7 @@ from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, redact_url, secret_from_env
 
 GROUP = "workers"
+_BLOCK_SLICE = 0.5  # seconds a waiting lease blocks at a time (a stop is seen within it)
 EXPIRY_MS = 30 * 86400 * 1000  # idle time at which every lease has expired
 _RELEASED = "released"  # consumer that holds released messages until someone leases them
 
@@ -61,7 +72,7 @@ _RELEASED = "released"  # consumer that holds released messages until someone le
 # KEYS: stream. ARGV: group, consumer, max_n, idle (EXPIRY - lease), EXPIRY, cursor.
 # The reclaim scan resumes where this caller's last one stopped, so a pending
 # list of any length is covered over successive calls.
-# Returns {cursor, {id, body, delivery count}...}.
+# Returns {cursor, {id, body, delivery count}..., newest id of the stream, of the bell}.
 _LEASE = """
 local s, g, c = KEYS[1], ARGV[1], ARGV[2]
 local n, idle, expiry = tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -93,16 +104,24 @@ for _, e in ipairs(got) do
   end
   out[#out + 1] = {e[1], body, p[1][4]}
 end
-return {cursor, out}
+local newest, bell = '0-0', '0-0'
+if #out == 0 then
+  local last = redis.call('XREVRANGE', s, '+', '-', 'COUNT', 1)
+  if last[1] then newest = last[1][1] end
+  last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if last[1] then bell = last[1][1] end
+end
+return {cursor, out, newest, bell}
 """
 
 # The caller still holds the lease: the PEL entry's consumer and delivery count
-# match its token. KEYS: stream. ARGV: group, op, idle, then id, token pairs.
-# Returns the ids whose lease was lost.
+# match its token. KEYS: stream, bell. ARGV: group, op, idle, then id, token pairs.
+# Returns the ids whose lease was lost. A release rings the bell.
 _HOLDING = (
     """
 local s, g, op, idle = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local lost = {}
+local released = 0
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local p = redis.call('XPENDING', s, g, id, id, 1)
@@ -117,7 +136,11 @@ for i = 4, #ARGV, 2 do
     redis.call('XCLAIM', s, g, '"""
     + _RELEASED
     + """', 0, id, 'IDLE', idle, 'JUSTID')
+    released = released + 1
   end
+end
+if released > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '1', '*', 'r', '1')
 end
 return lost
 """
@@ -179,6 +202,8 @@ class RedisQueue(Queue):
     def __init__(self, client: redis.Redis, prefix: str):
         self.r = client
         self.stream = f"{prefix}:q"
+        self.bell = f"{prefix}:bell"
+        self._interrupted = False
         self._lease = client.register_script(_LEASE)
         self._holding = client.register_script(_HOLDING)
         self._stats = client.register_script(_STATS)
@@ -212,30 +237,59 @@ class RedisQueue(Queue):
             ids += [i.decode() for i in pipe.execute()]
         return ids
 
-    def _try_lease(self, max_n: int, lease_s: float) -> list[Lease]:
+    def _try_lease(self, max_n: int, lease_s: float) -> tuple[list[Lease], list[Any]]:
+        """The leases taken and (when none) the newest ids of the stream and the bell,
+        to wait from."""
         idle = max(0, EXPIRY_MS - int(lease_s * 1000))
         consumer = self.consumer
-        cursor, rows = self._lease(
-            keys=[self.stream],
+        cursor, rows, newest, bell = self._lease(
+            keys=[self.stream, self.bell],
             args=[GROUP, consumer, max_n, idle, EXPIRY_MS, self._cursor],
             client=self.r,
         )
         self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-        return [
+        leases = [
             Lease(mid.decode(), f"{consumer}:{count}", bytes(body), int(count))
             for mid, body, count in rows
         ]
+        return leases, [newest, bell]
 
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
         if lease_s * 1000 > EXPIRY_MS:
             raise ConfigError(f"lease of {lease_s:g} s is over the Redis queue's 30-day limit")
-        return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.05)
+        deadline = time.monotonic() + wait_s
+        while True:
+            leases, since = self._try_lease(max_n, lease_s)
+            if leases or time.monotonic() >= deadline:
+                return leases
+            if self._cursor != "0-0":  # the reclaim scan is not through the pending list
+                continue
+            if not self._wait(since, deadline):
+                return leases
+
+    def _wait(self, since: list[Any], deadline: float) -> bool:
+        """Blocked until an entry newer than ``since`` is added to the stream or the
+        bell (True: look again) or until ``deadline`` or :meth:`wakeup` (False)."""
+        while True:
+            if self._interrupted:
+                self._interrupted = False
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            block = max(1, int(min(left, _BLOCK_SLICE) * 1000))
+            got = self.r.xread({self.stream: since[0], self.bell: since[1]}, count=1, block=block)
+            if got:
+                return True
+
+    def wakeup(self) -> None:
+        self._interrupted = True  # seen within _BLOCK_SLICE
 
     def _apply(self, op: str, leases: Sequence[Lease], idle: int) -> list[str]:
         args: list[Any] = [GROUP, op, idle]
         for x in leases:
             args += [x.id, x.token]
-        lost = self._holding(keys=[self.stream], args=args, client=self.r)
+        lost = self._holding(keys=[self.stream, self.bell], args=args, client=self.r)
         return [i.decode() for i in lost]
 
     def _check(self, op: str, leases: Sequence[Lease], idle: int) -> None:
@@ -320,7 +374,7 @@ class RedisBackend(Backend):
     poll_interval = 0.02
     poll_max = 0.25
     flush_interval = 0.5
-    idle_wait = 0.5
+    idle_wait = 2.0  # a waiting lease blocks on the stream: a new message wakes it
 
 
 def _masked(url: str) -> str:

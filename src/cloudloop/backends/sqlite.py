@@ -4,6 +4,8 @@
 
     dir/
       queue.db        SQLite, WAL, synchronous=FULL
+      queue.bell      empty; touched whenever messages become visible (put,
+                      release), so idle workers wake at once (inotify)
       secret.key      32 random bytes (mode 0600) that sign messages and blobs
       store/<key>     one file per store key; written to a temporary name,
                       fsynced and renamed (or hard-linked for if_absent), so a
@@ -23,16 +25,28 @@ message, and an expired lease is reclaimed simply by becoming visible again.
 ``ack`` and ``extend`` match on ``(id, token)``: a late worker whose lease was
 reclaimed gets ``LeaseLost`` instead of deleting someone else's message.
 Safe for many worker processes on one machine (not over NFS).
+
+SQLite cannot block until a row appears, so a ``lease`` that waits does not
+poll it: on Linux it sleeps on an inotify watch of ``queue.bell`` (which
+``put`` and ``release`` touch after they commit) until the bell rings, the
+next lease it saw expires, or its wait ends; an idle worker costs nothing and
+still takes a new message within milliseconds. Without inotify it polls,
+backing off from 20 ms to 1 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
+import math
 import os
 import secrets
+import select
 import sqlite3
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +99,115 @@ def _queue_errors(method: _F) -> _F:
     return cast(_F, wrapper)
 
 
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_IGNORED = 0x400, 0x800, 0x8000
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
+_POLL_FIRST, _POLL_MAX = 0.02, 1.0  # polling without inotify: 20 ms, doubling to 1 s
+
+
+def _inotify_libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018 - present?
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+class _Doorbell:
+    """``queue.bell``: rung (touched) when messages become visible; an inotify watch
+    on it lets a waiting lease sleep until then. A self-pipe ends a wait early
+    (:meth:`SqliteQueue.wakeup`)."""
+
+    _libc: Any = False  # looked up once per process
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None  # the inotify instance (None: not watching)
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+
+    def _make(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+    def watch(self) -> bool:
+        """Watching the bell (inotify on this machine); False: the caller polls."""
+        if self.fd is not None:
+            return True
+        if _Doorbell._libc is False:
+            _Doorbell._libc = _inotify_libc()
+        libc = _Doorbell._libc
+        if libc is None:
+            return False
+        if not self.path.exists():
+            self._make()
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            return False
+        mask = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF
+        if libc.inotify_add_watch(fd, os.fsencode(self.path), mask) < 0:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def drain(self) -> None:
+        """Forget the rings so far (the caller is about to look at the queue)."""
+        if self.fd is None:
+            return
+        gone = False
+        try:
+            while True:
+                buf = os.read(self.fd, 4096)
+                if not buf:
+                    break
+                at = 0
+                while at + _EVENT.size <= len(buf):
+                    _, mask, _, n = _EVENT.unpack_from(buf, at)
+                    gone |= bool(mask & (_IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED))
+                    at += _EVENT.size + n
+        except OSError:
+            pass
+        if gone:  # the bell was removed or replaced: watch the new one next time
+            self.close_watch()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the bell rings, :meth:`interrupt`, or ``timeout`` seconds."""
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        if self.fd is not None:
+            poller.register(self.fd, select.POLLIN)
+        poller.poll(max(0.0, timeout) * 1000)
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def interrupt(self) -> None:
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:
+            pass
+
+    def close_watch(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def close(self) -> None:
+        self.close_watch()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class SqliteQueue(Queue):
     """A lease queue in one SQLite file."""
 
@@ -97,6 +220,9 @@ class SqliteQueue(Queue):
         self._pid = os.getpid()
         self._durable = True
         self._conn: sqlite3.Connection | None = None
+        self._bell: _Doorbell | None = None  # made by the first lease that waits
+        self._interrupted = False
+        self._bell_path = path.with_name("queue.bell")
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as e:
@@ -157,36 +283,76 @@ class SqliteQueue(Queue):
                     (sqlite3.Binary(body), now, now),
                 )
                 ids.append(str(cur.lastrowid))
+        self._ring()
         return ids
 
-    def _try_lease(self, max_n: int, lease_s: float) -> list[Lease]:
+    def _ring(self) -> None:
+        """Messages became visible: wake the workers waiting for one."""
+        try:
+            os.utime(self._bell_path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.close(os.open(self._bell_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError:
+            pass
+
+    def _try_lease(self, max_n: int, lease_s: float) -> tuple[list[Lease], float]:
+        """The leases taken, and (when none) the seconds until a message becomes
+        visible by itself (the earliest lease to expire; inf: none is leased)."""
         now = time.time()
         with self._lock:
             db = self._db()
-            if db.execute(
-                "SELECT 1 FROM messages WHERE visible_at <= ? LIMIT 1", (now,)
-            ).fetchone():
-                with self._write(db):
-                    rows = db.execute(
-                        "SELECT id, body, attempts FROM messages WHERE visible_at <= ? "
-                        "ORDER BY id LIMIT ?",
-                        (now, max_n),
-                    ).fetchall()
-                    leases = []
-                    for mid, body, attempts in rows:
-                        token = secrets.token_hex(8)
-                        db.execute(
-                            "UPDATE messages SET token = ?, visible_at = ?, attempts = ? "
-                            "WHERE id = ?",
-                            (token, now + lease_s, attempts + 1, mid),
-                        )
-                        leases.append(Lease(str(mid), token, bytes(body), attempts + 1))
-                    return leases
-        return []
+            (first,) = db.execute("SELECT MIN(visible_at) FROM messages").fetchone()
+            if first is None:
+                return [], math.inf
+            if first > now:
+                return [], first - now
+            with self._write(db):
+                rows = db.execute(
+                    "SELECT id, body, attempts FROM messages WHERE visible_at <= ? "
+                    "ORDER BY id LIMIT ?",
+                    (now, max_n),
+                ).fetchall()
+                leases = []
+                for mid, body, attempts in rows:
+                    token = secrets.token_hex(8)
+                    db.execute(
+                        "UPDATE messages SET token = ?, visible_at = ?, attempts = ? WHERE id = ?",
+                        (token, now + lease_s, attempts + 1, mid),
+                    )
+                    leases.append(Lease(str(mid), token, bytes(body), attempts + 1))
+                return leases, 0.0
 
     @_queue_errors
     def lease(self, max_n: int = 1, lease_s: float = 30.0, wait_s: float = 0.0) -> list[Lease]:
-        return self._poll(lambda: self._try_lease(max_n, lease_s), wait_s, max_pause=0.02)
+        if wait_s <= 0:
+            return self._try_lease(max_n, lease_s)[0]
+        bell = self._bell
+        if bell is None:
+            bell = self._bell = _Doorbell(self._bell_path)
+        watching = bell.watch()
+        deadline = time.monotonic() + wait_s
+        pause = _POLL_FIRST
+        while True:
+            bell.drain()  # rings from now on wake the wait below
+            leases, until = self._try_lease(max_n, lease_s)
+            left = deadline - time.monotonic()
+            if leases or left <= 0:
+                return leases
+            if self._interrupted:
+                self._interrupted = False
+                return []
+            if watching:
+                bell.wait(min(left, until + 0.001))
+                watching = bell.watch()  # (again, if the bell was replaced)
+            else:
+                bell.wait(min(left, until + 0.001, pause))
+                pause = min(pause * 2, _POLL_MAX)
+
+    def wakeup(self) -> None:
+        self._interrupted = True
+        if self._bell is not None:
+            self._bell.interrupt()
 
     def _match(
         self, sql: str, params: list[tuple[Any, ...]], leases: Sequence[Lease], what: str
@@ -230,6 +396,8 @@ class SqliteQueue(Queue):
                     "UPDATE messages SET visible_at = ?, token = NULL WHERE id = ? AND token = ?",
                     (now, int(x.id), x.token),
                 )
+        if leases:
+            self._ring()
 
     @_queue_errors
     def stats(self) -> QueueStats:
@@ -249,6 +417,9 @@ class SqliteQueue(Queue):
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+            if self._bell is not None:
+                self._bell.close()
+                self._bell = None
 
 
 class FileStore(Store):
@@ -406,6 +577,7 @@ class SqliteBackend(Backend):
     poll_interval = 0.01  # a directory listing on this machine: polling is cheap
     poll_max = 0.05
     flush_interval = 0.5
+    idle_wait = 2.0  # a waiting lease sleeps on the doorbell: a new message wakes it
 
 
 def open_sqlite(url: str) -> SqliteBackend:
