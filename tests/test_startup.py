@@ -36,7 +36,15 @@ NOT_AT_START = [
     "csv",
 ]
 # the runner needs none of these either
-NOT_IN_RUNNER = [*NOT_AT_START, "cloudloop.config", "cloudloop.environment", "cloudloop.backends"]
+NOT_IN_RUNNER = [
+    *NOT_AT_START,
+    "cloudloop.config",
+    "cloudloop.environment",
+    "cloudloop.backends",
+    "hmac",  # a runner never signs nor verifies: OpenSSL's hashes are ~4 MB a runner
+    "_hashlib",
+    "sysconfig",
+]
 
 
 def _imported(statement: str) -> set[str]:

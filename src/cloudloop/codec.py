@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
-import hmac
 import io
 import json
 import pickle
 import struct
 import sys
-import sysconfig
 import traceback
 import types
 from collections.abc import Iterator, Sequence
@@ -55,6 +52,8 @@ _PEEK_MAX = 4096  # bytes of an unverified header looked at, for an error report
 
 
 def _mac(key: bytes, domain: bytes, name: str, data: bytes) -> bytes:
+    import hmac  # here, not at the top: a task runner never signs or verifies
+
     h = hmac.new(key, domain + b"\0" + name.encode() + b"\0", "sha256")
     h.update(data)
     return h.digest()
@@ -76,6 +75,8 @@ def verify(key: bytes, blob: bytes, name: str, what: str | None = None) -> bytes
     if len(blob) < 4 + _MAC or blob[:4] != _BLOB:
         raise TamperedError(f"{what} is not a signed cloudloop blob (wrong header)")
     mac, data = blob[4 : 4 + _MAC], blob[4 + _MAC :]
+    import hmac
+
     if not hmac.compare_digest(mac, _mac(key, b"blob", name, data)):
         raise TamperedError(
             f"{what} failed its signature check: it was modified, copied from another "
@@ -123,6 +124,8 @@ def decode_message(key: bytes, body: bytes) -> tuple[dict[str, Any], bytes]:
     if len(body) < 8 + _MAC or body[:4] != _MSG:
         raise TamperedError("queue message is not a cloudloop message (wrong header)")
     mac, rest = body[4 : 4 + _MAC], body[4 + _MAC :]
+    import hmac
+
     if not hmac.compare_digest(mac, _mac(key, b"message", "", rest)):
         raise TamperedError("queue message failed its signature check; it was not run")
     (n,) = struct.unpack(">I", rest[:4])
@@ -136,6 +139,8 @@ def decode_message(key: bytes, body: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def digest(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()[:24]
 
 
@@ -163,6 +168,8 @@ def loads_data(data: bytes) -> Any:
 @functools.lru_cache(maxsize=1)
 def _install_roots() -> tuple[str, ...]:
     """Where installed code lives (sysconfig takes ~2 ms to say: asked once)."""
+    import sysconfig
+
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     roots |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
@@ -417,8 +424,8 @@ def rebuild_exception(info: ErrorInfo) -> BaseException:
 # ---------------------------------------------------------------- outcomes
 
 
-def pack_rows(rows: Sequence[OutcomeRow]) -> bytes:
-    """:class:`OutcomeRow` s as bytes: plain tuples, so a worker can read the rows its
+def pack_rows(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """:class:`OutcomeRow` s (or tuples of its fields) as bytes: plain tuples, so a worker can read the rows its
     task runner sends with :func:`loads_data` (a NamedTuple would pickle its class)."""
     return pickle.dumps([tuple(r) for r in rows], protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -270,7 +270,9 @@ class JobWriter:
         items = iter(items)
         lo = self.tasks
         while True:
-            buf = [(ref, args, {}) for args in islice(items, next(sizes))]
+            buf: list[tuple[str | None, tuple, dict]] = [
+                (ref, args, {}) for args in islice(items, next(sizes))
+            ]
             if not buf:
                 return
             self.add_chunk(lo, buf)
