@@ -61,6 +61,12 @@ test: lint test-deps localstack
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_scale.py --quick
+
+# 200 local workers x 2,000 one-second tasks on sqlite and redis; idle CPU on aws (moto)
+.PHONY: bench-scale
+bench-scale: $(VENV)/.bench
+	$(PY) benchmarks/bench_scale.py --workers 200 --tasks 2000 --sleep 1 --write
 
 .PHONY: bench-aws
 bench-aws: $(VENV)/.bench
