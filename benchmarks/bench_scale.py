@@ -3,8 +3,8 @@
 N workers (the local provider, as ``cl.Executor(workers=N)`` starts them) run
 T tasks of ``time.sleep(S)``, on the SQLite and the Redis backend:
 
-* **start-up**: seconds from starting N workers until all N are serving (each
-  has written its heartbeat record);
+* **start-up**: seconds from ``cl.Executor(workers=N)`` until all N workers
+  are serving (each has written its heartbeat record);
 * **efficiency**: the ideal wall time (T x S / N) over the measured one, timed
   once every worker and its task runner are up and the machine is quiet;
 * **CPU per worker** (the worker process and its task runner, from
@@ -43,8 +43,6 @@ from results_md import write_section  # noqa: E402
 import cloudloop as cl  # noqa: E402
 from cloudloop.backends import open_backend  # noqa: E402
 from cloudloop.heartbeat import worker_records  # noqa: E402
-from cloudloop.model import WorkerOptions  # noqa: E402
-from cloudloop.providers.local import LocalProvider  # noqa: E402
 
 SECTION = "## Many workers on one machine (bench_scale.py)"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -161,53 +159,54 @@ def serving(url: str) -> int:
 
 def run_backend(name: str, url: str, n: int, tasks: int, sleep: float, idle: float) -> dict:
     print(f"[{name}] starting {n} workers", flush=True)
-    t0 = time.monotonic()
-    pool = LocalProvider().start(url, n, WorkerOptions())
     row: dict = {"backend": name, "workers": n, "tasks": tasks, "sleep": sleep}
-    try:
+    t0 = time.monotonic()
+    # as a user starts them: the executor's local workers (it sizes chunks for n)
+    with cl.Executor(backend=url, workers=n) as ex:
+        if ex._pool is None:  # (started with the first job when requirements are pinned)
+            ex._start_deferred()
+        pool = ex._pool
+        assert pool is not None
         while serving(url) < n:
             if time.monotonic() - t0 > 300:
                 raise SystemExit(f"[{name}] only {serving(url)} of {n} workers serving")
             time.sleep(0.2)
         row["startup_s"] = time.monotonic() - t0
         print(f"[{name}] all {n} serving after {row['startup_s']:.1f} s", flush=True)
-        with cl.Executor(backend=url, workers=0) as ex:
-            # every worker gets a task runner: short tasks until each has one
-            for _ in range(5):
-                list(ex.map(nap, [0.5] * n))
-                if all(children(w) for w in pool.pids):
-                    break
-            with_runner = sum(1 for w in pool.pids if children(w))
-            print(f"[{name}] {with_runner} of {n} workers have a task runner", flush=True)
-            wait_quiet()
-            row["idle_cpu"] = cpu_share(pool.pids, idle)
-            row["rss_mb"] = rss(all_pids(pool.pids)) / n / 1e6
-            print(f"[{name}] idle: {100 * row['idle_cpu']:.3f} % of a core per worker; "
-                  f"{row['rss_mb']:.1f} MB per slot", flush=True)  # fmt: skip
-            # waiting on a task: every worker runs one long sleep
-            waiting = threading.Thread(target=lambda: list(ex.map(nap, [idle + 4.0] * n)))
-            waiting.start()
-            time.sleep(2.0)
-            wait_quiet(limit=2.0)
-            row["task_cpu"] = cpu_share(pool.pids, idle)
-            waiting.join()
-            print(f"[{name}] waiting on a task: {100 * row['task_cpu']:.3f} % of a core "
-                  "per worker", flush=True)  # fmt: skip
-            wait_quiet()
-            pids = all_pids(pool.pids)
-            c0 = cpu_ticks(pids)
-            t = time.monotonic()
-            list(ex.map(nap, [sleep] * tasks))
-            wall = time.monotonic() - t
-            row["run_cpu"] = (cpu_ticks(pids) - c0) / TICK / wall / n
-            row["wall"] = wall
-            row["ideal"] = tasks * sleep / n
-            row["efficiency"] = row["ideal"] / wall
-            print(f"[{name}] {tasks} x {sleep:g} s on {n} workers: {wall:.1f} s "
-                  f"(ideal {row['ideal']:.1f} s): {100 * row['efficiency']:.0f} %; "
-                  f"{100 * row['run_cpu']:.2f} % of a core per worker", flush=True)  # fmt: skip
-    finally:
-        pool.stop(timeout=30)
+        # every worker gets a task runner: short tasks until each has one
+        for _ in range(5):
+            list(ex.map(nap, [0.5] * n))
+            if all(children(w) for w in pool.pids):
+                break
+        with_runner = sum(1 for w in pool.pids if children(w))
+        print(f"[{name}] {with_runner} of {n} workers have a task runner", flush=True)
+        wait_quiet()
+        row["idle_cpu"] = cpu_share(pool.pids, idle)
+        row["rss_mb"] = rss(all_pids(pool.pids)) / n / 1e6
+        print(f"[{name}] idle: {100 * row['idle_cpu']:.3f} % of a core per worker; "
+              f"{row['rss_mb']:.1f} MB per slot", flush=True)  # fmt: skip
+        # waiting on a task: every worker runs one long sleep
+        waiting = threading.Thread(target=lambda: list(ex.map(nap, [idle + 4.0] * n)))
+        waiting.start()
+        time.sleep(2.0)
+        wait_quiet(limit=2.0)
+        row["task_cpu"] = cpu_share(pool.pids, idle)
+        waiting.join()
+        print(f"[{name}] waiting on a task: {100 * row['task_cpu']:.3f} % of a core "
+              "per worker", flush=True)  # fmt: skip
+        wait_quiet()
+        pids = all_pids(pool.pids)
+        c0 = cpu_ticks(pids)
+        t = time.monotonic()
+        list(ex.map(nap, [sleep] * tasks))
+        wall = time.monotonic() - t
+        row["run_cpu"] = (cpu_ticks(pids) - c0) / TICK / wall / n
+        row["wall"] = wall
+        row["ideal"] = tasks * sleep / n
+        row["efficiency"] = row["ideal"] / wall
+        print(f"[{name}] {tasks} x {sleep:g} s on {n} workers: {wall:.1f} s "
+              f"(ideal {row['ideal']:.1f} s): {100 * row['efficiency']:.0f} %; "
+              f"{100 * row['run_cpu']:.2f} % of a core per worker", flush=True)  # fmt: skip
     return row
 
 
@@ -232,19 +231,18 @@ def run_aws(n: int, idle: float) -> dict:
         url = f"aws://cl-scale-{os.getpid()}/jobs?region=us-east-1&endpoint=http://127.0.0.1:{port}"
         open_backend(url).close()
         print(f"[aws] starting {n} workers", flush=True)
-        pool = LocalProvider().start(url, n, WorkerOptions())
-        try:
+        with cl.Executor(backend=url, workers=n) as ex:
+            if ex._pool is None:
+                ex._start_deferred()
+            assert ex._pool is not None
             t0 = time.monotonic()
             while serving(url) < n and time.monotonic() - t0 < 120:
                 time.sleep(0.5)
-            with cl.Executor(backend=url, workers=0) as ex:
-                list(ex.map(nap, [0.2] * n))
+            list(ex.map(nap, [0.2] * n))
             wait_quiet()
-            row = {"backend": "aws", "workers": n, "idle_cpu": cpu_share(pool.pids, idle)}
+            row = {"backend": "aws", "workers": n, "idle_cpu": cpu_share(ex._pool.pids, idle)}
             print(f"[aws] idle: {100 * row['idle_cpu']:.3f} % of a core per worker", flush=True)
             return row
-        finally:
-            pool.stop(timeout=30)
     finally:
         moto.terminate()
         moto.wait()
