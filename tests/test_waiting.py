@@ -21,8 +21,8 @@ from helpers import wait_for
 
 import cloudloop as cl
 from cloudloop.backends import open_backend
-from cloudloop.heartbeat import worker_records
 from cloudloop.config import worker_options
+from cloudloop.heartbeat import worker_records
 from cloudloop.worker import Worker
 
 
