@@ -23,9 +23,10 @@ with ``XAUTOCLAIM`` at min-idle ``EXPIRY`` before reading new ones with
 rule. ``extend`` sets the idle time again, ``release`` sets it to ``EXPIRY``
 under a neutral consumer, ``ack`` is ``XACK`` + ``XDEL``.
 
-A ``lease`` that finds nothing waits blocked in one ``XREAD BLOCK`` on the
-stream (from its newest entry) and the bell, so an idle worker makes two calls
-per wait (``idle_wait``) and takes a new message as soon as it is added; it never blocks inside the group (``XREADGROUP BLOCK``
+A ``lease`` that finds nothing waits blocked in ``XREAD BLOCK`` on the
+stream (from its newest entry) and the bell, in slices of a second, so an
+idle worker costs one cheap call a second and takes a new message as soon as
+it is added; it never blocks inside the group (``XREADGROUP BLOCK``
 would deliver a message before its lease is set, and a worker dying then would
 hide it for 30 days). Expired leases are reclaimed when its wait ends.
 
@@ -63,7 +64,7 @@ from ..model import Lease, QueueStats
 from .base import Backend, Queue, Store, check_key, redact_url, secret_from_env
 
 GROUP = "workers"
-_BLOCK_SLICE = 0.25  # a waiting lease looks for a stop this often (no call to Redis)
+_BLOCK_SLICE = 1.0  # seconds a waiting lease blocks at a time (a stop is seen within it)
 EXPIRY_MS = 30 * 86400 * 1000  # idle time at which every lease has expired
 _RELEASED = "released"  # consumer that holds released messages until someone leases them
 
@@ -268,40 +269,21 @@ class RedisQueue(Queue):
 
     def _wait(self, since: list[Any], deadline: float) -> bool:
         """Blocked until an entry newer than ``since`` is added to the stream or the
-        bell (True: look again) or until ``deadline`` or :meth:`wakeup` (False).
-
-        One ``XREAD BLOCK`` for the whole wait; while Redis holds it, this process
-        only looks at its own socket every _BLOCK_SLICE seconds (a ``poll``, no
-        round trip), so a stop is seen at once without a call to Redis each time."""
-        left = deadline - time.monotonic()
-        if self._interrupted or left <= 0:
-            self._interrupted = False
-            return False
-        pool = self.r.connection_pool
-        conn: Any  # (redis-py's Connection methods are untyped)
-        try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants a command name
-            conn = pool.get_connection("XREAD")
-        done = False
-        try:
-            conn.send_command("XREAD", "COUNT", 1, "BLOCK", max(1, int(left * 1000)),
-                              "STREAMS", self.stream, self.bell, since[0], since[1])  # fmt: skip
-            while not conn.can_read(timeout=min(_BLOCK_SLICE, max(0.0, left))):
-                left = deadline - time.monotonic()
-                if self._interrupted or left < -5.0:  # (Redis answers at the deadline)
-                    self._interrupted = False
-                    return False
-            got = conn.read_response()
-            done = True
-            return bool(got)
-        finally:
-            if not done:  # a reply may still come: the connection is not reusable
-                conn.disconnect()
-            pool.release(conn)
+        bell (True: look again) or until ``deadline`` or :meth:`wakeup` (False)."""
+        while True:
+            if self._interrupted:
+                self._interrupted = False
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            block = max(1, int(min(left, _BLOCK_SLICE) * 1000))
+            got = self.r.xread({self.stream: since[0], self.bell: since[1]}, count=1, block=block)
+            if got:
+                return True
 
     def wakeup(self) -> None:
-        self._interrupted = True  # a waiting lease sees it within _BLOCK_SLICE
+        self._interrupted = True  # seen within _BLOCK_SLICE
 
     def _apply(self, op: str, leases: Sequence[Lease], idle: int) -> list[str]:
         args: list[Any] = [GROUP, op, idle]
