@@ -126,7 +126,9 @@ def patch_the_runner(_):
     from cloudloop import codec
 
     real = codec.dumps_fast
-    codec.dumps_fast = lambda value, what, n=None: real("PWNED" if isinstance(value, int) else value, what, n)
+    codec.dumps_fast = lambda value, what, n=None: real(
+        "PWNED" if isinstance(value, int) else value, what, n
+    )
     return "done"
 
 
