@@ -196,6 +196,12 @@ class RunnerProcess:
         returncode = self.proc.wait() if self.proc else None
         raise RunnerDied(returncode)
 
+    def fileno(self) -> int | None:
+        """The pipe the child's messages arrive on (to wait on with select/poll), or
+        None when no child runs."""
+        res = getattr(self, "_res", None)
+        return None if res is None else res.fileno()
+
     def status(self) -> Status:
         return self._status.read()
 

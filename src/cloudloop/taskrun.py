@@ -405,11 +405,11 @@ class ChunkRunner:
         if msg is not None:
             return msg
         timeout = self._due(chunk)
-        conn = getattr(self.runner, "_res", None)
-        if conn is None or timeout <= 0:
+        fd = self.runner.fileno()
+        if fd is None or timeout <= 0:
             return self.runner.recv(max(0.0, timeout))
         poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(fd, select.POLLIN)
         poller.register(self.wakeup.r, select.POLLIN)
         ready = poller.poll(timeout * 1000)
         if any(fd == self.wakeup.r for fd, _ in ready):
