@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .backends import open_backend
 from .cli_cluster import add_commands
+from .cli_store import add_commands as add_store_commands
 from .config import Profile, default_backend, load_profile, parse_duration
 from .errors import CloudloopError
 from .model import WorkerOptions, format_seconds
@@ -592,6 +593,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", help="file to write (default: JOB.html)")
     rp.set_defaults(fn=cmd_report)
     add_commands(sub, common)
+    add_store_commands(sub, common)
     return p
 
 
