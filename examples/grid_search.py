@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import shutil
 import statistics
+import sys
 import time
 
 import cloudloop as cl
@@ -47,6 +50,18 @@ def fit(params: dict) -> dict:
     return {**params, "accuracy": accuracy, "seconds": time.perf_counter() - t0}
 
 
+def cloudloop_command() -> str:
+    """How to type the ``cloudloop`` command from here: ``cloudloop`` when that is on
+    PATH and is this Python's, else its path (``.venv/bin/cloudloop`` after ``make demo``:
+    the command is in the venv, which a fresh shell has not activated)."""
+    exe = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "cloudloop")
+    found = shutil.which("cloudloop")
+    if found and os.path.realpath(found) == os.path.realpath(exe):
+        return "cloudloop"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else exe
+
+
 def main() -> None:
     grid = [
         {"C": c, "gamma": g, "fold": k}
@@ -72,9 +87,9 @@ def main() -> None:
     print(f"\nbest: C={c:g}, gamma={g:g} ({statistics.mean(accs):.2%} accuracy)")
     store = ex.backend.url.split("://", 1)[1] + "/store"
     print(f"per-task results: {store}/jobs/{job.id}/results/   logs: {store}/jobs/{job.id}/logs/")
-    print(
-        f"  cloudloop status {job.id}    cloudloop logs {job.id} 0    cloudloop results {job.id} --format csv"
-    )
+    cmd = cloudloop_command()
+    print(f"  {cmd} status {job.id}    {cmd} logs {job.id} 0")
+    print(f"  {cmd} results {job.id} --format csv")
 
 
 if __name__ == "__main__":

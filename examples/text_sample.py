@@ -3,10 +3,10 @@ word vectors and their principal components, written as an HTML report.
 
 ::
 
-    reviews.jsonl (generated once) ─► cl.chunks(size=...) ─► one task per byte range:
+    demo-output/reviews.jsonl (generated once) ─► cl.chunks(size=...) ─► one task per byte range:
         every line whose hash (keyed by the seed) falls in the lowest 10% is kept,
         its "text" field written to the task's output file texts.txt
-    client: job.outputs() ─► tf-idf ─► SVD word vectors ─► PCA (2-D) ─► report.html
+    client: job.outputs() ─► tf-idf ─► SVD word vectors ─► PCA (2-D) ─► demo-output/report.html
 
 The sample depends only on the lines and the seed, not on the chunk size,
 the number of workers or the order tasks finish in: run it again, on any
@@ -100,6 +100,50 @@ def analyse(texts: list[str], words: int = 40) -> tuple[list[tuple[str, float, f
     return rows, float(pca.explained_variance_ratio_.sum())
 
 
+def topic_of(word: str) -> str:
+    """The topic a generated word belongs to, or "common"."""
+    for name, words in TOPICS.items():
+        if word in words.split():
+            return name
+    return "common"
+
+
+COLOURS = {
+    "coffee": "#8c510a",
+    "hiking": "#1b7837",
+    "laptop": "#2166ac",
+    "garden": "#7fbc41",
+    "audio": "#c51b7d",
+    "common": "#999999",
+}
+
+
+def apart(rows) -> tuple[list[str], list[str]]:
+    """Which topics the two axes hold apart from the common words, and which they do not.
+
+    A topic stands apart when its words' centre is farther from the common words'
+    centre than the common words' own spread (twice their RMS distance from their
+    centre). Two axes cannot hold five topics apart: the caption says which."""
+    import math
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for word, x, y, _ in rows:
+        groups.setdefault(topic_of(word), []).append((x, y))
+
+    def centre(pts):
+        return sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+
+    common = groups.get("common") or [(0.0, 0.0)]
+    cx, cy = centre(common)
+    spread = 2 * math.sqrt(sum((x - cx) ** 2 + (y - cy) ** 2 for x, y in common) / len(common))
+    out, inside = [], []
+    for name in TOPICS:
+        if name in groups:
+            tx, ty = centre(groups[name])
+            (out if math.hypot(tx - cx, ty - cy) > spread else inside).append(name)
+    return out, inside
+
+
 def report(path: Path, rows, explained: float, stats: dict) -> None:
     """A self-contained HTML page: the word map as inline SVG and a table."""
     w, h, pad = 720, 520, 40
@@ -115,27 +159,38 @@ def report(path: Path, rows, explained: float, stats: dict) -> None:
             ly += 12
         placed.append((px, ly))
         dots.append(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3"/>'
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{COLOURS[topic_of(word)]}"/>'
             f'<line x1="{px:.1f}" y1="{py:.1f}" x2="{px + 5:.1f}" y2="{ly - 3:.1f}"/>'
             f'<text x="{px + 6:.1f}" y="{ly:.1f}">{html.escape(word)}</text>'
         )
     dots = "\n".join(dots)
+    out, inside = apart(rows)
+    caption = (
+        f"Dots are coloured by the topic the word was generated from (grey: common words). "
+        f"These two axes hold {_names(out)} apart from the common words"
+        + (
+            f"; {_names(inside)} fall among them: two axes cannot hold five topics apart."
+            if inside
+            else "."
+        )
+    )
     h = max(h, int(max(qy for _, qy in placed)) + 20)  # room for labels pushed down
     table = "\n".join(
-        f"<tr><td>{html.escape(word)}</td><td>{n}</td><td>{x:+.3f}</td><td>{y:+.3f}</td></tr>"
+        f"<tr><td>{html.escape(word)}</td><td>{topic_of(word)}</td><td>{n}</td>"
+        f"<td>{x:+.3f}</td><td>{y:+.3f}</td></tr>"
         for word, x, y, n in rows
     )
     path.write_text(
         f"""<!doctype html><meta charset="utf-8"><title>Review sample: word map</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em}} svg text{{font-size:11px}}
-circle{{fill:#2a6fb0}} line{{stroke:#bbb}} td{{padding:0 1em}}</style>
+line{{stroke:#bbb}} td{{padding:0 1em}}</style>
 <h1>Word map of a {stats["rate"]:.0%} sample of {stats["lines"]:,} reviews</h1>
 <p>{stats["kept"]:,} reviews sampled in {stats["tasks"]} chunk tasks (job <code>{stats["job"]}</code>,
 seed {stats["seed"]}). Word vectors: SVD of the tf-idf matrix; axes: their first two
-principal components ({explained:.0%} of the variance). Words used together sit together.</p>
+principal components ({explained:.0%} of the variance). {caption}</p>
 <svg width="{w}" height="{h}" style="border:1px solid #ccc">{dots}</svg>
 <h2>Most frequent words</h2>
-<table><tr><th>word</th><th>reviews</th><th>PC1</th><th>PC2</th></tr>{table}</table>
+<table><tr><th>word</th><th>topic</th><th>reviews</th><th>PC1</th><th>PC2</th></tr>{table}</table>
 """
     )
 
@@ -143,16 +198,17 @@ principal components ({explained:.0%} of the variance). Words used together sit 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=300_000, help="reviews to generate")
-    ap.add_argument("--data", default="reviews.jsonl", help="generated here if missing")
+    ap.add_argument("--data", default="demo-output/reviews.jsonl", help="generated here if missing")
     ap.add_argument("--chunk", default="4MB", help="bytes per task")
     ap.add_argument("--rate", type=float, default=0.10)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--report", default="report.html")
+    ap.add_argument("--report", default="demo-output/report.html")
     args = ap.parse_args(argv)
 
     data = Path(args.data)
     if not data.exists():
         print(f"generating {args.lines:,} reviews in {data} ...")
+        data.parent.mkdir(parents=True, exist_ok=True)
         generate(data, args.lines)
     ranges = cl.chunks(data, size=args.chunk)
     with cl.Executor() as ex:
@@ -172,9 +228,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"sampled {stats['kept']:,} of {stats['lines']:,} reviews")
     rows, explained = analyse(texts)
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     report(Path(args.report), rows, explained, stats)
     print(f"word map of {len(rows)} words ({explained:.0%} of variance): {args.report}")
     return stats
+
+
+def _names(topics: list[str]) -> str:
+    if not topics:
+        return "no topic"
+    return ", ".join(topics[:-1]) + (" and " if len(topics) > 1 else "") + topics[-1]
 
 
 if __name__ == "__main__":

@@ -66,15 +66,35 @@ def test_parallel_forest_combines_sub_forests_as_accurate_as_one_forest():
 def test_text_sample_is_the_same_whatever_the_chunks_and_writes_a_report(tmp_path):
     out, job = run("text_sample.py", "--lines", "3000", "--chunk", "32KB")
     example = load("text_sample.py")
-    lines = (tmp_path / "reviews.jsonl").read_bytes().splitlines()
+    lines = (tmp_path / "demo-output" / "reviews.jsonl").read_bytes().splitlines()
     expected = [json.loads(x)["text"] for x in lines if example.keep(x, 0.10, 42)]
     got = [t for f in job.outputs() for t in f.read().decode().splitlines()]
     assert got == expected, "the sample is decided per line, not per chunk or worker"
     assert 0.07 < len(got) / len(lines) < 0.13
     assert len(job.outputs()) > 3
     assert f"sampled {len(got):,} of 3,000 reviews" in out
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "demo-output" / "report.html").read_text()
     assert "<svg" in page and page.count("<circle") == 40
+    # what the demo makes is under demo-output/ (git-ignored), next to the store
+    assert {p.name for p in tmp_path.iterdir()} <= {".cloudloop", "demo-output"}
+    # the caption says which topics the two axes hold apart, as the drawn words show
+    words = re.findall(
+        r"<tr><td>([^<]+)</td><td>(\w+)</td><td>\d+</td><td>([-+.\d]+)</td><td>([-+.\d]+)</td>",
+        page,
+    )
+    assert len(words) == 40
+    pts: dict[str, list[tuple[float, float]]] = {}
+    for _, topic, x, y in words:
+        pts.setdefault(topic, []).append((float(x), float(y)))
+    common = pts.pop("common")
+    cx, cy = (sum(p[i] for p in common) / len(common) for i in (0, 1))
+    reach = 2 * (sum((x - cx) ** 2 + (y - cy) ** 2 for x, y in common) / len(common)) ** 0.5
+    caption = re.search(r"These two axes hold (.*?) apart", page).group(1)
+    for topic, p in pts.items():
+        tx, ty = (sum(q[i] for q in p) / len(p) for i in (0, 1))
+        held_apart = ((tx - cx) ** 2 + (ty - cy) ** 2) ** 0.5 > reach
+        assert (topic in caption) == held_apart, (topic, caption)
+    assert "Words used together sit together" not in page
 
 
 def test_monte_carlo_is_reproducible_however_tasks_are_grouped():
