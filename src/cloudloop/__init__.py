@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # chunks is both a module and a function: import the module now so that the
 # function, bound below, is what ``cloudloop.chunks`` names (as before)
-from .chunks import chunk_lines, chunks, read_chunk
+from .chunks import chunk_lines, chunk_rows, chunks, read_chunk
 from .errors import (
     CloudloopError,
     CommandFailed,
@@ -125,6 +125,7 @@ __all__ = [
     "attach",
     "checkpoint",
     "chunk_lines",
+    "chunk_rows",
     "chunks",
     "joblib",
     "map",

@@ -95,7 +95,7 @@ def _source(chunk: dict[str, Any]) -> _Local | _S3:
     return _Local(path)
 
 
-def _next_line_start(src: _Local | _S3, pos: int, size: int) -> int:
+def _next_line_start(src: _Local | _S3 | _Shifted, pos: int, size: int) -> int:
     """The first line start at or after ``pos`` (``size`` when there is none)."""
     if pos <= 0:
         return 0
@@ -159,7 +159,7 @@ def _expand_s3(url: str, client: Any) -> list[tuple[str, int]]:
     return out
 
 
-def _ranges(src: _Local | _S3, size: int, step: int) -> Iterator[tuple[int, int]]:
+def _ranges(src: _Local | _S3 | _Shifted, size: int, step: int) -> Iterator[tuple[int, int]]:
     """Cut at ``pos + step`` moved to the next line start, then go on from there."""
     pos = 0
     while pos < size:
@@ -168,16 +168,40 @@ def _ranges(src: _Local | _S3, size: int, step: int) -> Iterator[tuple[int, int]
         pos = end
 
 
+class _Shifted:
+    """A source read from ``offset`` on: the ranges of what follows a header line."""
+
+    def __init__(self, src: _Local, offset: int):
+        self.src, self.offset = src, offset
+
+    def read(self, offset: int, n: int) -> bytes:
+        return self.src.read(offset + self.offset, n)
+
+
 def _cuts(pool: ThreadPoolExecutor, src: _S3, size: int, step: int) -> list[Future]:
     """Every multiple of ``step`` moved to the next line start, all looked up at once:
     on S3 each is a small ranged GET, and 16 at a time hide their latency."""
     return [pool.submit(_next_line_start, src, at, size) for at in range(step, size, step)]
 
 
+def _header(src: _Local | _S3, size: int, where: str) -> tuple[int, list[str]]:
+    """Where a CSV file's first line ends, and its column names (read as CSV, so a
+    quoted name may hold a comma)."""
+    import csv
+
+    end = _next_line_start(src, 1, size)
+    line = src.read(0, end).decode("utf-8-sig", errors="strict").rstrip("\r\n")
+    columns = next(csv.reader([line]), [])
+    if not columns or not any(c.strip() for c in columns):
+        raise ConfigError(f"{where}: header=True, but its first line names no columns")
+    return end, columns
+
+
 def chunks(
     sources: str | os.PathLike | Iterable[str | os.PathLike],
     size: int | str = "64MB",
     endpoint: str | None = None,
+    header: bool = False,
 ) -> list[dict[str, Any]]:
     """Line-aligned byte ranges of files or S3 objects, about ``size`` bytes each.
 
@@ -188,10 +212,14 @@ def chunks(
             to the next line start, so a range is about that long (a line longer
             than that makes its range longer; lines are never split).
         endpoint: an S3-compatible endpoint URL for ``s3://`` sources.
+        header: the files are CSV with a header line: no range holds that line
+            (the first starts after it), and every record carries the file's
+            column names as ``"columns"``; :func:`chunk_rows` reads a range as
+            dicts by them. A file holding only its header gives no range.
 
     Returns:
         A list of ``{"path", "start", "end"}`` records (plus ``"endpoint"`` when
-        given), in file order; empty files give none. Pass them to
+        given, ``"columns"`` with ``header=True``), in file order; empty files give none. Pass them to
         ``map``/``map_job``, or to a command template (``{path} {start} {end}``).
 
     Raises:
@@ -220,14 +248,22 @@ def chunks(
         planned = [(src, src.size()) for src in files]
         cuts = [_cuts(pool, src, n, step) if isinstance(src, _S3) else [] for src, n in planned]
         for (src, n), found in zip(planned, cuts):
+            name = src.path if isinstance(src, _Local) else f"s3://{src.bucket}/{src.key}"
+            first, extra = 0, dict[str, Any]()
+            if header and n:
+                first, columns = _header(src, n, name)
+                extra["columns"] = columns
             if isinstance(src, _Local):
-                path, extra, ranges = src.path, {}, list(_ranges(src, n, step))
+                ranges = [
+                    (a + first, b + first)
+                    for a, b in _ranges(_Shifted(src, first), n - first, step)
+                ]
             else:  # a line longer than step can swallow a cut: equal cuts make one range
-                bounds = sorted({0, n, *(f.result() for f in found)})
+                bounds = sorted({first, n, *(c for c in (f.result() for f in found) if c > first)})
                 ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
-                path = f"s3://{src.bucket}/{src.key}"
-                extra = {"endpoint": endpoint} if endpoint else {}
-            out += [{"path": path, "start": a, "end": b, **extra} for a, b in ranges]
+                if endpoint:
+                    extra["endpoint"] = endpoint
+            out += [{"path": name, "start": a, "end": b, **extra} for a, b in ranges]
     return out
 
 
@@ -267,4 +303,22 @@ def chunk_lines(chunk: dict[str, Any], encoding: str | None = "utf-8") -> Iterat
         yield line if encoding is None else line.decode(encoding)
 
 
-__all__ = ["chunk_lines", "chunks", "read_chunk"]
+def chunk_rows(chunk: dict[str, Any], encoding: str = "utf-8") -> Iterator[dict[str, str]]:
+    """The CSV rows of a range from ``cl.chunks(..., header=True)``, as dicts keyed by
+    the file's column names (``csv.DictReader`` on the range's lines).
+
+    A record without ``"columns"`` (made without ``header=True``) is refused rather
+    than read with its first row taken as the header.
+    """
+    import csv
+
+    columns = chunk.get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise ConfigError(
+            "chunk_rows needs a range from cl.chunks(..., header=True): it carries the "
+            "column names; for other ranges read cl.chunk_lines(chunk)"
+        )
+    yield from csv.DictReader(chunk_lines(chunk, encoding), fieldnames=columns)
+
+
+__all__ = ["chunk_lines", "chunk_rows", "chunks", "read_chunk"]
