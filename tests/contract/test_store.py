@@ -96,3 +96,24 @@ def test_delete_single_key(backend):
 def test_invalid_keys_are_refused(backend, bad):
     with pytest.raises(ValueError):
         backend.store.put(bad, b"")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("jobs/abc/", {"jobs/abc/a": 3, "jobs/abc/sub/b": 0, "jobs/abc/sub/c": 1000}),
+        (
+            "jobs/abc",
+            {"jobs/abc/a": 3, "jobs/abc/sub/b": 0, "jobs/abc/sub/c": 1000, "jobs/abc2/x": 7},
+        ),  # fmt: skip
+        ("jobs/abc2/", {"jobs/abc2/x": 7}),
+        ("nothing/", {}),
+    ],
+)
+def test_sizes_lists_each_key_with_its_length(backend, prefix, expected):
+    for key, n in [("jobs/abc/a", 3), ("jobs/abc/sub/b", 0), ("jobs/abc/sub/c", 1000),
+                   ("jobs/abc2/x", 7), ("other", 5)]:  # fmt: skip
+        backend.store.put(key, b"x" * n)
+    got = backend.store.sizes(prefix)
+    assert got == expected
+    assert list(got) == backend.store.list(prefix)

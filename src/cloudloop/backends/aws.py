@@ -250,6 +250,20 @@ class S3Store(Store):
             kw["ContinuationToken"] = resp["NextContinuationToken"]
         return sorted(k for k in out if not k.startswith("."))
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:  # the listing gives each object's size: no request per object
+            resp = self.s3.list_objects_v2(**kw)
+            for o in resp.get("Contents", []):
+                key = o["Key"][len(self.prefix) :]
+                if not key.startswith("."):
+                    out[key] = int(o["Size"])
+            if not resp.get("IsTruncated"):
+                break
+            kw["ContinuationToken"] = resp["NextContinuationToken"]
+        return dict(sorted(out.items()))
+
     def delete(self, prefix: str) -> int:
         keys = self.list(prefix)
         for s in range(0, len(keys), 1000):

@@ -6,6 +6,7 @@ through these primitives::
     Queue:  put(bodies) · lease(max_n, lease_s, wait_s) -> [Lease(id, token, body, attempt)]
             extend(leases, lease_s) · ack(leases) · release(leases) · stats()
     Store:  put(key, data, if_absent=False) · get(key) · exists(key) · list(prefix) · delete(prefix)
+            sizes(prefix) -> {key: bytes}
 
 Capabilities differ between services and are declared as class attributes
 (``Queue.reports_lease_lost``, ``Queue.max_message_bytes``) so callers and the
@@ -136,6 +137,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete(self, prefix: str) -> int:
         """Delete every key starting with ``prefix``; returns how many."""
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key starting with ``prefix`` with its size in bytes (as ``list``
+        would list them). This default reads every blob: a backend overrides it
+        with what its service tells without reading (a stat, STRLEN, a listing)."""
+        out: dict[str, int] = {}
+        for key in self.list(prefix):
+            data = self.get_or_none(key)
+            if data is not None:
+                out[key] = len(data)
+        return out
 
     def get_or_none(self, key: str) -> bytes | None:
         try:

@@ -366,6 +366,21 @@ class RedisStore(Store):
                 return out
             lo = b"(" + part[-1]
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        names = self.list(prefix)
+        out: dict[str, int] = {}
+        for s in range(0, len(names), 1000):  # STRLEN in pipelined batches: one round trip each
+            part = names[s : s + 1000]
+            pipe = self.r.pipeline(transaction=False)
+            for name in part:
+                pipe.exists(self.blob + name)
+                pipe.strlen(self.blob + name)
+            got = pipe.execute()
+            for name, there, n in zip(part, got[0::2], got[1::2], strict=True):
+                if there:  # not deleted between the listing and now
+                    out[name] = int(n)
+        return out
+
     def delete(self, prefix: str) -> int:
         return int(self._delete(keys=[self.index], args=[self.blob, prefix], client=self.r))
 

@@ -502,6 +502,13 @@ class FileStore(Store):
         out.sort()
         return out
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                out[key] = os.stat(self.root / key).st_size
+        return out
+
     def delete(self, prefix: str) -> int:
         keys = self.list(prefix)
         for key in keys:
