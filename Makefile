@@ -96,3 +96,8 @@ demo-montecarlo: $(VENV)/.demo
 	$(PY) examples/monte_carlo.py
 demo-r: $(VENV)/.demo
 	$(PY) examples/r_command.py
+
+# the core suite on Python 3.10, 3.12 and 3.13 (pyenv's), a venv each under .venv-py/
+.PHONY: test-pythons
+test-pythons:
+	bash scripts/pythons.sh
