@@ -8,10 +8,11 @@ with the job: here a CSV of coefficients and a PDF plot per task.
 
     python examples/r_command.py                     # or: make demo-r (needs Rscript)
 
-The same from the shell, with the rows in a CSV file (``fit.R`` is shipped
-because the command names it; ``out`` is the output directory):
+The same from the shell, with the same nine rows in ``examples/grid.csv``
+(``fit.R`` is shipped because the command names it; ``out`` is the output
+directory; ``cloudloop`` is ``.venv/bin/cloudloop`` unless the venv is active):
 
-    cd examples && cloudloop run --items grid.csv -- Rscript fit.R {n} {noise} {seed} out
+    cd examples && ../.venv/bin/cloudloop run --items grid.csv -- Rscript fit.R {n} {noise} {seed} out
 
 Data: simulated by the R script; nothing is downloaded. R: Debian's ``r-base-core``.
 """
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ns", default="20,100,1000", help="sample sizes")
     ap.add_argument("--noises", default="0.5,2,8", help="noise standard deviations")
-    ap.add_argument("--out", default="r-outputs", help="where the per-task files are saved")
+    ap.add_argument(
+        "--out", default="demo-output/r-outputs", help="where the per-task files are saved"
+    )
     args = ap.parse_args(argv)
     if shutil.which("Rscript") is None:
         raise SystemExit("Rscript is not installed (Debian: apt-get install r-base-core)")

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import procs
-from .errors import CommandFailed, ConfigError
+from .errors import CommandFailed, ConfigError, TaskCrashed
 
 if TYPE_CHECKING:
     from .items import Table, load_items, read_table
@@ -169,11 +170,58 @@ def run_command(
     stdout = b"".join(out).decode(errors="replace")
     if rc != 0:
         tail = b"".join(err).decode(errors="replace")
-        why = f"signal {-rc}" if rc < 0 else f"status {rc}"
+        sig = died_of(rc, tail)
+        if sig is not None:
+            raise TaskCrashed(crash_message(sig, shown or command, tail))
         raise CommandFailed(
-            f"command exited with {why}: {shown or command}\n--- end of its stderr ---\n"
+            f"command exited with status {rc}: {shown or command}\n--- end of its stderr ---\n"
             f"{tail.rstrip()}",
             rc,
             tail,
         )
     return {"returncode": 0, "stdout": stdout}
+
+
+def died_of(rc: int, stderr: str) -> int | None:
+    """The signal a command died of, or None when it exited.
+
+    ``rc < 0``: the shell itself was killed. ``rc`` 128+N: ``/bin/sh`` returns
+    that when the program it ran died of signal N, and then reports it on its
+    stderr in ``strsignal(N)``'s words ("Killed", "Segmentation fault"); a
+    script that merely says ``exit 137`` prints no such line, so it stays an
+    exit status.
+    """
+    if rc < 0:
+        return -rc
+    n = rc - 128
+    if n <= 0 or n >= 65:
+        return None
+    try:
+        words = signal.strsignal(n)
+    except ValueError:
+        return None
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if words and lines and lines[-1].split(": ")[-1].startswith(words):
+        return n
+    return None
+
+
+def crash_message(sig: int, shown: str, stderr: str) -> str:
+    """TaskCrashed's text for a command killed by signal ``sig``."""
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    desc = signal.strsignal(sig) or name
+    if sig == signal.SIGKILL:
+        why = (
+            "most likely by the kernel's out-of-memory killer (the machine ran out of "
+            "memory). Give the job a memory= limit to get a clear error, or use machines "
+            "with more memory."
+        )
+    else:
+        why = f"{desc}: usually a crash in the program (native code, a corrupt input file)."
+    text = f"command was killed by {name} (signal {sig}), {why}\n  command: {shown}"
+    if stderr.strip():
+        text += f"\n--- end of its stderr ---\n{stderr.rstrip()}"
+    return text

@@ -57,7 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from . import codec, commands, context, outputs, procs
-from .errors import BackendError, Preempted, SerializationError, TamperedError
+from .errors import (
+    BackendError,
+    CommandFailed,
+    ConfigError,
+    Preempted,
+    SerializationError,
+    TamperedError,
+    TaskCrashed,
+)
 from .model import RunnerJob
 
 _FMT = "<QqidQd"  # seq, index, attempt, started, log offset, progress
@@ -462,6 +470,13 @@ class _Child:
                 return None, None, ctx.checkpointed
             wrong = RuntimeError("cl.Preempted was raised but no spot interruption notice arrived")
             return False, codec.error_info(wrong, _format_tb(wrong)), ctx.checkpointed
+        except (CommandFailed, TaskCrashed, ConfigError) as e:
+            if job.kind != "command":
+                return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
+            # a command's failure is its reason, not cloudloop's frames; its output
+            # is already in the log above, so the log ends with the reason alone
+            reason = str(e).split("\n--- end of its stderr ---", 1)[0]
+            return False, codec.error_info(e, f"cloudloop: {reason}\n"), ctx.checkpointed
         except BaseException as e:
             return False, codec.error_info(e, _format_tb(e)), ctx.checkpointed
         finally:
@@ -482,7 +497,9 @@ class _Child:
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
         assert job is not None
-        cmd = commands.prepare(job.command or "", item, index, seed, job.id)  # values as data
+        cmd = commands.prepare(  # values as data
+            job.command or "", item, index, seed, job.id, where=row_name(index)
+        )
         workdir = Path(job.workroot) / f"{job.id}-{index}-{os.getpid()}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -499,12 +516,22 @@ class _Child:
                 "CLOUDLOOP_OUTPUT": str(outputs.begin(workdir / "out", create=True)),
                 **cmd.env,
             }
-            done = commands.run_command(cmd.script, workdir, env, cmd.shown)
+            try:
+                done = commands.run_command(cmd.script, workdir, env, cmd.shown)
+            except CommandFailed as e:
+                raise CommandFailed(f"{row_name(index)}: {e}", e.returncode, e.stderr) from None
+            except TaskCrashed as e:
+                raise TaskCrashed(f"{row_name(index)}: {e}") from None
             self.upload_outputs()  # out/
             return done
         finally:
             if not os.environ.get("CLOUDLOOP_KEEP_WORKDIRS"):
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+def row_name(index: int) -> str:
+    """How messages name a command task: the row of the user's file, counted from 1."""
+    return f"row {index + 1} (task {index})"
 
 
 class _Unloadable:

@@ -1,0 +1,78 @@
+"""Command tasks that fail: a signal is a TaskCrashed naming it, an exit status a
+CommandFailed; messages name the row of the user's file (row 1 is the first
+data row, task 0); logs and failures carry the command's output and the reason,
+never cloudloop's own traceback. Real runs: sqlite backend, local workers."""
+
+from __future__ import annotations
+
+import pytest
+
+import cloudloop as cl
+from cloudloop.commands import died_of
+from cloudloop.errors import CommandFailed, TaskCrashed
+
+# (id, command, exception type, words the message must hold)
+CASES = [
+    ("shell-killed", "echo before >&2; kill -9 $$", TaskCrashed, ["SIGKILL (signal 9)", "memory"]),
+    (
+        "child-killed",
+        "echo before >&2; sh -c 'kill -9 $$'",
+        TaskCrashed,
+        ["SIGKILL (signal 9)", "out-of-memory"],
+    ),
+    ("child-segv", "echo before >&2; sh -c 'kill -SEGV $$'", TaskCrashed, ["SIGSEGV (signal 11)"]),
+    ("exit-137-is-a-status", "echo before >&2; exit 137", CommandFailed, ["status 137"]),
+    ("exit-3", "echo before >&2; exit 3", CommandFailed, ["status 3"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_a_failed_command_says_why_and_which_row(make_executor, case):
+    _, command, kind, words = case
+    with make_executor(workers=1) as ex:
+        job = ex.command_job("test {n} = 2 || exit 0; " + command, [{"n": 1}, {"n": 2}])
+        job.wait(timeout=60)
+        failures = job.failures()
+    assert [f.index for f in failures] == [1]
+    f = failures[0]
+    assert isinstance(f.exception, kind), f.exception
+    message = str(f.exception)
+    assert message.startswith("row 2 (task 1): "), message
+    for w in words:
+        assert w in message, message
+    if kind is TaskCrashed:
+        assert "status 1" not in message
+    for text in (f.log, f.traceback, job.logs(1)):
+        assert "Traceback" not in text and "cloudloop/" not in text, text
+    assert "before" in f.log and "row 2 (task 1)" in f.log
+
+
+# (rc, stderr tail, signal or None)
+DIED = [
+    (-9, "", 9),
+    (137, "Killed\n", 9),
+    (139, "x\nSegmentation fault\n", 11),
+    (134, "sh: 1: Aborted (core dumped)\n", 6),
+    (137, "", None),
+    (137, "done\n", None),
+    (1, "Killed\n", None),
+    (255, "Killed\n", None),
+]
+
+
+@pytest.mark.parametrize("rc, tail, sig", DIED)
+def test_died_of_tells_a_signal_from_an_exit_status(rc, tail, sig):
+    assert died_of(rc, tail) == sig
+
+
+def test_a_bad_row_is_named_by_its_row_number(make_executor):
+    with make_executor(workers=1) as ex:
+        job = ex.command_job("echo {x:d}", [{"x": "1"}, {"x": "1"}, {"x": "a"}])
+        job.wait(timeout=60)
+        (f,) = job.failures()
+    assert f.index == 2 and str(f.exception).startswith("row 3 (task 2)"), f.exception
+    assert "Traceback" not in f.log
+
+
+def test_command_failed_still_the_type_users_catch():
+    assert issubclass(TaskCrashed, cl.TaskFailure) and issubclass(CommandFailed, cl.TaskFailure)
