@@ -117,3 +117,20 @@ def test_sizes_lists_each_key_with_its_length(backend, prefix, expected):
     got = backend.store.sizes(prefix)
     assert got == expected
     assert list(got) == backend.store.list(prefix)
+
+
+@pytest.mark.parametrize(
+    ("key", "removed", "left"),
+    [
+        ("index/abc", True, ["index/abc2", "index/abc3/x"]),
+        ("index/abc2", True, ["index/abc", "index/abc3/x"]),
+        ("index/nope", False, ["index/abc", "index/abc2", "index/abc3/x"]),
+        ("index/abc3", False, ["index/abc", "index/abc2", "index/abc3/x"]),  # a "directory"
+    ],
+)
+def test_remove_deletes_one_key_not_those_it_prefixes(backend, key, removed, left):
+    for k in ("index/abc", "index/abc2", "index/abc3/x"):
+        backend.store.put(k, b"v")
+    assert backend.store.remove(key) is removed
+    assert backend.store.list("index/") == left
+    assert backend.store.get_or_none(key) is None

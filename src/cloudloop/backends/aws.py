@@ -250,6 +250,11 @@ class S3Store(Store):
             kw["ContinuationToken"] = resp["NextContinuationToken"]
         return sorted(k for k in out if not k.startswith("."))
 
+    def remove(self, key: str) -> bool:
+        there = self.exists(key)
+        self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
+        return there
+
     def sizes(self, prefix: str) -> dict[str, int]:
         out: dict[str, int] = {}
         kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}

@@ -6,7 +6,7 @@ through these primitives::
     Queue:  put(bodies) · lease(max_n, lease_s, wait_s) -> [Lease(id, token, body, attempt)]
             extend(leases, lease_s) · ack(leases) · release(leases) · stats()
     Store:  put(key, data, if_absent=False) · get(key) · exists(key) · list(prefix) · delete(prefix)
-            sizes(prefix) -> {key: bytes}
+            sizes(prefix) -> {key: bytes} · remove(key)
 
 Capabilities differ between services and are declared as class attributes
 (``Queue.reports_lease_lost``, ``Queue.max_message_bytes``) so callers and the
@@ -137,6 +137,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete(self, prefix: str) -> int:
         """Delete every key starting with ``prefix``; returns how many."""
+
+    def remove(self, key: str) -> bool:
+        """Delete the one key ``key`` (not the keys it is a prefix of); whether it was there.
+        This default is correct only while no other key starts with ``key``."""
+        if key not in self.list(key):
+            return False
+        if self.list(key) != [key]:
+            raise NotImplementedError(f"{type(self).__name__} cannot remove one key of several")
+        return self.delete(key) > 0
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every key starting with ``prefix`` with its size in bytes (as ``list``

@@ -366,6 +366,12 @@ class RedisStore(Store):
                 return out
             lo = b"(" + part[-1]
 
+    def remove(self, key: str) -> bool:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(self.index, check_key(key))
+        pipe.delete(self.blob + key)
+        return bool(pipe.execute()[1])
+
     def sizes(self, prefix: str) -> dict[str, int]:
         names = self.list(prefix)
         out: dict[str, int] = {}

@@ -502,6 +502,16 @@ class FileStore(Store):
         out.sort()
         return out
 
+    def remove(self, key: str) -> bool:
+        path = self._path(key)
+        if path.is_dir():
+            return False  # a "directory" of other keys, not a key
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
     def sizes(self, prefix: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for key in self.list(prefix):
