@@ -76,3 +76,35 @@ def test_a_bad_row_is_named_by_its_row_number(make_executor):
 
 def test_command_failed_still_the_type_users_catch():
     assert issubclass(TaskCrashed, cl.TaskFailure) and issubclass(CommandFailed, cl.TaskFailure)
+
+
+def test_the_run_summary_names_the_row_and_the_line_of_the_file(tmp_path, url):
+    import subprocess
+    import sys
+
+    (tmp_path / "rows.csv").write_text("v\n1\n2\n3\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloudloop",
+            "run",
+            "--backend",
+            url,
+            "--workers",
+            "1",
+            "--items",
+            "rows.csv",
+            "--",
+            "test {v} != 2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if "CommandFailed" in ln]
+    assert line.strip().startswith("row 2 (task 1) (attempt 1, "), line
+    assert "status 1" in line and "[rows.csv line 3]" in line, line
+    assert "Traceback" not in done.stderr

@@ -161,7 +161,9 @@ def cmd_run(args) -> int:
     finally:
         ex.shutdown(wait=False)
     for f in job.failures()[:5]:
-        print(f"  {f}", file=sys.stderr)
+        first, *rest = str(f).split("\n")
+        at = f" [{table.where(f.index)}]" if args.command and f.index < len(items) else ""
+        print("\n    ".join([f"  {first}{at}", *rest]), file=sys.stderr)
     print(
         f"results: cloudloop results {job.id}   logs: cloudloop logs {job.id} TASK", file=sys.stderr
     )

@@ -173,12 +173,10 @@ def run_command(
         sig = died_of(rc, tail)
         if sig is not None:
             raise TaskCrashed(crash_message(sig, shown or command, tail))
-        raise CommandFailed(
-            f"command exited with status {rc}: {shown or command}\n--- end of its stderr ---\n"
-            f"{tail.rstrip()}",
-            rc,
-            tail,
-        )
+        text = f"command exited with status {rc}: {shown or command}"
+        if tail.strip():
+            text += f"\n--- end of its stderr ---\n{tail.rstrip()}"
+        raise CommandFailed(text, rc, tail)
     return {"returncode": 0, "stdout": stdout}
 
 

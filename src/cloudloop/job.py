@@ -67,8 +67,11 @@ class FailedTask:
     host: str
 
     def __str__(self) -> str:
-        e = self.exception
-        return f"task {self.index} (attempt {self.attempt}, {self.host}): {type(e).__name__}: {e}"
+        e, row = self.exception, f"row {self.index + 1} (task {self.index}): "
+        msg = str(e)  # a command task's message names its row first: said once, in front
+        who = row[:-2] if msg.startswith(row) else f"task {self.index}"
+        msg = msg[len(row) :] if msg.startswith(row) else msg
+        return f"{who} (attempt {self.attempt}, {self.host}): {type(e).__name__}: {msg}"
 
 
 class Job:
