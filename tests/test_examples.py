@@ -122,7 +122,7 @@ def test_r_command_task_writes_per_task_files(tmp_path):
             assert f.read().startswith(b"%PDF")
     assert set(rows) == {("30", "0.5"), ("30", "4"), ("2000", "0.5"), ("2000", "4")}
     assert abs(rows[("2000", "0.5")] - 3) < 0.02
-    assert (tmp_path / "r-outputs" / "3" / "fit.pdf").is_file()
+    assert (tmp_path / "demo-output" / "r-outputs" / "3" / "fit.pdf").is_file()
     assert "n=2000 noise=4 slope=" in out
 
 
