@@ -179,6 +179,8 @@ def test_cli(tmp_path, capsys):
     cases = [
         (["outputs", plain], 0, f"job {plain} has no output files", ""),
         (["outputs", done, "1", "-o", str(tmp_path / "o")], 0, "1 output file of task 1", ""),
+        (["outputs", done, "5"], 0, f"task 5 of job {done} has no output files", ""),
+        (["outputs", "no-such-job"], 2, "", "is not on backend"),
         (["outputs", done, "x"], 2, "", "is not a task index"),
         (["rm", queued], 1, "", f"cloudloop cancel {queued}` it first, or pass --force"),
         (["rm", "no-such-job", done], 1, f"removed job {done} (completed)", "is not on backend"),
