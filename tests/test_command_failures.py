@@ -108,3 +108,45 @@ def test_the_run_summary_names_the_row_and_the_line_of_the_file(tmp_path, url):
     assert line.strip().startswith("row 2 (task 1) (attempt 1, "), line
     assert "status 1" in line and "[rows.csv line 3]" in line, line
     assert "Traceback" not in done.stderr
+
+
+def test_results_of_a_run_carry_each_rows_fields(tmp_path, url):
+    import csv
+    import io
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "rows.csv").write_text("alpha,status\n0.5,a\n2,b\n")
+    cl_ = [sys.executable, "-m", "cloudloop"]
+    run = subprocess.run(
+        [
+            *cl_,
+            "run",
+            "--backend",
+            url,
+            "--workers",
+            "1",
+            "--items",
+            "rows.csv",
+            "--",
+            "echo {alpha}; test {alpha} = 0.5",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    job = run.stdout.split()[-1]
+    res = [*cl_, "results", "--backend", url, job]
+    table = subprocess.run([*res, "--format", "csv"], capture_output=True, text=True, check=True)
+    got = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert list(got[0])[:5] == ["row", "index", "alpha", "item_status", "status"], got
+    assert [(r["row"], r["alpha"], r["item_status"], r["status"]) for r in got] == [
+        ("1", "0.5", "a", "ok"),
+        ("2", "2", "b", "failed"),
+    ]
+    assert got[0]["stdout"].strip() == "0.5" and "status 1" in got[1]["error"]
+    lines = subprocess.run([*res, "--format", "jsonl"], capture_output=True, text=True, check=True)
+    first = json.loads(lines.stdout.splitlines()[0])
+    assert (first["row"], first["alpha"], first["value"]["returncode"]) == (1, "0.5", 0)

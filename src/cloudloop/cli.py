@@ -148,6 +148,8 @@ def cmd_run(args) -> int:
             print(f"shipping to each task: {', '.join(sorted(files))}", file=sys.stderr)
         ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
         job = ex.command_job(template, items, files=files, **opts)
+        # the rows, kept with the job so `cloudloop results` can show each row's fields
+        ex.backend.store.put(_rows_key(job.id), json.dumps(items).encode())
     else:
         fn = _import_target(args.target)
         ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
@@ -267,6 +269,10 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
+def _rows_key(job_id: str) -> str:
+    return f"jobs/{job_id}/rows.json"
+
+
 def cmd_results(args) -> int:
     import csv
 
@@ -274,12 +280,19 @@ def cmd_results(args) -> int:
 
     job = _job(args)
     outcomes = job.outcomes()
+    try:  # a job `cloudloop run` made from an items file: its rows' own fields
+        items = json.loads(job.backend.store.get(_rows_key(job.id)))
+    except KeyError:
+        items = None
     rows = []
     for i, o in sorted(outcomes.items()):
-        row: dict[str, Any] = {
-            "index": i,
-            "status": "ok" if o.ok else ("cancelled" if o.cancelled else "failed"),
-        }
+        row: dict[str, Any] = {"index": i}
+        if items is not None and i < len(items):
+            item = items[i] if isinstance(items[i], dict) else {"item": items[i]}
+            row = {"row": i + 1, "index": i}
+            ours = ("row", "index", "status", "value", "error", "returncode", "stdout")
+            row.update({(f"item_{k}" if k in ours else k): v for k, v in item.items()})
+        row["status"] = "ok" if o.ok else ("cancelled" if o.cancelled else "failed")
         if o.ok and o.value is not None:
             row["value"] = _jsonable(codec.loads(o.value))
         elif o.error is not None:
