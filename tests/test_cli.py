@@ -112,7 +112,7 @@ def test_python_target_from_the_cli(tmp_path):
     status = cli("status", cwd=tmp_path).stdout
     assert job in status and "completed" in status
     one = cli("status", job, cwd=tmp_path).stdout
-    assert "2/2 done" in one
+    assert "2 ok of 2" in one
     follow = cli("logs", job, "--follow", cwd=tmp_path, timeout=30).stdout
     assert "[task 0] fit 1 2" in follow and "[task 1] fit 3 1" in follow
 

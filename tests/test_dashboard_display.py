@@ -35,7 +35,7 @@ def test_bar_on_a_pipe_prints_occasional_plain_lines():
     lines = text.splitlines()
     assert 10 <= len(lines) <= 13  # every 10 % step and the end, not every poll
     assert all(line.startswith("j1: [") for line in lines)
-    assert "100/100" in lines[-1] and "completed" in lines[-1]
+    assert "100 ok of 100" in lines[-1] and "completed" in lines[-1]
 
 
 def test_bar_on_a_terminal_redraws_one_line():
@@ -54,7 +54,7 @@ def test_wait_with_progress_when_stderr_is_captured(make_executor, capsys):
     job.wait(timeout=60, progress=True)
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b" not in err
-    assert f"{job.id}: [" in err and "8/8" in err.splitlines()[-1]
+    assert f"{job.id}: [" in err and "8 ok of 8" in err.splitlines()[-1]
 
 
 def _fake_ipython(monkeypatch, kernel: bool):
@@ -98,7 +98,7 @@ def test_wait_in_a_notebook_updates_one_html_card(make_executor, monkeypatch, ca
     job.wait(timeout=60, progress=True)
     assert capsys.readouterr().err == ""  # no text bar as well
     assert len(shown) >= 2  # the empty placeholder, then updates in place
-    assert "8/8 tasks" in shown[-1] and "completed" in shown[-1]
+    assert "8 ok of 8" in shown[-1] and "completed" in shown[-1]
     card = job._repr_html_()
     assert card.startswith("<div") and "in a notebook" in card and job.id in card
     assert "width:100.00%" in card
@@ -142,6 +142,6 @@ def test_a_real_jupyter_kernel_shows_html_progress_and_a_job_card(url, tmp_path)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert len(shown) == 1 and shown[0]["transient"]["display_id"]  # one card, updated in place
-    assert "5/5 tasks" in updates[-1] and "completed" in updates[-1]
+    assert "5 ok of 5" in updates[-1] and "completed" in updates[-1]
     assert "\r" not in stderr and "[####" not in stderr  # no text bar as well
     assert "from a notebook" in result["text/html"] and "completed" in result["text/html"]

@@ -190,18 +190,18 @@ def cmd_status(args) -> int:
     from .job import attach_job, list_jobs
 
     backend = _backend(args)
-    if args.job:
+    if args.job is not None:  # "" is a bad id, not "every job"
         job = attach_job(backend, args.job)
         st = job.status()
         if args.json:
-            print(json.dumps({**st.__dict__, "state": st.state.value}))
+            print(json.dumps(_status_json(st)))
             return 0
         print(st)
         line = _cost_line(args, st)
         if line:
             print(line)
         for w in job.workers():
-            if w.job == job.id and w.task is not None:
+            if w.job == job.id and w.task is not None and not st.state.finished:
                 prog = "" if w.progress is None else f" {w.progress * 100:.0f}% {w.message}"
                 print(f"  task {w.task} on {w.host} (worker {w.id}){prog}")
         for f in job.failures()[:10] if st.failed else []:
@@ -222,21 +222,28 @@ def cmd_status(args) -> int:
                 st.id,
                 st.name[:24],
                 st.state.value,
-                f"{st.done}/{total}",
+                str(st.succeeded),
                 str(st.failed),
+                str(total),
                 created,
                 format_seconds(st.elapsed),
             )
         )
         if args.json:
-            print(json.dumps({**st.__dict__, "state": st.state.value}))
+            print(json.dumps(_status_json(st)))
     if not args.json:
-        head = ("JOB", "NAME", "STATE", "DONE", "FAILED", "CREATED", "ELAPSED")
+        head = ("JOB", "NAME", "STATE", "OK", "FAILED", "OF", "CREATED", "ELAPSED")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         print(f"{len(rows)} jobs on {backend.url}", file=sys.stderr)
     return 0
+
+
+def _status_json(st: Any) -> dict[str, Any]:
+    """A status as JSON: every field as before (``done`` counts failures too), plus
+    ``succeeded``."""
+    return {**st.__dict__, "state": st.state.value, "succeeded": st.succeeded}
 
 
 def cmd_logs(args) -> int:

@@ -32,16 +32,16 @@ class ProgressBar:
         frac = (st.done / total) if total else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        count = f"{st.done}/{total if total is not None else '?'}"
-        parts = [f"[{bar}] {count} {frac * 100:5.1f}%"]
+        parts = [f"[{bar}] {st.counts()} {frac * 100:5.1f}%"]
         if st.rate > 0:
             parts.append(f"{st.rate:.1f} task/s")
         if st.eta is not None and not st.state.finished:
             parts.append(f"eta {format_seconds(st.eta)}")
-        parts.append(f"{st.workers} worker{'s' if st.workers != 1 else ''}")
-        if st.failed:
-            parts.append(f"{st.failed} failed")
-        if st.state.finished:
+        if not st.state.finished:  # once it has finished, who is about says nothing
+            parts.append(
+                f"{st.running} running on {st.workers} worker{'s' if st.workers != 1 else ''}"
+            )
+        else:
             parts.append(f"{st.state.value} in {format_seconds(st.elapsed)}")
         return " · ".join(parts)
 
@@ -95,9 +95,10 @@ def job_html(st: JobStatus, backend: str = "") -> str:
     total = _number(st.total)
     ok = _pct(_number(st.done) - _number(st.failed), total)
     bad = _pct(_number(st.failed), total)
-    facts = [f"{e(st.done)}/{'?' if st.total is None else e(st.total)} tasks"]
+    facts = [f"{e(st.succeeded)} ok"]
     if st.failed:
         facts.append(f'<span style="color:#b91c1c">{e(st.failed)} failed</span>')
+    facts[-1] += f" of {'?' if st.total is None else e(st.total)}"
     if st.running:
         facts.append(f"{e(st.running)} running on {e(st.workers)} workers")
     if _number(st.rate) > 0:

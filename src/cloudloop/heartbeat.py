@@ -3,10 +3,12 @@
 Every third of the lease it extends the message being run and those waiting
 for their ack; every couple of seconds (the backend's ``check_interval``)
 while a chunk runs it checks the job's cancellation marker; every ``heartbeat`` seconds it writes ``workers/<id>``
-(host, pid, provider, current job and task, the task's ``cl.progress``, tasks
+(host, pid, provider, the job it is on and since when, current task, the task's ``cl.progress``, tasks
 done, memory, and any trouble it is in) so ``status``, the dashboard and
 clients can see every worker. Between those it sleeps: it wakes only when
-one of them is due, never on a fixed tick. Records are signed by the worker; readers go
+one of them is due, never on a fixed tick. A worker that starts on a job or goes idle
+has its record written at once (at most once a second), so a job of tasks
+shorter than a heartbeat is still seen running and a finished one is not. Records are signed by the worker; readers go
 through :func:`worker_records`, which verifies and validates each one, so a
 forged or malformed record is never shown or counted. A worker started by a
 cluster (``cloudloop up``) also names it (``CLOUDLOOP_CLUSTER``), which is how
@@ -16,6 +18,7 @@ cluster (``cloudloop up``) also names it (``CLOUDLOOP_CLUSTER``), which is how
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 log = logging.getLogger("cloudloop.worker")
+
+FORCED_GAP = 1.0  # seconds: the least time between records written on a job switch
 
 
 class HeartbeatSource(Protocol):
@@ -61,10 +66,18 @@ class Heartbeat(threading.Thread):
         self.backend, self.source = backend, source
         self._wake = threading.Event()
         self._stopping = False
+        self._write_due = False
+        self._last_forced = -math.inf
 
     def nudge(self) -> None:
         """Look again at what is due now (the worker has taken a chunk: checks for its
         cancellation are due more often than while it was idle)."""
+        self._wake.set()
+
+    def write_soon(self) -> None:
+        """The worker switched between idle and a job: write its record now, not at the
+        next heartbeat (at most once a second; a later switch waits for the next one)."""
+        self._write_due = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -85,6 +98,8 @@ class Heartbeat(threading.Thread):
             # on a fixed tick: a waiting worker wakes every couple of seconds at most
             now = time.monotonic()
             due = min(extended + src.lease_s / 3, last + src.every, checked + src.check_every())
+            if self._write_due:
+                due = min(due, self._last_forced + FORCED_GAP)
             if self._wake.wait(max(0.05, due - now)):
                 self._wake.clear()
             if self._stopping:
@@ -105,7 +120,10 @@ class Heartbeat(threading.Thread):
                     src.tick()
                 except Exception as e:  # a backend hiccup: the next tick tries again
                     log.warning("worker check failed: %s", e)
-            if now - last >= src.every:
+            forced = self._write_due and now - self._last_forced >= FORCED_GAP
+            if forced or now - last >= src.every:
+                if forced:
+                    self._write_due, self._last_forced = False, now
                 last = time.monotonic()
                 self.write()
 

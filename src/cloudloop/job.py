@@ -181,7 +181,11 @@ class Job:
         done, total = self._parts.done, self._total
         failed = self._failed
         live = self.workers()
-        running = sum(1 for w in live if w.job == self.id and w.task is not None)
+        # a worker is on this job from its first chunk until the queue has none for it
+        # (its record says so at once); never more than the tasks left
+        running = sum(1 for w in live if w.job == self.id and w.state == "busy")
+        if total is not None:
+            running = min(running, max(0, total - done))
         now = time.time()
         if self._cancelled:
             state = JobState.CANCELLED
@@ -193,6 +197,8 @@ class Job:
             state = JobState.QUEUED
         else:
             state = JobState.RUNNING
+        if state.finished:
+            running = 0  # a stale record of a worker that was on it runs nothing now
         if state.finished and self._finished_at is None:
             self._finished_at = self._finish_time(observed=bool(self._samples))
         elapsed = (self._finished_at or now) - manifest.created

@@ -658,7 +658,8 @@ class WorkerRecord:
     last_seen: float = 0.0
     every: float = 0.0
     state: str = ""
-    job: str | None = None
+    job: str | None = None  # the job it is on (kept between its chunks until idle)
+    busy_since: float | None = None  # when it started on that job
     task: int | None = None
     progress: float | None = None
     message: str = ""
@@ -745,16 +746,29 @@ class JobStatus:
     problems: tuple[str, ...] = ()  # what workers say is going wrong, in words
 
     @property
+    def succeeded(self) -> int:
+        """Tasks finished without failing (``done`` counts every finished task)."""
+        return max(0, self.done - self.failed)
+
+    @property
     def pending(self) -> int | None:
         return None if self.total is None else max(0, self.total - self.done - self.running)
 
-    def __str__(self) -> str:
+    def counts(self) -> str:
+        """The finished tasks, unambiguous: "26 ok · 4 failed of 30"."""
         total = "?" if self.total is None else str(self.total)
+        failed = f" · {self.failed} failed" if self.failed else ""
+        return f"{self.succeeded} ok{failed} of {total}"
+
+    def __str__(self) -> str:
         eta = "" if self.eta is None else f", eta {format_seconds(self.eta)}"
         trouble = "".join(f"\n  problem: {p}" for p in self.problems)
+        if self.state.finished:
+            where = ""
+        else:
+            where = f", {self.running} running on {self.workers} workers"
         return (
-            f"{self.id} [{self.state.value}] {self.name}: {self.done}/{total} done, "
-            f"{self.failed} failed, {self.running} running on {self.workers} workers, "
+            f"{self.id} [{self.state.value}] {self.name}: {self.counts()}{where}, "
             f"{format_seconds(self.elapsed)} elapsed{eta}{trouble}"
         )
 

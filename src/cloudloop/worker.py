@@ -166,6 +166,11 @@ class Worker(ChunkRunner):
         self._aside_jobs: set[str] = set()
         self._live_seen: tuple[float, list[WorkerRecord]] | None = None
         self._aside_seen: dict[str, tuple[float, set[str]]] = {}  # job -> (when, aside keys)
+        # the job this worker is on (from its first chunk until the queue has no work
+        # for it), and since when: the record says so at once on a change, so tasks
+        # shorter than a heartbeat are seen running (one write per change, not per task)
+        self.on_job: str | None = None
+        self.on_job_since = 0.0
         self._heartbeat = Heartbeat(backend, self)
 
     # ---------------------------------------------------------------- main loop
@@ -249,7 +254,8 @@ class Worker(ChunkRunner):
     def record(self) -> dict[str, Any]:
         chunk = self.current
         st = self.runner.status() if self.runner.alive else None
-        state = "preempted" if self.preempted_at else "busy" if chunk else "idle"
+        job = chunk.job_id if chunk else self.on_job
+        state = "preempted" if self.preempted_at else "busy" if job else "idle"
         return {
             "id": self.id,
             "host": self.host,
@@ -261,7 +267,8 @@ class Worker(ChunkRunner):
             "last_seen": time.time(),
             "every": self.every,
             "state": state,
-            "job": chunk.job_id if chunk else None,
+            "job": job,
+            "busy_since": self.on_job_since if job else None,
             "task": st.index if st and st.index >= 0 else None,
             "progress": st.progress if st and st.progress >= 0 else None,
             "message": st.message if st else "",
@@ -323,6 +330,8 @@ class Worker(ChunkRunner):
             # (a message set aside for another worker is no work: it does not keep us here)
             if [self._process(lease) for lease in leases].count(True):
                 idle_since = time.monotonic()
+            elif not leases and self.on_job is not None:
+                self._switch_job(None)  # nothing to do: say so now, not a heartbeat later
             elif self._should_exit(time.monotonic() - idle_since):
                 return
 
@@ -532,6 +541,8 @@ class Worker(ChunkRunner):
                 todo.pop(i, None)
         chunk = _Chunk(lease, header, job, todo, payload, careful)
         self.current = chunk
+        if self.on_job != chunk.job_id:
+            self._switch_job(chunk.job_id)
         self._heartbeat.nudge()
         try:
             if todo:
@@ -547,6 +558,11 @@ class Worker(ChunkRunner):
             self.committer.drain()  # every log byte is read; start the file afresh
             self.runner.truncate_log()
         return True
+
+    def _switch_job(self, job: str | None) -> None:
+        """Now on ``job`` (None: idle); the heartbeat writes the record at once."""
+        self.on_job, self.on_job_since = job, time.time()
+        self._heartbeat.write_soon()
 
     # ---------------------------------------------------------------- running
 

@@ -154,8 +154,17 @@ class JobView:
             for w in live
             if w["job"] == self.id and w["task"] is not None and w["task"] not in tasks
         }
+        # a worker is on this job from its first chunk until it goes idle (its record
+        # says so at once): it counts even between tasks shorter than a heartbeat
+        on_job = [] if st.state.finished else [
+            w for w in live if w["job"] == self.id and w["state"] == "busy"
+        ]  # fmt: skip
         if st.state.finished:
             running = {}
+        left = None if st.total is None else max(0, st.total - st.done)
+        n_running = max(len(running), len(on_job))
+        if left is not None:
+            n_running = min(n_running, left)
         return {
             "id": st.id,
             "name": st.name,
@@ -163,9 +172,9 @@ class JobView:
             "total": st.total,
             "done": st.done,
             "failed": st.failed,
-            "running": len(running),
-            "pending": None if st.total is None else max(0, st.total - st.done - len(running)),
-            "workers_live": len({w["id"] for w in running.values()}),
+            "running": n_running,
+            "pending": None if left is None else max(0, left - n_running),
+            "workers_live": len({w["id"] for w in [*running.values(), *on_job]}),
             "created": st.created,
             "elapsed": st.elapsed,
             "rate": st.rate,
@@ -177,9 +186,9 @@ class JobView:
             "client": m.client,
             "backend": self.view.backend.url,
             "cost": self.view.job_cost(st),
-            "throughput": _throughput(tasks.values(), st.created, end),
+            "throughput": _throughput(tasks.values(), st.created, end, st.state.finished),
             "grid": _grid(st.total, tasks, running),
-            "workers": self._workers(live, running),
+            "workers": self._workers(live, running, {w["id"] for w in on_job}),
             "timeline": _timeline(tasks.values(), st.created, end),
             "tasks": self._task_rows(running, all_tasks),
             "failures": self._failures(),
@@ -187,8 +196,10 @@ class JobView:
             "problems": [p[:2000] for p in st.problems[:20]],
         }
 
-    def _workers(self, live: list[dict[str, Any]], running: dict[int, dict]) -> list[dict]:
-        """A row per worker that ran a task of this job or is running one now."""
+    def _workers(
+        self, live: list[dict[str, Any]], running: dict[int, dict], on_job: set[str]
+    ) -> list[dict]:
+        """A row per worker that ran a task of this job or is on it now."""
         rows: dict[str, dict[str, Any]] = {}
         for o in self.tasks.values():
             r = rows.setdefault(o.worker, {"id": o.worker, "host": o.host, "done_job": 0,
@@ -197,14 +208,14 @@ class JobView:
             r["failed_job"] += o.error is not None
             r["first"] = min(r["first"], o.started)
             r["last"] = max(r["last"], o.ended)
-        busy_here = {w["id"] for w in running.values()}
+        busy_here = {w["id"] for w in running.values()} | on_job
         for w in live:
             if w["id"] not in rows and w["id"] not in busy_here:
                 continue  # serving other jobs only
             r = rows.setdefault(w["id"], {"id": w["id"], "done_job": 0, "failed_job": 0})
             r.update({k: w[k] for k in _WORKER_FIELDS})
             r["live"] = True
-            if w["id"] not in busy_here:  # no current task of this job
+            if w["id"] not in busy_here:  # not on this job now
                 r["task"] = r["progress"] = None
                 r["message"] = ""
                 if r["state"] == "busy":
@@ -317,8 +328,12 @@ def _state(o: Outcome) -> str:
     return "ok" if o.ok else ("cancelled" if o.cancelled else "failed")
 
 
-def _throughput(tasks, t0: float, t1: float) -> dict[str, Any]:
-    """Tasks finished per second in up to 60 equal buckets from the job's start to now/end."""
+def _throughput(tasks, t0: float, t1: float, finished: bool = True) -> dict[str, Any]:
+    """Tasks finished per second in up to 60 equal buckets from the job's start to now/end.
+
+    While the job runs, the bucket still filling is left out (drawn, it would drop
+    toward 0 at the right edge however fast tasks finish); once it has finished, the
+    last bucket's rate is over its real width."""
     span = max(t1 - t0, 1.0)
     step = max(span / _BUCKETS, 1.0)  # finer buckets only show how tasks were batched
     n = max(1, math.ceil(span / step))
@@ -327,8 +342,12 @@ def _throughput(tasks, t0: float, t1: float) -> dict[str, Any]:
         if o.ended:
             counts[min(n - 1, max(0, int((o.ended - t0) / step)))] += 1
     rates = [c / step for c in counts]
-    # the last bucket is usually cut short by "now": a rate over its real width, not a dip
-    rates[-1] = counts[-1] / max(span - (n - 1) * step, step / 2)
+    if not finished and n > 1:
+        rates.pop()  # still filling
+        span = (n - 1) * step
+    else:
+        # the last bucket is usually cut short by the end: a rate over its real width
+        rates[-1] = counts[-1] / max(span - (n - 1) * step, step / 2)
     return {"t0": t0, "span": span, "step": step, "rates": rates}
 
 
