@@ -101,3 +101,13 @@ demo-r: $(VENV)/.demo
 .PHONY: test-pythons
 test-pythons:
 	bash scripts/pythons.sh
+
+# leave-one-out random forests in R: cloudloop (a process per row, --serve) beside doMC and furrr
+.PHONY: bench-r
+bench-r: $(VENV)/.bench
+	bash scripts/bench-deps.sh
+	$(PY) benchmarks/bench_r_loo.py --repeat 3 --write
+
+.PHONY: demo-loo-r
+demo-loo-r: $(VENV)/.demo
+	$(PY) examples/loo_r.py

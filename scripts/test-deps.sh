@@ -2,10 +2,11 @@
 # System packages the test suite drives for real: iproute2 (network-namespace
 # "machines"), redis-server, openssh-server (sshd inside those namespaces),
 # chromium (the dashboard tests drive it through Playwright), r-base-core
-# (examples/r_command.py drives an R script through a command task).
+# (examples/r_command.py drives an R script through a command task; r-cran-jsonlite
+# and r-cran-randomforest: examples/loo_rf.R serves rows in one R process).
 # Installs only what is missing; needs root (CI and these machines run as root).
 set -euo pipefail
-want=(iproute2 redis-server openssh-server openssh-client chromium r-base-core)
+want=(iproute2 redis-server openssh-server openssh-client chromium r-base-core r-cran-jsonlite r-cran-randomforest)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

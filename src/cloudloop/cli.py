@@ -142,12 +142,16 @@ def cmd_run(args) -> int:
     # everything is checked before the Executor exists: a bad file or template leaves no job
     if args.command:
         template = build_template(args.command)
+        if args.serve:
+            from .commands import check_served
+
+            check_served(template)
         check_rows(template, table)
         files = _ship(compile_template(template).words, args.files)
         if files:
             print(f"shipping to each task: {', '.join(sorted(files))}", file=sys.stderr)
         ex = Executor(backend=args.backend, workers=args.workers, profile=args.profile)
-        job = ex.command_job(template, items, files=files, **opts)
+        job = ex.command_job(template, items, files=files, serve=args.serve, **opts)
         # the rows, kept with the job so `cloudloop results` can show each row's fields
         ex.backend.store.put(_rows_key(job.id), json.dumps(items).encode())
     else:
@@ -572,6 +576,12 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="file or glob copied into each task's directory (any file; repeatable)",
+    )
+    r.add_argument(
+        "--serve",
+        action="store_true",
+        help="start the command once per worker and send it the rows as JSON lines on its "
+        "stdin; it answers one JSON line per row (docs/command-tasks.md: served commands)",
     )
     r.add_argument("--detach", action="store_true", help="print the job id and return at once")
     r.add_argument("--logs", action="store_true", help="relay task output while waiting")

@@ -33,6 +33,7 @@ its output open (``cmd &``) is ended once the command has exited.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -94,7 +95,9 @@ __all__ = [
     "Script",
     "Table",
     "build_template",
+    "Server",
     "check_rows",
+    "check_served",
     "compile_template",
     "load_items",
     "prepare",
@@ -178,6 +181,164 @@ def run_command(
             text += f"\n--- end of its stderr ---\n{tail.rstrip()}"
         raise CommandFailed(text, rc, tail)
     return {"returncode": 0, "stdout": stdout}
+
+
+# -- serving many rows in one process ---------------------------------------------
+
+#: the longest answer line a served command may write (a result travels in it)
+ANSWER_LIMIT = 64 << 20
+
+
+def check_served(template: str) -> None:
+    """A served command is started once for many rows: its template holds no row
+    fields (the rows arrive on its stdin), only ``{job}``."""
+    from .template import template_fields
+
+    fields = sorted(set(template_fields(template)) - {"job"})
+    if fields:
+        shown = ", ".join("{" + f + "}" for f in fields)
+        raise ConfigError(
+            f"a served command (serve=True, --serve) reads its rows on stdin, one JSON line "
+            f"each: its template cannot hold {shown}; read the row's fields from that line"
+        )
+
+
+class Server:
+    """A command that serves many rows in one process: the line protocol.
+
+    The command is started once (``/bin/sh -c``, in its own working directory
+    holding the shipped files) and kept running. For each row cloudloop writes
+    one line of JSON to its stdin::
+
+        {"row": {...the row's fields...}, "index": 68, "row_number": 69,
+         "seed": 123456789, "output": "/path/to/this/row's/output/dir"}
+
+    and reads the answer from its stdout, one line of JSON::
+
+        {"value": <any JSON>}        the row's result
+        {"error": "what went wrong"} the row failed (CommandFailed); the process goes on
+
+    A line on stdout that does not start with ``{`` is not an answer: it goes to
+    the row's log (R's ``print`` writes to stdout). stderr goes to the log as it
+    comes. End of stdin means: exit. A process that exits, or dies, before
+    answering fails the row it was on with the reason (its exit status or signal
+    and the end of its stderr is in the log) and is started again for the next
+    row; a row over its timeout ends it with the task. Files the command writes
+    in a row's ``output`` directory are kept with that row.
+    """
+
+    def __init__(self, script: str, workdir: Path, env: dict[str, str], shown: str):
+        self.script, self.workdir, self.env, self.shown = script, workdir, env, shown
+        self.proc: subprocess.Popen | None = None
+        self.rows = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else 0
+
+    def _start(self) -> subprocess.Popen:
+        self.rows = 0
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", "exec " + self.script if self._simple() else self.script],
+            cwd=self.workdir,
+            env={**os.environ, **self.env},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # straight into the task's log
+            preexec_fn=procs.die_with_parent,
+        )
+        return self.proc
+
+    def _simple(self) -> bool:
+        # `exec` spares a shell between us and the program (its signals and exit
+        # status are then the program's own) when the script is one plain command
+        return not any(c in self.script for c in ";&|\n`$()<>")
+
+    def ask(self, message: dict[str, Any], where: str) -> Any:
+        """Send one row, return its answer's value (CommandFailed/TaskCrashed if none)."""
+        import json
+
+        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(message, allow_nan=False).encode() + b"\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it has exited: reading says how
+        while True:
+            line = proc.stdout.readline(ANSWER_LIMIT + 1)
+            if not line:
+                raise self._gone(where)
+            if len(line) > ANSWER_LIMIT:
+                self.close()
+                raise CommandFailed(
+                    f"{where}: the served command's answer is over {ANSWER_LIMIT >> 20} MB: "
+                    f"write large results to the row's output directory: {self.shown}",
+                    -1,
+                    "",
+                )
+            if not line.lstrip().startswith(b"{"):
+                os.write(2, line)  # not an answer: output, for the log
+                continue
+            try:
+                answer = json.loads(line)
+            except ValueError as e:
+                self.close()
+                raise CommandFailed(
+                    f"{where}: the served command wrote a line that is not JSON ({e}): "
+                    f"{line[:200]!r}; answer each row with one line "
+                    '{"value": ...} or {"error": "..."}',
+                    -1,
+                    "",
+                ) from None
+            self.rows += 1
+            if isinstance(answer, dict) and "error" in answer:
+                raise CommandFailed(f"{where}: {answer['error']}", 1, str(answer["error"]))
+            if not isinstance(answer, dict) or "value" not in answer:
+                self.close()
+                raise CommandFailed(
+                    f"{where}: the served command answered {line[:200]!r}; answer each row "
+                    'with one line {"value": ...} or {"error": "..."}',
+                    -1,
+                    "",
+                )
+            return answer["value"]
+
+    def _gone(self, where: str) -> Exception:
+        proc = self.proc
+        assert proc is not None
+        rc = proc.wait()
+        self.proc = None
+        if rc < 0 or died_of(rc, "") is not None:
+            sig = -rc if rc < 0 else rc - 128
+            return TaskCrashed(f"{where}: {crash_message(sig, self.shown, '')}")
+        return CommandFailed(
+            f"{where}: the served command exited with status {rc} before answering "
+            f"(after {self.rows} rows): {self.shown}",
+            rc,
+            "",
+        )
+
+    def close(self, grace: float = 2.0) -> None:
+        """End of stdin, then SIGTERM, then SIGKILL: the process is gone and reaped."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(sig)
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(OSError):
+            assert proc.stdout is not None
+            proc.stdout.close()
 
 
 def died_of(rc: int, stderr: str) -> int | None:

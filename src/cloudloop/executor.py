@@ -59,7 +59,7 @@ from typing import Any
 
 from . import environment
 from .backends import Backend, open_backend
-from .commands import compile_template
+from .commands import check_served, compile_template
 from .config import (
     Profile,
     auto_requirements,
@@ -342,6 +342,7 @@ class Executor(cf.Executor):
         command: str,
         items: Iterable[Any],
         files: dict[str, bytes] | None = None,
+        serve: bool = False,
         **options: Any,
     ) -> Job:
         """Run a shell command template once per item (see :mod:`cloudloop.commands`).
@@ -352,9 +353,15 @@ class Executor(cf.Executor):
                 could be parsed again is refused here, with what to write instead).
             items: dicts (or scalars, as ``{item}``), one task each.
             files: name -> bytes copied into every task's working directory.
+            serve: start the command once per worker and send it the rows, one
+                JSON line each, on its stdin; it answers one JSON line per row on
+                its stdout (:class:`cloudloop.commands.Server`). The template then
+                holds no row fields.
         """
         self._check_open("jobs")
         compile_template(command)  # a refused template: before any job exists
+        if serve:
+            check_served(command)
         self._requirements(options)  # checked; a command job's rows need no package
         opts = job_options(self._job_options, **options)
         writer = JobWriter.plan(
@@ -363,6 +370,7 @@ class Executor(cf.Executor):
             kind="command",
             command=command,
             files=files,
+            serve=serve,
         )
         sizes = chunk_sizes(length_hint((items,)), self.workers or 8, opts.chunksize)
         self._start_deferred()

@@ -255,6 +255,9 @@ class JobManifest:
     # distributions its function imports, as the client has them ("scikit-learn==1.5.2"):
     # a worker that lacks one, or has another version, leaves the job alone
     requires: tuple[str, ...] = ()
+    # a command job whose command serves many rows in one process (line protocol on
+    # its stdin/stdout: see cloudloop.commands.Server)
+    serve: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -443,6 +446,7 @@ class RunnerJob:
     env: dict[str, str]
     workroot: str  # where the tasks' working and output directories go
     files: dict[str, str]  # shipped file name -> its path on this machine
+    serve: bool = False  # one process serves many rows (JobManifest.serve)
 
     def retry_after(self, attempt: int) -> bool:
         return retry_after(self.retries, attempt)
@@ -451,7 +455,16 @@ class RunnerJob:
     def of(cls, m: JobManifest, workroot: str, files: dict[str, str]) -> RunnerJob:
         o = m.options
         return cls(
-            m.id, m.seed, m.kind, m.command, o.retries, o.seed_globals, dict(o.env), workroot, files
+            m.id,
+            m.seed,
+            m.kind,
+            m.command,
+            o.retries,
+            o.seed_globals,
+            dict(o.env),
+            workroot,
+            files,
+            m.serve,
         )
 
 

@@ -89,6 +89,18 @@ def become_subreaper() -> bool:
         return False
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before it runs its program: be killed (SIGKILL) when the process
+    that started it dies, whatever kills that one (a served command outlives no runner)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _children() -> list[int]:
     """This process's live children, across its threads."""
     out: list[int] = []
@@ -105,14 +117,14 @@ def _children() -> list[int]:
     return out
 
 
-def end_leftovers(grace: float = 0.5) -> int:
+def end_leftovers(grace: float = 0.5, keep: int = 0) -> int:
     """End every process a finished task left running (they are our children: we
     are their subreaper). SIGTERM, up to ``grace`` seconds, then SIGKILL; reaped.
     Returns how many there were."""
     seen: set[int] = set()
     deadline = time.monotonic() + grace
     while True:
-        kids = _children()
+        kids = [p for p in _children() if p != keep]
         if not kids:
             return len(seen)
         for pid in kids:
@@ -151,9 +163,11 @@ class Leftovers:
         except OSError:
             self._fd = None
 
-    def any(self) -> bool:
+    def any(self, keep: int = 0) -> bool:
+        """Whether a process other than ``keep`` (a served command) is our child."""
         if self._fd is None:
             return False
-        if os.pread(self._fd, 64, 0):
+        main = os.pread(self._fd, 64, 0)
+        if main and (not keep or main.split() != [str(keep).encode()]):
             return True
-        return threading.active_count() > 1 and bool(_children())
+        return threading.active_count() > 1 and any(p != keep for p in _children())

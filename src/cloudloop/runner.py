@@ -310,9 +310,12 @@ class _Child:
         self.ctx: context.TaskContext | None = None
         self.pid = os.getpid()
         self.out_prefix, self.out_suffix = "", ""  # a function task's output directory
+        self.server: commands.Server | None = None  # a served command job's process
 
     def load(self, data: dict[str, Any]) -> None:
         job: RunnerJob = data["job"]
+        if self.server is not None and (self.job is None or self.job.id != job.id):
+            self.close_server()  # another job now: the served command has no more rows
         self.job = job
         self.lo = data["lo"]
         self.load_error = None
@@ -482,8 +485,9 @@ class _Child:
         finally:
             context._set(None)
             outputs.end()
-            if self._leftovers.any():
-                n = procs.end_leftovers()
+            keep = self.server.pid if self.server is not None else 0
+            if self._leftovers.any(keep):
+                n = procs.end_leftovers(keep=keep)
                 sys.stderr.write(
                     f"cloudloop: task {index} left {n} process(es) running; they were ended\n"
                 )
@@ -494,9 +498,49 @@ class _Child:
         if d is not None and d.is_dir() and any(d.iterdir()):
             self.call_worker("outputs", str(d))
 
+    def close_server(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+            if server.workdir.name.startswith("serve-"):
+                shutil.rmtree(server.workdir, ignore_errors=True)
+
+    def serve(self, index: int, seed: int, item: Any) -> Any:
+        """One row of a served command job: a line to the process that serves them."""
+        job = self.job
+        assert job is not None
+        if self.server is None:
+            cmd = commands.prepare(job.command or "", {}, -1, job.seed, job.id)
+            workdir = Path(job.workroot) / f"serve-{job.id}-{os.getpid()}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            for name, path in job.files.items():
+                target = workdir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            env = {"CLOUDLOOP_WORKDIR": str(workdir), "CLOUDLOOP_JOB_ID": job.id, **cmd.env}
+            self.server = commands.Server(cmd.script, workdir, env, cmd.shown)
+        if self.server.proc is None or self.server.proc.poll() is not None:
+            print(f"$ {self.server.shown}   (serving rows)", file=sys.stderr, flush=True)
+        out = outputs.begin(self.server.workdir / f"out-{index}", create=True)
+        message = {
+            "row": item,
+            "index": index,
+            "row_number": index + 1,
+            "seed": seed,
+            "output": str(out),
+        }
+        try:
+            value = self.server.ask(message, row_name(index))
+        finally:
+            self.upload_outputs()
+            shutil.rmtree(out, ignore_errors=True)
+        return value
+
     def command(self, index: int, seed: int, item: Any) -> Any:
         job = self.job
         assert job is not None
+        if job.serve:
+            return self.serve(index, seed, item)
         cmd = commands.prepare(  # values as data
             job.command or "", item, index, seed, job.id, where=row_name(index)
         )
@@ -634,12 +678,14 @@ def main(argv: list[str]) -> None:
         try:
             kind, data = pickle.loads(ctl.recv_bytes())
         except (EOFError, OSError):
+            child.close_server()
             return
         if kind == "load":
             child.load(data)
         elif kind == "run":
             child.run(data)
         elif kind == "exit":
+            child.close_server()
             return
 
 

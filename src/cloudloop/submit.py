@@ -109,6 +109,7 @@ class JobWriter:
         session: bool = False,
         wrap: Callable[[Any], Any] | None = None,
         requires: tuple[str, ...] = (),
+        serve: bool = False,
     ) -> JobWriter:
         """A writer for a new job; nothing is stored until :meth:`open` (which
         storing a function or a task, or sealing, calls first). ``requires``: the
@@ -131,6 +132,7 @@ class JobWriter:
             # minor version (a command job's rows are plain data any version reads)
             python="" if kind == "command" else PYTHON,
             requires=() if kind == "command" else tuple(requires),
+            serve=serve,
         )
         return cls(backend, manifest, files, wrap)
 
