@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
 import redis_server as rs
@@ -17,6 +20,12 @@ from cloudloop.dashboard import DashboardServer
 from cloudloop.display import ProgressBar, job_html
 from cloudloop.errors import JobNotFound
 from cloudloop.model import JobState, JobStatus
+from cloudloop.report import write_report
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the browser fixture says what to install
+    expect = None
 
 BAD_IDS = ["job 20261201-120000-abcdef", "../x", "", "a" * 200, "x/y", "jöb-ü", "20261201 x"]
 
@@ -112,6 +121,9 @@ def test_dashboard_sees_short_tasks_running(tmp_path, browser):
                 time.sleep(0.3)
             assert seen_running >= 1 and seen_busy >= 1
             job.wait(timeout=60)
+            expect(page.locator("#progress-counts")).to_contain_text(
+                "finished (13 ok, 3 failed)", timeout=30_000
+            )
         finally:
             server.shutdown()
             server.server_close()
@@ -144,3 +156,19 @@ def test_bad_job_id_is_job_not_found_everywhere(url, bad, capsys):
             err = capsys.readouterr().err
             assert "cloudloop: error:" in err and "Traceback" not in err, (cmd, err)
             assert "invalid store key" not in err
+        with pytest.raises(JobNotFound):
+            write_report(ex.backend, bad, "report.html")
+        if not bad:  # /api/jobs/ is the list of jobs
+            return
+        server = DashboardServer(ex.backend, port=0)
+        server.start()
+        try:
+            base, _, query = server.url.partition("?")
+            api = f"{base.rstrip('/')}/api/jobs/{urllib.parse.quote(bad, safe='')}?{query}"
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(api, timeout=10)
+            assert info.value.code == 404
+            assert "invalid store key" not in info.value.read().decode()
+        finally:
+            server.shutdown()
+            server.server_close()

@@ -443,7 +443,7 @@ class DashboardView:
     def job(self, job_id: str) -> JobView:
         """The view of one job (raises JobNotFound for an unknown id)."""
         if job_id not in self._jobs:
-            jv = JobView(self, job_id)
+            jv = JobView(self, keys.check_job_id(job_id))
             jv.job.manifest  # noqa: B018 - raises JobNotFound before it is cached
             self._jobs[job_id] = jv
         return self._jobs[job_id]

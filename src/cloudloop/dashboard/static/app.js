@@ -390,7 +390,7 @@
     setHtml(app, html`${back}<div class="title"><h1>${s.name}</h1><span class="pill ${token(s.state)}" id="job-state">${s.state}</span>`,
       html`<span class="mono">${s.id}</span>${s.command ? html`<span class="mono muted">${s.command}</span>` : ""}</div>`,
       html`<div class="card"><div class="progress-head"><div><span class="big" id="progress-text">${done} / ${count(s.total)}</span>`,
-      html` <span class="muted">tasks · ${frac.toFixed(1)}%</span></div><div class="facts">${facts}</div></div>`,
+      html` <span class="muted" id="progress-counts">finished (${count(Math.max(0, num(s.done) - num(s.failed)))} ok, ${count(s.failed)} failed) · ${frac.toFixed(1)}%</span></div><div class="facts">${facts}</div></div>`,
       html`${progressBar(s.done, s.failed, s.running, s.total, "big")}`,
       html`<div class="stats">${stat("ok", done - failed, "succeeded")}${stat("fail", s.failed, "failed")}`,
       html`${stat("run", s.running, "running")}${stat("", s.pending, "pending")}${stat("", s.workers_live, "workers on it")}</div></div>`,
