@@ -164,6 +164,12 @@ def cmd_run(args) -> int:
         return 0
     try:
         st = job.wait(progress=not args.quiet, logs=args.logs)
+    except KeyboardInterrupt:
+        from .executor import _say_left
+
+        ex._left = True
+        _say_left(ex)
+        raise
     finally:
         ex.shutdown(wait=False)
     for f in job.failures()[:5]:
@@ -644,9 +650,17 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return rc
     except (CloudloopError, TimeoutError) as e:
         print(f"cloudloop: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`cloudloop results JOB | head`): stop quietly, as
+        # cat does; stdout points at /dev/null so the exit's flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

@@ -52,10 +52,11 @@ import atexit
 import concurrent.futures as cf
 import logging
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from . import environment
 from .backends import Backend, open_backend
@@ -69,7 +70,7 @@ from .config import (
     load_profile,
     worker_options,
 )
-from .errors import CloudloopError, ConfigError, InitializerFailed
+from .errors import CloudloopError, ConfigError, InitializerFailed, JobNotFound
 from .job import Job, attach_job
 from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES
 from .providers import WorkerPool, provider_for
@@ -171,6 +172,7 @@ class Executor(cf.Executor):
         self._relay = bool(relay_output)
         self._lock = threading.Lock()
         self._shutdown = False
+        self._left = False  # left by an exception (Ctrl-C): interpreter exit waits for nothing
         self._session: _Session | None = None
         self._jobs: list[Job] = []
         self._pool: WorkerPool | None = None
@@ -278,6 +280,22 @@ class Executor(cf.Executor):
         else:  # a daemon: interpreter exit does the stdlib's waiting (_at_exit)
             threading.Thread(target=self._drain, name="cloudloop-shutdown", daemon=True).start()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        """Leaving ``with``: normally, as the stdlib, wait for the work (``shutdown()``).
+        Left by an exception (Ctrl-C, ``sys.exit``, any error), do not wait: the jobs
+        are durable and go on without this process (``docs/how-it-fails.md``, Ctrl-C);
+        a KeyboardInterrupt says so, with how to re-attach and cancel."""
+        if exc_type is None:
+            self.shutdown(wait=True)
+            return False
+        self._left = True
+        try:
+            if issubclass(exc_type, KeyboardInterrupt):
+                _say_left(self)
+        finally:
+            self.shutdown(wait=False)
+        return False
+
     def _drain(self) -> None:
         try:
             if self._session is not None:
@@ -300,7 +318,7 @@ class Executor(cf.Executor):
         session = self._session
         if session is not None:
             pool, gone = self._pool, 0
-            while pool is not None and session.pending():
+            while pool is not None and session.pending() and not self._left:
                 gone = gone + 1 if pool.alive() == 0 or getattr(pool, "failed", None) else 0
                 if gone > 1:  # no worker of ours is left to finish them
                     break
@@ -457,6 +475,56 @@ class _Initialized:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.init.ensure()
         return self.__wrapped__(*args, **kwargs)
+
+
+def interrupted_message(jobs: list[Job], url: str, local_workers: int) -> str:
+    """What one Ctrl-C leaves behind, in words: which jobs go on, how to see, re-attach
+    to or cancel them, and what this process's local workers do now."""
+    lines = ["cloudloop: stopped waiting (Ctrl-C)."]
+    for job in jobs:
+        try:
+            st = job.status()
+        except JobNotFound:  # nothing of it was stored: nothing goes on
+            continue
+        except (CloudloopError, OSError) as e:  # still say how to reach it
+            state = f"its state could not be read ({type(e).__name__})"
+            finished = False
+        else:
+            finished = st.state.finished
+            total = "?" if st.total is None else st.total
+            state = f"{st.state.value}, {st.done} of {total} finished"
+        if finished:
+            continue
+        lines += [
+            f"  job {job.id} ({state}) is kept in {url} and goes on without this process:",
+            f"    see it:    cloudloop status {job.id}      results: cloudloop results {job.id}",
+            f'    in Python: cl.attach("{job.id}").results()',
+            f"    cancel it: cloudloop cancel {job.id}",
+        ]
+    if len(lines) == 1:
+        return ""
+    if local_workers:
+        lines.append(
+            f"  the {local_workers} local worker(s) this process started go on with its tasks "
+            "and exit once the queue is empty (cancel the job to stop them now); "
+            "Ctrl-C again: leave at once"
+        )
+    else:
+        lines.append("  its tasks run on whichever workers serve this backend")
+    return "\n".join(lines)
+
+
+def _say_left(ex: Executor) -> None:
+    jobs = list(ex._jobs)
+    if ex._session is not None and ex._session.job not in jobs:
+        jobs.append(ex._session.job)
+    text = interrupted_message(
+        jobs, ex.backend.url, (ex.workers or 0) if ex._pool is not None else 0
+    )
+    if text:
+        tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        sys.stderr.write(("\n" if tty else "") + text + "\n")
+        sys.stderr.flush()
 
 
 def _done_or_broken(job: Job) -> bool:
