@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .backends import open_backend
+from .cli_cache import add_commands as add_cache_commands
 from .cli_cluster import add_commands
 from .cli_store import add_commands as add_store_commands
 from .config import Profile, default_backend, load_profile, parse_duration
@@ -128,6 +129,8 @@ def cmd_run(args) -> int:
             "seed": args.seed,
             "chunksize": args.chunksize,
             "name": args.name,
+            "cache": args.cache,
+            "cache_version": args.cache_version,
         }.items()
         if v is not None
     }
@@ -385,6 +388,7 @@ _WORKER_HELP = {
     "preempt_grace": "after a spot notice, how long the task may go on (default 60s)",
     "stop_at": "unix time to leave by (set by the ec2 provider for max_cost)",
     "exit_when_orphaned": argparse.SUPPRESS,
+    "worker_memory": "memory this worker offers its tasks, e.g. 8GB (default: the machine's)",
 }
 
 
@@ -578,6 +582,16 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--chunksize", type=int, help="tasks per queue message (default: automatic)")
     r.add_argument("--name", help="job name shown by status")
     r.add_argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        choices=[True, "all"],
+        type=lambda v: "all" if v == "all" else v,
+        help="take results of tasks that ran before (same command, files and row) from the "
+        "cache, run only the rest; --cache=all serves failures too (docs/cache-and-retry.md)",
+    )
+    r.add_argument("--cache-version", help="text in every cache key: change it to recompute all")
+    r.add_argument(
         "--files",
         action="append",
         default=[],
@@ -632,6 +646,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
     add_commands(sub, common)
     add_store_commands(sub, common)
+    add_cache_commands(sub, common)
     return p
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from . import codec, keys
 from .backends import Backend
+from .cache import CacheWrite, pack_outcomes
 from .errors import BackendError, LeaseLost, TamperedError
 from .model import ErrorWire, Lease, OutcomeRow
 
@@ -100,9 +101,13 @@ class Committer(threading.Thread):
         logs: dict[int, list],
         checkpoints: list[int],
         wait: bool = False,
+        cache: CacheWrite | None = None,
     ) -> None:
-        """Store a batch of outcomes (packed rows), logs, and drop finished checkpoints."""
-        self._submit(lambda: self._write(job_id, blobs, indices, nfail, logs, checkpoints), wait)
+        """Store a batch of outcomes (packed rows), logs, and drop finished checkpoints;
+        with ``cache``, pack the outcomes into the cache once they are stored."""
+        self._submit(
+            lambda: self._write(job_id, blobs, indices, nfail, logs, checkpoints, cache), wait
+        )
 
     def finish(self, lease: Lease, ack: bool, wait: bool = False) -> None:
         """Ack (or release) a message once everything flushed before this call is stored."""
@@ -181,7 +186,7 @@ class Committer(threading.Thread):
                 return result
         return None
 
-    def _write(self, job_id, blobs, indices, nfail, logs, checkpoints) -> None:
+    def _write(self, job_id, blobs, indices, nfail, logs, checkpoints, cache=None) -> None:
         backend = self.backend
         if logs:
             name = keys.logs(job_id, min(logs), max(logs))
@@ -196,11 +201,34 @@ class Committer(threading.Thread):
                 self._dropped = self.failing = True
                 self.trouble = f"{e}; nothing could be stored, so the work was handed back"
                 return
+            if cache is not None:
+                self._pack(job_id, blobs, cache)
         for i in checkpoints:
             try:
                 self._retry("drop a finished checkpoint", self._drop_checkpoint, job_id, i)
             except _GaveUp:
                 pass
+
+    def _pack(self, job_id: str, blobs: list[bytes], cache: CacheWrite) -> None:
+        """Put the outcomes just stored into the cache too (a few tries: the results
+        are safe, and a cache that misses costs a re-run, never a wrong result)."""
+        rows = sorted(
+            (r for b in blobs for r in codec.unpack_rows(b, "results")), key=lambda r: r.index
+        )
+        try:
+            self._retry(
+                f"store cache entries of job {job_id}",
+                pack_outcomes,
+                self.backend,
+                job_id,
+                cache,
+                rows,
+                self.worker_id,
+                self.host,
+                tries=3,
+            )
+        except _GaveUp:
+            pass
 
     def _drop_checkpoint(self, job_id: str, index: int) -> None:
         self.backend.store.delete(keys.checkpoint(job_id, index))

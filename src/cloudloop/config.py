@@ -151,6 +151,19 @@ def _job_value(k: str, v: Any) -> Any:
         if not isinstance(v, bool):
             raise ConfigError(f"seed_globals must be true or false, not {v!r}")
         return v
+    if k == "cache":
+        if v not in (True, False, "all") or type(v) not in (bool, str):
+            raise ConfigError(f'cache must be true, false or "all", not {v!r}')
+        return v
+    if k == "cache_version":
+        if v is not None and (type(v) not in (str, int) or len(str(v)) > 200):
+            raise ConfigError(f"cache_version must be text or a number, not {v!r:.80}")
+        return None if v is None else str(v)
+    if k == "retry_memory":
+        ok = v is None or (type(v) in (int, float) and math.isfinite(v) and v > 1)
+        if not ok:
+            raise ConfigError(f"retry_memory must be a factor above 1 (e.g. 2.0), not {v!r}")
+        return None if v is None else float(v)
     if k == "name":
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"name must be text, not {v!r}")
@@ -189,6 +202,8 @@ def _worker_value(k: str, v: Any) -> Any:
         if v is not None and not (isinstance(v, str) and v.startswith(("http://", "https://"))):
             raise ConfigError(f"metadata_url must be an http:// URL, not {v!r}")
         return v
+    if k == "worker_memory":
+        return None if v is None else parse_size(v, "worker_memory")
     if k == "stop_at":
         if v is not None and (
             isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)

@@ -99,6 +99,8 @@ def job_html(st: JobStatus, backend: str = "") -> str:
     if st.failed:
         facts.append(f'<span style="color:#b91c1c">{e(st.failed)} failed</span>')
     facts[-1] += f" of {'?' if st.total is None else e(st.total)}"
+    if getattr(st, "cached", 0):
+        facts.append(f"{e(st.cached)} from the cache")
     if st.running:
         facts.append(f"{e(st.running)} running on {e(st.workers)} workers")
     if _number(st.rate) > 0:

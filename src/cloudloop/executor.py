@@ -58,8 +58,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from . import environment
+from . import cachekey, environment, keys
 from .backends import Backend, open_backend
+from .cache import describe
 from .commands import check_served, compile_template
 from .config import (
     Profile,
@@ -72,10 +73,11 @@ from .config import (
 )
 from .errors import CloudloopError, ConfigError, InitializerFailed, JobNotFound
 from .job import Job, attach_job
-from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES
+from .model import JOB_OPTION_NAMES, WORKER_OPTION_NAMES, JobOptions
 from .providers import WorkerPool, provider_for
+from .retry import retry_job
 from .session import _relay, _Session
-from .submit import JobWriter, chunk_sizes, length_hint, zip_items
+from .submit import JobWriter, chunk_sizes, length_hint, pickle_fn, zip_items
 
 _RELAY_EVERY = 0.5  # seconds between output relays while map() results are read
 _DONE = object()
@@ -349,6 +351,7 @@ class Executor(cf.Executor):
             opts.replace(name=opts.name or _fn_name(fn)),
             wrap=self._wrap,
             requires=self._pins(fn, auto),
+            cache_key=_cache_key(opts, lambda: cachekey.function_key(fn, opts.cache_version)),
         )
         writer.add_fn(fn)  # the job is stored once its function is pickled
         self._start_deferred()
@@ -389,6 +392,10 @@ class Executor(cf.Executor):
             command=command,
             files=files,
             serve=serve,
+            cache_key=_cache_key(
+                opts,
+                lambda: cachekey.command_key(command, files or {}, serve, opts.cache_version),
+            ),
         )
         sizes = chunk_sizes(length_hint((items,)), self.workers or 8, opts.chunksize)
         self._start_deferred()
@@ -402,6 +409,9 @@ class Executor(cf.Executor):
         return self._auto
 
     def _write(self, writer: JobWriter, fn: Any, items: Iterator, sizes: Iterator[int]) -> Job:
+        m = writer.manifest
+        if m.cache_key:
+            describe(self.backend, m.cache_key, m.name, m.kind)
         try:
             writer.write_items(fn, items, sizes)
             writer.seal()
@@ -415,6 +425,23 @@ class Executor(cf.Executor):
         self._jobs.append(job)
         return job
 
+    def retry(
+        self, job: Job | str, fn: Callable | None = None, tasks: Iterable[int] | None = None
+    ) -> Job:
+        """Run the failed tasks of a finished job again on this executor's workers (or
+        exactly ``tasks``), with ``fn`` in place of their function if given; every
+        other result stays and the job keeps its id (see :meth:`Job.retry`)."""
+        self._check_open("jobs")
+        job = self.attach(job if isinstance(job, str) else job.id)
+        ref = None
+        if fn is not None:
+            ref, blob = pickle_fn(fn, self._wrap)
+            self.backend.put_signed(keys.fn(job.id, ref), blob, if_absent=True)
+        if retry_job(job, tasks, ref):
+            self._start_deferred()  # workers for what was queued (none for nothing)
+            self._jobs.append(job)
+        return job
+
     def _check_open(self, what: str) -> None:
         with self._lock:
             if _exiting:
@@ -424,6 +451,15 @@ class Executor(cf.Executor):
 
     def attach(self, job_id: str) -> Job:
         return attach_job(self.backend, job_id)
+
+
+def _cache_key(opts: JobOptions, compute: Callable[[], str]) -> str:
+    """The job's cache key if it asks for the cache ("" if not): what its tasks
+    compute apart from their arguments, and the environment the job gives them."""
+    if not opts.cache:
+        return ""
+    key = compute()
+    return cachekey.task_key(key, (), {"env": dict(opts.env)}, 0) if opts.env else key
 
 
 def _worker_count(workers: Any, max_workers: Any) -> int | None:

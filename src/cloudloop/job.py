@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as _CfTimeout
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,6 +93,7 @@ class Job:
         self._workers: tuple[float, list[WorkerRecord]] = (0.0, [])
         self._aside: dict[str, SetAside | None] = {}  # aside/ key -> record (None: unusable)
         self._aside_read = -math.inf
+        self.retried = 0  # tasks the last retry() queued again
 
     # ---------------------------------------------------------------- identity
 
@@ -202,9 +203,10 @@ class Job:
         if state.finished and self._finished_at is None:
             self._finished_at = self._finish_time(observed=bool(self._samples))
         elapsed = (self._finished_at or now) - manifest.created
-        self._samples = [s for s in self._samples if now - s[0] < 30] + [(now, done)]
+        ran = done - self._parts.cached  # the rate of work, not of cache hits
+        self._samples = [s for s in self._samples if now - s[0] < 30] + [(now, ran)]
         t0, d0 = self._samples[0]
-        rate = (done - d0) / (now - t0) if now - t0 > 2 else done / max(elapsed, 1e-9)
+        rate = (ran - d0) / (now - t0) if now - t0 > 2 else ran / max(elapsed, 1e-9)
         eta = (
             (total - done) / rate if total is not None and rate > 0 and not state.finished else None
         )
@@ -229,6 +231,7 @@ class Job:
             rate,
             eta,
             problems,
+            self._parts.cached,
         )
 
     def _set_aside(self) -> list[SetAside]:
@@ -350,6 +353,32 @@ class Job:
                 self.backend.url,
             )
         return bool(problems) or st.workers == 0
+
+    def retry(self, tasks: Iterable[int] | None = None, fn: Any = None) -> int:
+        """Run the failed tasks of this finished job again (or exactly ``tasks``, by
+        index), keeping every other result; with ``fn``, run it in their function's
+        place. The job keeps its id. Returns how many tasks were queued; workers
+        must be there to run them (``Executor.retry`` starts its own).
+
+        Raises:
+            NotRetryable: the job is still running, holds ``submit()`` calls, or
+                kept no inputs for a task.
+            JobCancelled: the job was cancelled.
+        """
+        from .retry import retry_job
+
+        ref = None
+        if fn is not None:
+            from .submit import pickle_fn
+
+            ref, blob = pickle_fn(fn)
+            self.backend.put_signed(keys.fn(self.id, ref), blob, if_absent=True)
+        return retry_job(self, tasks, ref)
+
+    def forget_finish(self) -> None:
+        """Tasks run again: the job's end is still to come (a retry)."""
+        self._finished_at = None
+        self._samples = []
 
     def cancel(self, running: bool = True) -> None:
         """Stop the job: queued tasks are dropped; running ones are killed, or, with

@@ -7,6 +7,11 @@
     jobs/<job>/fn/<ref>                          signed cloudpickle of a function (ref = its digest)
     jobs/<job>/files/<name>                      signed file shipped to command tasks
     jobs/<job>/inputs/<chunk>                    signed chunk payload (too big for a message, or split)
+    jobs/<job>/chunks/<c0>-<c1>-<lo>-<hi>        signed copies of the queue messages of chunks
+                                                 c0..c1 (tasks lo..hi), as sent: what a retry
+                                                 sends again (one record per queue batch)
+    jobs/<job>/cachekeys/<chunk>                 signed JSON [task cache key, ...] of a cached
+                                                 job's chunk, in task order (for its workers)
     jobs/<job>/sealed                            signed JSON {tasks, chunks}: submission finished
     jobs/<job>/cancelled                         signed JSON {at}: the job was cancelled
     jobs/<job>/finished                          signed JSON {at}: when it finished (first seen)
@@ -14,7 +19,8 @@
                                                  absent): a worker about to run a task of an
                                                  Executor's submit() job, or the client
                                                  cancelling it; whoever comes first wins
-    jobs/<job>/results/<lo>-<hi>-<nfail>-<nonce> signed outcome rows for tasks lo..hi
+    jobs/<job>/results/<lo>-<hi>-<nfail>-<nonce> signed outcome rows for tasks lo..hi (a
+                                                 nonce "cached..." for rows taken from the cache)
     jobs/<job>/logs/<lo>-<hi>-<nonce>            signed JSON {index: [[attempt, part, text], ...]}
     jobs/<job>/checkpoints/<index>               signed pickle from cl.checkpoint()
     jobs/<job>/outputs/<index>/<name>            signed file the task wrote in its output dir
@@ -25,6 +31,9 @@
     jobs/<job>/aside/<worker>                    signed JSON SetAside {worker, needs, have, at}:
                                                  the worker lacks pins the job requires and
                                                  leaves its tasks alone (written once)
+    cache/<fkey>/about                           signed JSON {name, kind, created}: what fkey is
+    cache/<fkey>/<at>-<lo>-<hi>-<n>-<nonce>-<job> signed pack of n cached outcomes (tasks lo..hi
+                                                 of job) under their task keys (cloudloop.cache)
     workers/<worker>                             signed JSON heartbeat
     control/paused                               signed: workers take no new work while it exists
     control/probe/<who>                          written and removed at once: does the store take writes?
@@ -68,6 +77,7 @@ INDEX = "index/"
 WORKERS = "workers/"
 DEADLETTER = "deadletter/"
 CLUSTERS = "clusters/"
+CACHE = "cache/"
 
 
 def nonce() -> str:
@@ -168,8 +178,69 @@ def results_prefix(job: str) -> str:
     return f"jobs/{job}/results/"
 
 
-def result(job: str, lo: int, hi: int, nfail: int) -> str:
-    return f"jobs/{job}/results/{lo:0{W}d}-{hi:0{W}d}-{nfail}-{nonce()}"
+def result(job: str, lo: int, hi: int, nfail: int, cached: bool = False) -> str:
+    tag = "cached" if cached else ""
+    return f"jobs/{job}/results/{lo:0{W}d}-{hi:0{W}d}-{nfail}-{tag}{nonce()}"
+
+
+def is_cached_part(key: str) -> bool:
+    """Whether a result part holds outcomes taken from the cache (by its name)."""
+    return key.rsplit("-", 1)[-1].startswith("cached")
+
+
+def chunk_record(job: str, first: int, last: int, lo: int, hi: int) -> str:
+    return f"jobs/{job}/chunks/{first:0{W}d}-{last:0{W}d}-{lo:0{W}d}-{hi:0{W}d}"
+
+
+def chunks_prefix(job: str) -> str:
+    return f"jobs/{job}/chunks/"
+
+
+def parse_chunk_record(key: str) -> tuple[int, int, int, int]:
+    """(first chunk, last chunk, lo, hi) from a chunk record's key (ValueError if it
+    is not one)."""
+    first, last, lo, hi = (int(x) for x in key.rsplit("/", 1)[1].split("-"))
+    if not (0 <= first <= last and 0 <= lo <= hi):
+        raise ValueError(f"{key!r} is not a chunk record key")
+    return first, last, lo, hi
+
+
+def cachekeys(job: str, chunk: int) -> str:
+    return f"jobs/{job}/cachekeys/{chunk:0{W}d}"
+
+
+_CACHE_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def check_cache_key(key: str) -> str:
+    if not isinstance(key, str) or not _CACHE_KEY.fullmatch(key):
+        raise ValueError(f"{str(key)[:80]!r} is not a cache key (32 hex digits)")
+    return key
+
+
+def cache_prefix(fkey: str | None = None) -> str:
+    return CACHE + ("" if fkey is None else f"{check_cache_key(fkey)}/")
+
+
+def cache_about(fkey: str) -> str:
+    return f"{cache_prefix(fkey)}about"
+
+
+def cache_pack(fkey: str, at: float, lo: int, hi: int, n: int, job: str) -> str:
+    return f"{cache_prefix(fkey)}{int(at):0{W}d}-{lo:0{W}d}-{hi:0{W}d}-{n}-{nonce()}-{job}"
+
+
+def parse_cache_pack(key: str) -> tuple[str, float, int, int, int, str] | None:
+    """(fkey, at, lo, hi, n, job) of a cache pack's key as listed, else None (the
+    ``about`` record, or a name no worker wrote). The job is as listed: text only."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != CACHE or not _CACHE_KEY.fullmatch(parts[1]):
+        return None
+    fields = parts[2].split("-", 5)
+    if len(fields) != 6 or not all(f.isdigit() for f in fields[:4]) or not fields[5]:
+        return None
+    at, lo, hi, n = (int(f) for f in fields[:4])
+    return (parts[1], float(at), lo, hi, n, fields[5]) if lo <= hi else None
 
 
 def parse_result(key: str) -> tuple[int, int, int]:

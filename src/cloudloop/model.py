@@ -84,6 +84,16 @@ class JobOptions:
         seed_globals: also seed ``random`` and ``numpy.random``'s global
             generators with each task's seed, so code that uses them directly
             is reproducible too (costs ~5 us per task, ~20 us with numpy).
+        cache: take each task's result from the backend's cache when a task
+            with the same function, arguments and seed ran before (any job, any
+            client), and store new ones there (:mod:`cloudloop.cache`); ``"all"``
+            also serves failures. With no ``seed``, a cached job's seed is 0, so
+            that runs agree.
+        cache_version: any text the user changes to make every cached result
+            of the function miss (part of each key).
+        retry_memory: a task killed for memory is retried (once per retry
+            allowed) with its memory limit multiplied by this, by a worker that
+            has that much memory free (None: retried like any crash).
     """
 
     retries: int = 0
@@ -95,6 +105,9 @@ class JobOptions:
     max_deliveries: int = 3
     env: dict[str, str] = field(default_factory=dict)
     seed_globals: bool = False
+    cache: bool | str = False
+    cache_version: str | None = None
+    retry_memory: float | None = None
 
     def replace(self, **changes: Any) -> JobOptions:
         return dataclasses.replace(self, **changes)
@@ -131,6 +144,9 @@ class WorkerOptions:
             before its work is released to another machine.
         stop_at: unix time at which the worker leaves as if preempted (how
             an EC2 cluster keeps within its max_cost).
+        worker_memory: bytes of memory this worker offers its tasks (None: the
+            machine's); a task that needs more (a ``retry_memory`` retry) is
+            left to a worker that offers enough.
 
     How often a worker stores the results of a running chunk is the backend's
     to say (``Backend.flush_interval``: every store write is a billed request
@@ -149,6 +165,7 @@ class WorkerOptions:
     metadata_url: str | None = None
     preempt_grace: float = 60.0
     stop_at: float | None = None
+    worker_memory: int | None = None
 
     def replace(self, **changes: Any) -> WorkerOptions:
         return dataclasses.replace(self, **changes)
@@ -258,6 +275,9 @@ class JobManifest:
     # a command job whose command serves many rows in one process (line protocol on
     # its stdin/stdout: see cloudloop.commands.Server)
     serve: bool = False
+    # with the cache option: the key of what the tasks compute, apart from their
+    # arguments (the function's code, or the command and its files; cloudloop.cachekey)
+    cache_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -268,6 +288,9 @@ class JobManifest:
         data["options"] = JobOptions(**data["options"])
         data["files"] = tuple(data.get("files", ()))
         data["requires"] = check_pins(data.get("requires", ()), "a job manifest")
+        key = data.get("cache_key", "")
+        if not isinstance(key, str) or (key and not _CACHE_KEY.fullmatch(key)):
+            raise ValueError("a job manifest: cache_key is not a cache key")
         return cls(**data)
 
 
@@ -304,6 +327,7 @@ def _count(x: Any) -> TypeGuard[int]:
 
 MAX_MESSAGE_TASKS = 10_000_000  # tasks one queue message may name (a chunk)
 _REF = re.compile(r"^[0-9a-f]{1,64}$")
+_CACHE_KEY = re.compile(r"[0-9a-f]{32}")
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -324,6 +348,13 @@ class MessageHeader:
     fns: tuple[str, ...] = ()
     nested: bool = False
     spill: str | None = None
+    # (old, new) function references: a retry with a fixed function runs ``new``
+    # wherever the payload's tasks name ``old`` (Job.retry)
+    swap: tuple[tuple[str, str], ...] = ()
+    # a retry after the tasks were killed for memory (retry_memory): their limit
+    # now, and the attempt they are on
+    memory: int | None = None
+    attempt: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -338,6 +369,12 @@ class MessageHeader:
         }
         if self.spill is not None:
             out["spill"] = self.spill
+        if self.swap:
+            out["swap"] = [list(p) for p in self.swap]
+        if self.memory is not None:
+            out["memory"] = self.memory
+        if self.attempt != 1:
+            out["attempt"] = self.attempt
         return out
 
     @classmethod
@@ -374,10 +411,37 @@ class MessageHeader:
             not isinstance(spill, str) or not spill.startswith(keys.inputs_prefix(job))
         ):
             raise ValueError("spill must name an input of the message's own job")
-        return cls(job, chunk, lo, hi, tuple(runs), tuple(fns), nested, spill)
+        swap = d.get("swap", [])
+        if not isinstance(swap, list) or len(swap) > 10_000:
+            raise ValueError("swap must be a list of [old, new] function references")
+        for pair in swap:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ValueError("swap must be a list of [old, new] function references")
+            if not all(isinstance(f, str) and _REF.match(f) for f in pair) or pair[1] not in fns:
+                raise ValueError("a swapped function reference is not valid")
+        pairs = tuple((a, b) for a, b in swap)
+        memory, attempt = d.get("memory"), d.get("attempt", 1)
+        if memory is not None and not (_count(memory) and memory > 0):
+            raise ValueError("memory must be a whole number of bytes")
+        if not (_count(attempt) and 1 <= attempt <= 1000):
+            raise ValueError("attempt must be a whole number from 1 to 1000")
+        return cls(
+            job, chunk, lo, hi, tuple(runs), tuple(fns), nested, spill, pairs, memory, attempt
+        )
 
     def tasks(self) -> list[int]:
         return [i for a, b in self.runs for i in range(a, b + 1)]
+
+
+def runs_of(indices: list[int]) -> tuple[tuple[int, int], ...]:
+    """Ascending task indices as inclusive (first, last) runs, as a header names them."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return tuple((a, b) for a, b in out)
 
 
 @dataclass
@@ -686,6 +750,7 @@ class WorkerRecord:
     error: str | None = None  # the worker's current trouble, in words (a failing store)
     python: str = ""  # the Python minor version it runs tasks with ("3.11")
     cluster: str | None = None  # the cluster (`cloudloop up`) that started it, if one did
+    memory: int = 0  # bytes it offers its tasks (its worker_memory, or the machine's)
 
     @classmethod
     def from_dict(cls, data: Any) -> WorkerRecord:
@@ -757,6 +822,7 @@ class JobStatus:
     rate: float  # tasks per second over the job so far
     eta: float | None  # seconds
     problems: tuple[str, ...] = ()  # what workers say is going wrong, in words
+    cached: int = 0  # tasks whose result was taken from the cache (counted in done)
 
     @property
     def succeeded(self) -> int:
@@ -771,7 +837,8 @@ class JobStatus:
         """The finished tasks, unambiguous: "26 ok · 4 failed of 30"."""
         total = "?" if self.total is None else str(self.total)
         failed = f" · {self.failed} failed" if self.failed else ""
-        return f"{self.succeeded} ok{failed} of {total}"
+        cached = f" ({self.cached} cached)" if self.cached else ""
+        return f"{self.succeeded} ok{cached}{failed} of {total}"
 
     def __str__(self) -> str:
         eta = "" if self.eta is None else f", eta {format_seconds(self.eta)}"

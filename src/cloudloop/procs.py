@@ -171,3 +171,18 @@ class Leftovers:
         if main and (not keep or main.split() != [str(keep).encode()]):
             return True
         return threading.active_count() > 1 and any(p != keep for p in _children())
+
+
+def meminfo() -> tuple[int, int]:
+    """(total, available) bytes of this machine's memory (``/proc/meminfo``; (0, 0)
+    where it cannot be read)."""
+    got = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("MemTotal", "MemAvailable"):
+                    got[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return got.get("MemTotal", 0), got.get("MemAvailable", 0)

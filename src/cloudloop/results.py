@@ -72,6 +72,7 @@ class ResultParts:
         self.spans: dict[str, tuple[int, int, int]] = {}  # key -> (lo, hi, failures)
         self.problems = {} if problems is None else problems
         self.done = 0  # tasks with at least one part holding them
+        self.cached = 0  # tasks held by parts taken from the cache
         self._junk: set[str] = set()
         self._merged: list[tuple[int, int]] = []
         self._verified: set[str] = set()
@@ -84,6 +85,9 @@ class ResultParts:
         """List the job's parts again; True if the listing changed."""
         listed = self.backend.store.list(keys.results_prefix(self.job_id))
         new = [k for k in listed if k not in self.spans and k not in self._junk]
+        if len(listed) - len(new) < len(self.spans):  # parts removed (a retry rewrote them)
+            for key in set(self.spans) - set(listed):
+                self.forget(key)
         if not new:  # (a count would miss a part removed while another was added)
             return False
         for key in new:
@@ -94,6 +98,16 @@ class ResultParts:
                 log.warning("ignoring %s: not a result part", key)
         self._merge()
         return True
+
+    def forget(self, key: str) -> None:
+        """A part that is gone from the store (not a forged one: it may come back)."""
+        if self.spans.pop(key, None) is not None:
+            self._verified.discard(key)
+            self._failed.clear()  # counted again from the parts still listed
+            self._read_failing.clear()
+            blob = self._kept.pop(key, None)
+            self._kept_bytes -= len(blob) if blob is not None else 0
+            self._merge()
 
     def drop(self, key: str) -> None:
         """A part that failed verification: it counts for nothing from now on."""
@@ -112,6 +126,9 @@ class ResultParts:
                 merged.append([lo, hi])
         self._merged = [(a, b) for a, b in merged]
         self.done = sum(b - a + 1 for a, b in self._merged)
+        self.cached = sum(
+            hi - lo + 1 for k, (lo, hi, _) in self.spans.items() if keys.is_cached_part(k)
+        )
 
     def covers(self, index: int) -> bool:
         """Whether some part listed holds task ``index``."""

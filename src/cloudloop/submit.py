@@ -34,10 +34,12 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from . import __version__, codec, keys
+from . import __version__, cachekey, codec, keys
 from .backends import Backend
+from .cache import CacheFiller, CacheIndex, store_task_keys
+from .context import derive_seed
 from .errors import SerializationError
-from .model import PYTHON, Cancelled, JobManifest, JobOptions, MessageHeader, Sealed
+from .model import PYTHON, Cancelled, JobManifest, JobOptions, MessageHeader, Sealed, runs_of
 
 _SEND_BATCH = 64  # messages per queue.put
 _SEND_BYTES = 4 << 20
@@ -94,9 +96,13 @@ class JobWriter:
         self._stored: set[str] = set()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._kept: list[tuple[int, int, int, bytes]] = []  # messages to keep for a retry
         self._flushes = 0  # queue.put calls made
         self.chunks = 0
         self.tasks = 0
+        self.cache: CacheIndex | None = None  # what the cache holds for this job's tasks
+        self.filler: CacheFiller | None = None
+        self.cached = 0  # tasks taken from the cache
 
     @classmethod
     def plan(
@@ -110,12 +116,16 @@ class JobWriter:
         wrap: Callable[[Any], Any] | None = None,
         requires: tuple[str, ...] = (),
         serve: bool = False,
+        cache_key: str = "",
     ) -> JobWriter:
         """A writer for a new job; nothing is stored until :meth:`open` (which
         storing a function or a task, or sealing, calls first). ``requires``: the
-        pins workers must have (:func:`cloudloop.environment.pins_for`)."""
+        pins workers must have (:func:`cloudloop.environment.pins_for`);
+        ``cache_key``: with the cache option, what the tasks compute apart from
+        their arguments (:mod:`cloudloop.cachekey`)."""
         job_id = new_job_id()
-        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        cached = bool(options.cache and cache_key)
+        seed = options.seed if options.seed is not None else (0 if cached else secrets.randbits(63))
         manifest = JobManifest(
             id=job_id,
             name=options.name or (command.split()[0] if command else "job"),
@@ -133,6 +143,7 @@ class JobWriter:
             python="" if kind == "command" else PYTHON,
             requires=() if kind == "command" else tuple(requires),
             serve=serve,
+            cache_key=cache_key if cached else "",
         )
         return cls(backend, manifest, files, wrap)
 
@@ -156,7 +167,7 @@ class JobWriter:
         """Cancel and remove a job whose submission failed: its index entry and
         everything it stored go, but its ``cancelled`` marker, which makes
         workers drop any of its messages already in the queue."""
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._pending_bytes, self._kept = [], 0, []
         if not self._opened:
             return
         backend = self.backend
@@ -208,10 +219,47 @@ class JobWriter:
         except TypeError:  # not weakly referenceable: pickled again next time
             pass
 
+    def look_up(self) -> None:
+        """With the cache option, read what the cache holds for this job's function
+        (before any task is queued: only misses are)."""
+        m = self.manifest
+        if m.cache_key and self.cache is None:
+            self.cache = CacheIndex.load(
+                self.backend, m.cache_key, serve_failures=m.options.cache == "all"
+            )
+            self.filler = CacheFiller(self.backend, m.id)
+
     def add_chunk(self, lo: int, tasks: list[tuple[str | None, tuple, dict]]) -> None:
-        """Queue tasks ``lo .. lo+len(tasks)-1`` (each ``(fn_ref, args, kwargs)``) as one message."""
+        """Queue tasks ``lo .. lo+len(tasks)-1`` (each ``(fn_ref, args, kwargs)``) as one
+        message; with the cache, those it holds are written as results instead."""
         refs = sorted({t[0] for t in tasks if t[0]})
-        self._send(lo, len(tasks), _dumps_tasks(tasks, lo), refs, nested=False)
+        runs, task_keys = None, None
+        if self.cache is not None:
+            runs, task_keys = self._take_cached(lo, tasks)
+        self._send(lo, len(tasks), _dumps_tasks(tasks, lo), refs, False, True, runs, task_keys)
+
+    def _take_cached(
+        self, lo: int, tasks: list[tuple[str | None, tuple, dict]]
+    ) -> tuple[tuple[tuple[int, int], ...], list[str]]:
+        """(runs of the tasks to queue, every task's key), the hits staged as results."""
+        assert self.cache is not None and self.filler is not None
+        fkey, seed, index, filler = (
+            self.manifest.cache_key,
+            self.manifest.seed,
+            self.cache,
+            self.filler,
+        )
+        task_keys, misses = [], []
+        for i, (_, args, kwargs) in enumerate(tasks, lo):
+            tkey = cachekey.task_key(fkey, args, kwargs, derive_seed(seed, i))
+            task_keys.append(tkey)
+            row = index.row(tkey) if tkey in index else None
+            if row is None:
+                misses.append(i)
+            else:
+                filler.add(i, row)
+                self.cached += 1
+        return runs_of(misses), task_keys
 
     def add_packed(self, lo: int, packed: list[bytes], refs: set[str]) -> None:
         """Like :meth:`add_chunk` for tasks already pickled one by one (``submit``);
@@ -232,19 +280,31 @@ class JobWriter:
         refs: list[str],
         nested: bool,
         autoflush: bool = True,
+        runs: tuple[tuple[int, int], ...] | None = None,
+        task_keys: list[str] | None = None,
     ) -> None:
+        """Queue a chunk (only its ``runs``, if given: the others were cached), keeping
+        a copy of its message for a retry (not for submit()'s jobs, whose calls a
+        retry cannot reach) and, for a cached job, its tasks' keys for the workers."""
         self.open()
         spill = None
         if len(payload) + _HEADER_ROOM > self.backend.queue.max_message_bytes:
             spill = keys.inputs(self.id, self.chunks)
             self.backend.put_signed(spill, payload)
             payload = b""
+        hi = lo + n - 1
         header = MessageHeader(
-            self.id, self.chunks, lo, lo + n - 1, ((lo, lo + n - 1),), tuple(refs), nested, spill
+            self.id, self.chunks, lo, hi, runs or ((lo, hi),), tuple(refs), nested, spill
         )
         body = codec.encode_message(self.key, header.to_dict(), payload)
+        if not self.manifest.session:
+            self._kept.append((self.chunks, lo, hi, body))
+        if task_keys is not None and runs:
+            store_task_keys(self.backend, self.id, self.chunks, task_keys)
         self.chunks += 1
         self.tasks += n
+        if runs is not None and not runs:  # every task of it was cached: nothing to queue
+            return
         self._pending.append(body)
         self._pending_bytes += len(body)
         # the first message goes at once, so workers start while the rest is pickled;
@@ -254,6 +314,12 @@ class JobWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Queue the messages built, keeping a copy of them (one record per batch)
+        first: a retry sends them again (:mod:`cloudloop.retry`)."""
+        if self._kept:
+            kept, self._kept = self._kept, []
+            name = keys.chunk_record(self.id, kept[0][0], kept[-1][0], kept[0][1], kept[-1][2])
+            self.backend.put_signed(name, codec.pack_rows([(b,) for *_, b in kept]))
         if self._pending:
             self.backend.queue.put(self._pending)
             self._pending, self._pending_bytes = [], 0
@@ -263,12 +329,15 @@ class JobWriter:
         """Mark submission finished: the job has ``self.tasks`` tasks."""
         self.open()
         self.flush()
+        if self.filler is not None:
+            self.filler.flush()
         record = Sealed(self.tasks, self.chunks, time.time())
         self.backend.put_record(keys.sealed(self.id), asdict(record))
 
     def write_items(self, fn: Any, items: Iterable[tuple], sizes: Iterator[int]) -> None:
         """Stream ``fn(*args)`` for each args tuple, ``next(sizes)`` per message."""
         ref = self.add_fn(fn) if fn is not None else None
+        self.look_up()
         items = iter(items)
         lo = self.tasks
         while True:

@@ -23,6 +23,7 @@ the worker's runner, backend, committer, options and counters.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from typing import Any
 
 from . import codec, keys, outputs
 from .backends import Backend, Queue, Store
+from .cache import CacheWrite, read_task_keys
 from .commit import Committer
 from .errors import (
     JobCancelled,
@@ -46,7 +48,7 @@ from .errors import (
     WorkerLost,
 )
 from .jobdata import JobData, JobInfo
-from .model import Lease, MessageHeader, OutcomeRow, RunnerJob, WorkerOptions
+from .model import Lease, MessageHeader, OutcomeRow, RunnerJob, WorkerOptions, runs_of
 from .runner import RunnerDied, RunnerProcess
 
 log = logging.getLogger("cloudloop.worker")
@@ -225,10 +227,17 @@ class _Chunk:
     lost: bool = False
     running: frozenset[int] = frozenset()  # the sub-batch the runner has now
     stop: _Stop | None = None  # why the chunk ends before its last task
+    cache: CacheWrite | None = None  # a cached job's task keys (read at its first flush)
+    cache_read: bool = False
 
     @property
     def job_id(self) -> str:
         return self.job.manifest.id
+
+    @property
+    def memory(self) -> int | None:
+        """The tasks' memory limit: the job's, or a retry_memory retry's."""
+        return self.header.memory or self.job.manifest.options.memory
 
 
 class ChunkRunner:
@@ -240,6 +249,7 @@ class ChunkRunner:
     store: Store
     queue: Queue
     key: bytes
+    memory_offered: int
     options: WorkerOptions
     scratch: Path
     runner: RunnerProcess
@@ -272,9 +282,10 @@ class ChunkRunner:
         payload = chunk.payload
         job = RunnerJob.of(m, str(self.scratch / "work"), self.data.files(chunk.job))
         fns = {ref: self.data.fn(m.id, ref) for ref in h.fns}
-        self.runner.send(
-            "load", {"lo": h.lo, "nested": h.nested, "payload": payload, "fns": fns, "job": job}
-        )
+        load = {"lo": h.lo, "nested": h.nested, "payload": payload, "fns": fns, "job": job}
+        if h.swap:  # a retry with a fixed function: its tasks name the old one
+            load["swap"] = dict(h.swap)
+        self.runner.send("load", load)
         self.runner_job = _trust_domain(chunk.job)
 
     def _ensure_runner(self, chunk: _Chunk) -> None:
@@ -435,7 +446,7 @@ class ChunkRunner:
         ran = time.time() - st.started
         if opts.timeout is not None:
             due = min(due, now + opts.timeout - ran + 0.001)
-        if opts.memory is not None:
+        if chunk.memory is not None:
             due = min(due, self._mem_checked + _MEMORY_EVERY)
         live = max(now + _LIVE_LOG_EVERY - ran, chunk.last_stream + _LIVE_LOG_EVERY)
         due = min(due, live + 0.001)
@@ -492,14 +503,14 @@ class ChunkRunner:
                     f"task {st.index} ran for {ran:.1f} s, over its timeout of "
                     f"{opts.timeout:g} s; it and every process it started were killed"
                 )
-            elif opts.memory is not None and time.monotonic() - self._mem_checked >= _MEMORY_EVERY:
+            elif chunk.memory is not None and time.monotonic() - self._mem_checked >= _MEMORY_EVERY:
                 self._mem_checked = time.monotonic()
                 rss = self.runner_rss()
-                if rss > opts.memory:
+                if rss > chunk.memory:
                     reason = MemoryLimitExceeded(
                         f"task {st.index} used {_fmt_bytes(rss)} (its processes together), "
-                        f"over its memory limit of {_fmt_bytes(opts.memory)}; it was killed. "
-                        "Raise memory= or make the task hold less at once."
+                        f"over its memory limit of {_fmt_bytes(chunk.memory)}; it was killed. "
+                        "Raise memory= (or retry_memory=) or make the task hold less at once."
                     )
             if reason is None and ran >= _LIVE_LOG_EVERY:
                 self._stream_log(chunk, st.index, st.attempt, st.log_offset)
@@ -531,10 +542,36 @@ class ChunkRunner:
         segment = (attempt, st.log_offset, self.runner.log_size())
         self._add_logs(chunk, i, [segment])
         if chunk.job.manifest.options.retry_after(attempt):
+            if self._retry_bigger(chunk, i, attempt, err, kill):
+                return
             chunk.todo[i] = attempt + 1
             return
         del chunk.todo[i]
         self._record_error(chunk, i, attempt, err, started=st.started)
+
+    def _retry_bigger(
+        self, chunk: _Chunk, i: int, attempt: int, err: Exception, kill: _Kill | None
+    ) -> bool:
+        """A task killed for memory, in a job with ``retry_memory``: queue it again with
+        its limit multiplied, for a worker that offers that much (maybe not this one).
+        True if it was; the chunk then has nothing more to do for it."""
+        factor = chunk.job.manifest.options.retry_memory
+        oom = kill is None and isinstance(err, TaskCrashed) and "out-of-memory" in str(err)
+        if factor is None or not (isinstance(err, MemoryLimitExceeded) or oom):
+            return False
+        need = int((chunk.memory or self.memory_offered) * factor)
+        h = chunk.header
+        spill = h.spill or keys.inputs(chunk.job_id, h.chunk)
+        if not h.spill:
+            self.backend.put_signed(spill, chunk.payload, if_absent=True)
+        header = dataclasses.replace(
+            h, runs=((i, i),), spill=spill, memory=need, attempt=attempt + 1
+        )
+        self.queue.put([codec.encode_message(self.key, header.to_dict())])
+        del chunk.todo[i]
+        log.warning("task %s of job %s was killed for memory; queued again with a limit "
+                    "of %s", i, chunk.job_id, _fmt_bytes(need))  # fmt: skip
+        return True
 
     # ---------------------------------------------------------------- outcomes
 
@@ -624,9 +661,26 @@ class ChunkRunner:
                 out.logs,
                 out.checkpoints,
                 wait=chunk.careful,
+                cache=self._cache_target(chunk) if out.indices else None,
             )
             chunk.out = _Unstored()
         chunk.last_flush = time.monotonic()
+
+    def _cache_target(self, chunk: _Chunk) -> CacheWrite | None:
+        """Where a cached job's outcomes are packed (None: not a cached job, or a retry
+        with another function, whose outcomes do not belong to the tasks' keys)."""
+        m, h = chunk.job.manifest, chunk.header
+        if not chunk.cache_read:
+            chunk.cache_read = True
+            if m.cache_key and m.options.cache and not h.swap:
+                try:
+                    got = read_task_keys(self.backend, m.id, h.chunk)
+                except Exception as e:  # the cache goes without them; the results do not
+                    log.warning("chunk %s of job %s: no cache keys: %s", h.chunk, m.id, e)
+                    got = None
+                if got is not None and len(got) == h.hi - h.lo + 1:
+                    chunk.cache = CacheWrite(m.cache_key, dict(enumerate(got, h.lo)))
+        return chunk.cache
 
     def _maybe_split(self, chunk: _Chunk, keep: int) -> None:
         opts = self.options
@@ -650,9 +704,7 @@ class ChunkRunner:
         bodies = []
         for s in range(0, len(tail), per):
             piece = tail[s : s + per]
-            header = MessageHeader(
-                h.job, h.chunk, h.lo, h.hi, _ranges(piece), h.fns, h.nested, spill
-            )
+            header = dataclasses.replace(h, runs=runs_of(piece), spill=spill)
             bodies.append(codec.encode_message(self.key, header.to_dict()))
         self.queue.put(bodies)
         for i in tail:
@@ -712,13 +764,3 @@ def _side_entry(entry: Any, running: frozenset[int], where: str) -> tuple:
     if not ok:
         raise TamperedError(f"{where} carry a malformed log or status entry")
     return entry
-
-
-def _ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:
-    out: list[list[int]] = []
-    for i in indices:
-        if out and out[-1][1] == i - 1:
-            out[-1][1] = i
-        else:
-            out.append([i, i])
-    return tuple((a, b) for a, b in out)

@@ -69,6 +69,7 @@ from .backends import Backend
 from .commit import Committer, is_transient
 from .errors import (
     CorruptMessage,
+    MemoryLimitExceeded,
     TamperedError,
 )
 from .heartbeat import Heartbeat, worker_records
@@ -82,12 +83,14 @@ from .model import (
     WorkerOptions,
     WorkerRecord,
 )
+from .procs import meminfo
 from .runner import RunnerProcess
 from .spot import Imds, SpotWatcher
-from .taskrun import ChunkRunner, _Chunk, _Flag, _said, _Wakeup
+from .taskrun import ChunkRunner, _Chunk, _Flag, _fmt_bytes, _said, _Wakeup
 
 log = logging.getLogger("cloudloop.worker")
 
+_BIG_ENOUGH_LOOKS = 3  # times a too-big retry is met with no worker for it before it fails
 _POISON_TRIES = 3  # deliveries whose handling failed before a message is dead-lettered
 #: what the task runner must not inherit: the key and the URL that opens the backend
 SECRET_ENV = ("CLOUDLOOP_SECRET", "CLOUDLOOP_SECRET_FILE", "CLOUDLOOP_BACKEND")
@@ -171,6 +174,8 @@ class Worker(ChunkRunner):
         # shorter than a heartbeat are seen running (one write per change, not per task)
         self.on_job: str | None = None
         self.on_job_since = 0.0
+        # what it offers its tasks: a retry_memory retry that needs more is left to others
+        self.memory_offered = self.options.worker_memory or meminfo()[0]
         self._heartbeat = Heartbeat(backend, self)
 
     # ---------------------------------------------------------------- main loop
@@ -279,6 +284,7 @@ class Worker(ChunkRunner):
             "error": self.trouble(),
             "cluster": self.cluster,
             "python": PYTHON,
+            "memory": self.memory_offered,
             **self.machine,
         }
 
@@ -534,7 +540,9 @@ class Worker(ChunkRunner):
         if job.manifest.python not in ("", PYTHON) or self._lacks(job):
             self._set_aside(lease, job)
             return False
-        todo = dict.fromkeys(header.tasks(), 1)
+        if header.memory is not None and (done := self._too_big(lease, header, job)) is not None:
+            return done
+        todo = dict.fromkeys(header.tasks(), header.attempt)
         careful = lease.attempt > 1
         if careful:
             for i in self.data.done(job.manifest.id, todo):
@@ -558,6 +566,39 @@ class Worker(ChunkRunner):
             self.committer.drain()  # every log byte is read; start the file afresh
             self.runner.truncate_log()
         return True
+
+    def _too_big(self, lease: Lease, header: MessageHeader, job: JobInfo) -> bool | None:
+        """A retry_memory retry: None if it runs here. Not while this worker offers or
+        has free less than it needs: it is handed back for a worker that offers enough
+        (False); if no live worker does, it is hidden for a while (2.5 s, then 5 s) and
+        looked at again, and the third time its tasks fail saying so (True)."""
+        need = header.memory or 0
+        free = min(self.memory_offered, meminfo()[1] or self.memory_offered)
+        if need <= free:
+            return None
+        met = self._aside[lease.id] = self._aside.get(lease.id, 0) + 1
+        best = max([self.memory_offered, *(r.memory for r in self._seen_workers())])
+        if need > best:  # nobody offers it: look again (a big worker may be starting)
+            self._live_seen = None
+            best = max([self.memory_offered, *(r.memory for r in self._seen_workers())])
+        if need > best and met < _BIG_ENOUGH_LOOKS:
+            self.queue.extend([lease], 2.5 * 2 ** (met - 1))  # hidden a while; look again
+            return False
+        if need > best:
+            todo = dict.fromkeys(header.tasks(), header.attempt)
+            chunk = _Chunk(lease, header, job, todo, b"", False)
+            err = MemoryLimitExceeded(
+                f"killed for memory, this task needs {_fmt_bytes(need)} now (retry_memory), "
+                f"and no worker offers that much (the most is {_fmt_bytes(best)}): start "
+                f"workers with more memory, then `cloudloop retry {job.manifest.id}`"
+            )
+            self._fail_all(chunk, err)
+            self._flush(chunk)
+            self.committer.finish(lease, ack=True)
+            return True
+        self.committer.finish(lease, ack=False)
+        _Backoff(self.stopping, first=min(10.0, 0.5 * 2 ** (met - 1))).sleep()
+        return False
 
     def _switch_job(self, job: str | None) -> None:
         """Now on ``job`` (None: idle); the heartbeat writes the record at once."""

@@ -172,6 +172,7 @@ class JobView:
             "total": st.total,
             "done": st.done,
             "failed": st.failed,
+            "cached": st.cached,
             "running": n_running,
             "pending": None if left is None else max(0, left - n_running),
             "workers_live": len({w["id"] for w in [*running.values(), *on_job]}),

@@ -379,6 +379,7 @@
       eta != null && !s.ended_at ? html`<span>ETA <b>${dur(eta)}</b></span>` : "",
       r > 0 ? html`<span><b>${rate(r)}</b> tasks/s</span>` : "",
       html`<span>started <b>${when(s.created)}</b></span>`,
+      num(s.cached) > 0 ? html`<span id="cached"><b>${count(s.cached)}</b> from the cache</span>` : "",
       num(s.cost) != null ? html`<span>cost <b>${money(s.cost)}</b></span>` : "",
     ];
     const stat = (cls, n, l) => html`<div class="stat ${cls}"><div class="n">${count(n)}</div><div class="l">${l}</div></div>`;
