@@ -31,6 +31,8 @@ def _other_value(f: dataclasses.Field):
         return "http://169.254.169.254"
     if f.name == "stop_at":
         return 1764000123.25  # a unix time with a fraction: written exactly
+    if f.name == "worker_memory":
+        return 3 << 30  # bytes: written as a whole number, read back by parse_size
     if "float" in str(f.type):
         return (f.default or 0.0) + 7.25
     raise AssertionError(f"test_worker_options does not know how to set field {f.name!r}")
