@@ -222,8 +222,8 @@ def test_retry_with_a_fixed_function_and_named_tasks(make_executor, tmp_path, ur
     index = CacheIndex.load(open_backend(url), job.manifest.cache_key)
     assert len(index) == 5
     log.unlink()
-    ex.retry(job.id, tasks=[0, 5]).wait(timeout=60)
-    assert calls(log) == [0, 5] and job.results()[0] == OFFSET
+    ex.retry(job.id, tasks=[0, 5]).wait(timeout=60)  # later retries run the fixed one too
+    assert calls(log) == [0, 5] and job.results()[0] == OFFSET + 1
 
 
 def _failing_job(make_executor, tmp_path):
@@ -406,3 +406,62 @@ def test_cache_ls_shows_a_hostile_job_name_as_inert_text(make_executor, tmp_path
     )  # fmt: skip
     assert out.returncode == 0 and "\x1b" not in out.stdout and "\x07" not in out.stdout
     assert "?]0;owned??[2Jfit"[:24] in out.stdout
+
+
+def _init(path):
+    global INIT_PATH
+    INIT_PATH = path
+
+
+INIT_PATH = ""
+
+
+def uses_init(x, log):
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    return (x, INIT_PATH)
+
+
+def test_the_executors_initializer_is_in_the_key(url, tmp_path):
+    log = tmp_path / "calls"
+    for path in ("v1", "v1", "v2"):
+        with cl.Executor(backend=url, workers=1, initializer=_init, initargs=(path,)) as ex:
+            out = ex.map_job(uses_init, [1, 2], [str(log)] * 2, cache=True).results()
+        assert out == [(1, path), (2, path)]
+    assert calls(log) == [1, 1, 2, 2]  # v1 computed, v1 taken, v2 computed
+
+
+def test_cache_all_prefers_a_later_success(make_executor, tmp_path):
+    log = tmp_path / "calls"
+    Path(f"{log}.fail-1").touch()
+    ex = make_executor(workers=1)
+    job = run(ex, [0, 1], log, cache=True)
+    Path(f"{log}.fail-1").unlink()
+    job.retry()  # the same function: its new success is packed too
+    job.wait(timeout=60)
+    log.unlink()
+    assert run(ex, [0, 1], log, cache="all").results() == [OFFSET, 1 + OFFSET]
+    assert calls(log) == []
+
+
+def test_a_plain_retry_after_a_fixed_one_runs_the_fixed_function(make_executor, tmp_path):
+    log = tmp_path / "calls"
+    for x in (1, 2):
+        Path(f"{log}.fail-{x}").touch()
+    ex = make_executor(workers=1)
+    job = run(ex, [0, 1, 2], log)
+    ex.retry(job, fn=fit_changed, tasks=[1]).wait(timeout=60)
+    ex.retry(job).wait(timeout=60)  # task 2 still failed: fixed function again
+    assert job.results() == [OFFSET, 1 + OFFSET + 1, 4 + OFFSET + 1]
+
+
+def test_a_module_imported_inside_the_function_is_in_the_key(tmp_path, monkeypatch):
+    from cloudloop import cachekey
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "inner_helpers.py").write_text("K = 1\ndef g(x):\n    return x + K\n")
+    ns: dict = {"__name__": "__main__"}
+    exec("def f(x):\n    import inner_helpers\n    return inner_helpers.g(x)\n", ns)
+    before = cachekey.function_key(ns["f"])
+    (tmp_path / "inner_helpers.py").write_text("K = 1000\ndef g(x):\n    return x + K\n")
+    assert cachekey.function_key(ns["f"]) != before

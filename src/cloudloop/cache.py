@@ -32,7 +32,8 @@ never is.
 
 Two jobs racing on the same key both compute it (at most twice: each looks
 up before it queues) and both pack it; readers take the oldest pack's
-outcome (packs sort by time), so every later job sees one value. Packs of
+outcome (packs sort by time), so every later job sees one value (with
+``cache="all"``, a success packed later wins over a failure). Packs of
 tasks re-run with a fixed function (``Job.retry(fn=...)``) are never
 written: their outcomes do not belong to the keys their arguments had.
 """
@@ -134,6 +135,7 @@ class CacheIndex:
     def __init__(self, backend: Backend, fkey: str, serve_failures: bool = False):
         self.backend, self.fkey, self.serve_failures = backend, fkey, serve_failures
         self.where: dict[str, tuple[str, int]] = {}  # task key -> (pack key, position)
+        self.failed: set[str] = set()  # keys whose outcome taken is a failure ("all")
         self.problems: list[str] = []
         self.packs = 0
         self._kept: OrderedDict[str, list[tuple[str, tuple]]] = OrderedDict()
@@ -151,9 +153,15 @@ class CacheIndex:
                 continue
             index.packs += 1
             for pos, (tkey, row) in enumerate(entries):
-                if tkey in index.where or (row[3] is not None and not serve_failures):
+                if row[3] is not None and not serve_failures:
                     continue
+                if tkey in index.where and (row[3] is not None or tkey not in index.failed):
+                    continue  # the oldest wins, but a success wins over a failure
                 index.where[tkey] = (name, pos)
+                if row[3] is not None:
+                    index.failed.add(tkey)
+                else:
+                    index.failed.discard(tkey)
         return index
 
     def _read(self, name: str) -> list[tuple[str, tuple]] | None:

@@ -120,6 +120,34 @@ _SKIP_CLASS_ATTRS = ("__dict__", "__weakref__", "__module__")
 _EMPTY_DICT = b"{" + _Q(0)
 
 
+def _imported_inside(name: str) -> types.ModuleType | str | None:
+    """What a name of a function's code may import inside it (``import helpers``,
+    ``from helpers import g``: the name is among the code's names, not its globals):
+    the module if it is imported here, else the path of the user's own file it would
+    import, else None (an attribute's name, say)."""
+    if not all(p.isidentifier() for p in name.split(".")):
+        return None
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    return _local_spec(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _local_spec(name: str) -> str | None:
+    """The file ``name`` would import, if it is the user's own (not installed)."""
+    import importlib.util
+
+    if "." in name:  # finding a submodule imports its package: only top-level names
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) or ""
+    return origin if origin.endswith(".py") and not codec._is_installed(origin) else None
+
+
 class Uncacheable(CloudloopError):
     """A function or value that cannot be keyed; the message says which, why, what to do."""
 
@@ -529,6 +557,10 @@ class _Encoder:
                     self._code_value(value, f"the global {name!r}", fn)
             elif name in builtins:
                 self.tag(b"u", name.encode())  # ("builtin", name)
+            elif isinstance(module := _imported_inside(name), types.ModuleType):
+                self._module(module, names)  # ``import helpers`` inside the function
+            elif module is not None:  # not imported here: the file it would import
+                self.tag(b"F", _file_digest(module))
             else:  # an attribute's name (x.append), or a global not yet bound
                 self.up(b"x")
 

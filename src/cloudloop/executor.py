@@ -351,7 +351,7 @@ class Executor(cf.Executor):
             opts.replace(name=opts.name or _fn_name(fn)),
             wrap=self._wrap,
             requires=self._pins(fn, auto),
-            cache_key=_cache_key(opts, lambda: cachekey.function_key(fn, opts.cache_version)),
+            cache_key=_cache_key(opts, lambda: self._function_key(fn, opts.cache_version)),
         )
         writer.add_fn(fn)  # the job is stored once its function is pickled
         self._start_deferred()
@@ -441,6 +441,15 @@ class Executor(cf.Executor):
             self._start_deferred()  # workers for what was queued (none for nothing)
             self._jobs.append(job)
         return job
+
+    def _function_key(self, fn: Any, version: Any) -> str:
+        """``fn``'s cache key, with the executor's initializer and its arguments (they
+        run before every task, so what they set up is part of what a task computes)."""
+        key = cachekey.function_key(fn, version)
+        init = self._wrap
+        if init is None:
+            return key
+        return cachekey.task_key(key, (cachekey.function_key(init.fn),), {"initargs": init.args}, 0)
 
     def _check_open(self, what: str) -> None:
         with self._lock:

@@ -12,6 +12,8 @@
                                                  sends again (one record per queue batch)
     jobs/<job>/cachekeys/<chunk>                 signed JSON [task cache key, ...] of a cached
                                                  job's chunk, in task order (for its workers)
+    jobs/<job>/retry-fn                          signed JSON {ref}: the fixed function the job's
+                                                 retries run (Job.retry(fn=...))
     jobs/<job>/sealed                            signed JSON {tasks, chunks}: submission finished
     jobs/<job>/cancelled                         signed JSON {at}: the job was cancelled
     jobs/<job>/finished                          signed JSON {at}: when it finished (first seen)
@@ -301,6 +303,15 @@ def shared(job: str, digest: str) -> str:
 
 def starts_prefix(job: str, index: int) -> str:
     return f"jobs/{job}/starts/{index:0{W}d}/"
+
+
+def starts_all(job: str) -> str:
+    return f"jobs/{job}/starts/"
+
+
+def retry_fn(job: str) -> str:
+    """Which function the job's last retry with a fixed function ran (signed JSON)."""
+    return f"jobs/{job}/retry-fn"
 
 
 def start(job: str, index: int, worker: str) -> str:

@@ -85,11 +85,11 @@ class ResultParts:
         """List the job's parts again; True if the listing changed."""
         listed = self.backend.store.list(keys.results_prefix(self.job_id))
         new = [k for k in listed if k not in self.spans and k not in self._junk]
-        if len(listed) - len(new) < len(self.spans):  # parts removed (a retry rewrote them)
-            for key in set(self.spans) - set(listed):
-                self.forget(key)
+        gone = set(self.spans).difference(listed)  # parts removed (a retry rewrote them)
+        for key in gone:
+            self.forget(key)
         if not new:  # (a count would miss a part removed while another was added)
-            return False
+            return bool(gone)
         for key in new:
             try:
                 self.spans[key] = keys.parse_result(key)

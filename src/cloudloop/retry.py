@@ -10,15 +10,19 @@
     each part of the snapshot holding one of them: its other rows ─put─► a new part,
         then the old part is removed (the tasks count as not done again)
     jobs/<job>/finished       removed: the job finishes again when they are done
+    jobs/<job>/starts/...     the re-run tasks' start markers removed (poison counting)
+    jobs/<job>/retry-fn       with a fixed function: remembered, so later retries run it
 
 The job keeps its id, its manifest and every other result, so ``status()``,
 ``results()`` and ``attach`` from any client see one job whose tasks are
 running again. Nothing of the original client is needed: the messages kept
 at submission hold the tasks' arguments.
 
-The order makes every crash safe. Messages go out before any part is
-touched: a crash right after them re-runs the tasks and the new outcomes win
-(a success beats the old failure wherever outcomes are compared). Only the
+The order loses no result in a crash. Messages go out before any part is
+touched: a client that dies right after them leaves the old failures listed,
+so the job reads as finished (failed) while the tasks run again, until their
+new outcomes win (a success beats the old failure wherever outcomes are
+compared); a second retry then would only run them twice. Only the
 parts listed before the messages were sent are rewritten, so a fast worker's
 fresh outcome is never taken for an old one; a new part is written before
 its old part is removed, so no moment loses a success. A task re-run with a
@@ -69,7 +73,9 @@ def retry_job(job: Job, tasks: Iterable[int] | None = None, fn_ref: str | None =
     if not wanted:
         job.retried = 0
         return 0
+    fn_ref = _function_for(job, fn_ref)
     bodies = _messages(job, wanted, fn_ref)
+    _forget_starts(job, wanted)  # a retry's first delivery is a first start again
     for i in range(0, len(bodies), _SEND_BATCH):
         job.backend.queue.put(bodies[i : i + _SEND_BATCH])
     _uncover(job, wanted, snapshot)
@@ -77,6 +83,34 @@ def retry_job(job: Job, tasks: Iterable[int] | None = None, fn_ref: str | None =
     job.forget_finish()
     job.retried = len(wanted)
     return len(wanted)
+
+
+def _function_for(job: Job, fn_ref: str | None) -> str | None:
+    """The function a retry runs: ``fn_ref`` (remembered for the retries after it),
+    or the one an earlier retry fixed the job with, if any."""
+    name = keys.retry_fn(job.id)
+    if fn_ref is not None:
+        job.backend.put_record(name, {"ref": fn_ref})
+        return fn_ref
+    rec = job.backend.get_record(name, f"retry function of job {job.id}")
+    ref = rec.get("ref") if isinstance(rec, dict) else None
+    if ref is None:
+        return None
+    if not (isinstance(ref, str) and len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref)):
+        raise TamperedError(f"{name} does not name a function")
+    return ref
+
+
+def _forget_starts(job: Job, wanted: set[int]) -> None:
+    """Drop the start markers of the tasks re-run (poison detection counts those)."""
+    store = job.backend.store
+    for key in store.list(keys.starts_all(job.id)):
+        try:
+            index = int(key.split("/starts/", 1)[1].split("/", 1)[0])
+        except ValueError:
+            continue
+        if index in wanted:
+            store.delete(key)
 
 
 def _named(tasks: Iterable[int], total: int, job_id: str) -> set[int]:

@@ -90,6 +90,7 @@ from .taskrun import ChunkRunner, _Chunk, _Flag, _fmt_bytes, _said, _Wakeup
 
 log = logging.getLogger("cloudloop.worker")
 
+_MEMORY_HANDBACKS = 40  # times one worker hands a too-big retry back (~6 min) before failing it
 _BIG_ENOUGH_LOOKS = 3  # times a too-big retry is met with no worker for it before it fails
 _POISON_TRIES = 3  # deliveries whose handling failed before a message is dead-lettered
 #: what the task runner must not inherit: the key and the URL that opens the backend
@@ -571,7 +572,9 @@ class Worker(ChunkRunner):
         """A retry_memory retry: None if it runs here. Not while this worker offers or
         has free less than it needs: it is handed back for a worker that offers enough
         (False); if no live worker does, it is hidden for a while (2.5 s, then 5 s) and
-        looked at again, and the third time its tasks fail saying so (True)."""
+        looked at again, and the third time its tasks fail saying so (True). A worker
+        that has handed it back 40 times (about 6 minutes) fails it too: whoever offers
+        enough never had it free."""
         need = header.memory or 0
         free = min(self.memory_offered, meminfo()[1] or self.memory_offered)
         if need <= free:
@@ -584,13 +587,20 @@ class Worker(ChunkRunner):
         if need > best and met < _BIG_ENOUGH_LOOKS:
             self.queue.extend([lease], 2.5 * 2 ** (met - 1))  # hidden a while; look again
             return False
-        if need > best:
+        waited = met >= _MEMORY_HANDBACKS  # offered somewhere, but never free: give up
+        if need > best or waited:
             todo = dict.fromkeys(header.tasks(), header.attempt)
             chunk = _Chunk(lease, header, job, todo, b"", False)
+            why = (
+                f"no worker offers that much (the most is {_fmt_bytes(best)})"
+                if need > best
+                else f"this worker has had at most {_fmt_bytes(free)} free each of the "
+                f"{met} times it met it"
+            )
             err = MemoryLimitExceeded(
                 f"killed for memory, this task needs {_fmt_bytes(need)} now (retry_memory), "
-                f"and no worker offers that much (the most is {_fmt_bytes(best)}): start "
-                f"workers with more memory, then `cloudloop retry {job.manifest.id}`"
+                f"and {why}: start workers with more memory, then "
+                f"`cloudloop retry {job.manifest.id}`"
             )
             self._fail_all(chunk, err)
             self._flush(chunk)
