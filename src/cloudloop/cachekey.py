@@ -148,6 +148,13 @@ def _local_spec(name: str) -> str | None:
     return origin if origin.endswith(".py") and not codec._is_installed(origin) else None
 
 
+def _module_name(obj: Any) -> str:
+    """``obj.__module__`` as text ("" when it is none: some C types on Python 3.10
+    have a descriptor there)."""
+    name = getattr(obj, "__module__", "")
+    return name if isinstance(name, str) else ""
+
+
 class Uncacheable(CloudloopError):
     """A function or value that cannot be keyed; the message says which, why, what to do."""
 
@@ -361,7 +368,7 @@ class _Encoder:
         self.up(t + _Q(len(parts)) + b"".join(parts))
 
     def _other(self, obj: Any, t: type) -> None:
-        mod = getattr(t, "__module__", "") or ""
+        mod = _module_name(t)
         if t is set or t is frozenset:
             self._set(b"<" if t is set else b">", obj)
         elif t is complex:
@@ -509,7 +516,7 @@ class _Encoder:
     def _c_callable(self, fn: Any) -> None:
         owner = getattr(fn, "__self__", None)
         if owner is None or isinstance(owner, (types.ModuleType, type)):
-            mod = getattr(fn, "__module__", None) or getattr(owner, "__module__", "") or ""
+            mod = _module_name(fn) or _module_name(owner)
             if isinstance(owner, type):  # str.maketrans, dict.fromkeys
                 self._class(owner)
             self.tag(b"b", _ref(fn, mod).encode())
@@ -518,7 +525,7 @@ class _Encoder:
             self.value(owner)
 
     def _function(self, fn: types.FunctionType) -> None:
-        module = getattr(fn, "__module__", "") or ""
+        module = _module_name(fn)
         if not codec.ships_by_value(module):  # an installed library's: name and version
             self.tag(b"R", _ref(fn, module).encode())
             return
@@ -594,7 +601,7 @@ class _Encoder:
             self.value(tuple(names))
 
     def _class(self, cls: type) -> None:
-        module = getattr(cls, "__module__", "") or ""
+        module = _module_name(cls)
         if module == "builtins" or not codec.ships_by_value(module):
             self.tag(b"k", _ref(cls, module).encode())
             return
