@@ -170,3 +170,14 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory):
+    """A redis-server of the test module's own (tests/redis_server.py)."""
+    import redis_server as rs
+
+    rs.require()
+    server = rs.RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -306,16 +306,6 @@ def test_cli_retry_and_cache_commands(make_executor, tmp_path, url):
 # ---------------------------------------------------------------- every backend
 
 
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory):
-    import redis_server as rs
-
-    rs.require()
-    server = rs.RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis", "aws"])
 def any_url(request, tmp_path) -> str:
     import secrets

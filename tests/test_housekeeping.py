@@ -31,16 +31,6 @@ def _write(x):
     return x
 
 
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory):
-    import redis_server as rs
-
-    rs.require()
-    server = rs.RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis", "aws"])
 def hk_url(request, tmp_path) -> str:
     if request.param == "sqlite":
